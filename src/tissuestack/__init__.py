@@ -1,0 +1,96 @@
+"""tissuestack: multimodal spatial omics data in shared coordinate systems.
+
+``import tissuestack`` is kept fast: the public names below are imported from their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tissuestack._version import __version__
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    # container
+    "SpatialData": "tissuestack._container",
+    # element models and metadata
+    "Image2DModel": "tissuestack.elements",
+    "Image3DModel": "tissuestack.elements",
+    "Labels2DModel": "tissuestack.elements",
+    "Labels3DModel": "tissuestack.elements",
+    "PointsModel": "tissuestack.elements",
+    "ShapesModel": "tissuestack.elements",
+    "TableModel": "tissuestack.elements",
+    "get_transformation": "tissuestack.elements",
+    "set_transformation": "tissuestack.elements",
+    "remove_transformation": "tissuestack.elements",
+    "get_axes": "tissuestack.elements",
+    "get_kind": "tissuestack.elements",
+    "get_table_keys": "tissuestack.elements",
+    "sanitize_name": "tissuestack.elements",
+    # transformations
+    "BaseTransformation": "tissuestack.transforms",
+    "Identity": "tissuestack.transforms",
+    "Scale": "tissuestack.transforms",
+    "Translation": "tissuestack.transforms",
+    "Affine": "tissuestack.transforms",
+    "MapAxis": "tissuestack.transforms",
+    "Sequence": "tissuestack.transforms",
+    "compose": "tissuestack.transforms",
+    # errors
+    "ValidationError": "tissuestack.errors",
+    "TransformationError": "tissuestack.errors",
+    "AmbiguousPathError": "tissuestack.errors",
+    "NoPathError": "tissuestack.errors",
+}
+_SUBMODULES = ("datasets", "elements", "transforms", "errors")
+
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tissuestack.{name}")
+    raise AttributeError(f"module 'tissuestack' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+    from tissuestack import datasets, elements, errors, transforms
+    from tissuestack._container import SpatialData
+    from tissuestack.elements import (
+        Image2DModel,
+        Image3DModel,
+        Labels2DModel,
+        Labels3DModel,
+        PointsModel,
+        ShapesModel,
+        TableModel,
+        get_axes,
+        get_kind,
+        get_table_keys,
+        get_transformation,
+        remove_transformation,
+        sanitize_name,
+        set_transformation,
+    )
+    from tissuestack.errors import AmbiguousPathError, NoPathError, TransformationError, ValidationError
+    from tissuestack.transforms import (
+        Affine,
+        BaseTransformation,
+        Identity,
+        MapAxis,
+        Scale,
+        Sequence,
+        Translation,
+        compose,
+    )

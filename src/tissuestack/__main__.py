@@ -1,0 +1,5 @@
+import sys
+
+from tissuestack.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""Exceptions and warnings raised by tissuestack.
+
+Every error names what it is about (element, file, column or axis) and what was expected, so that a user can
+fix the input without reading the source.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousPathError",
+    "NoPathError",
+    "TransformationError",
+    "ValidationError",
+]
+
+
+class ValidationError(ValueError):
+    """Input data or metadata does not satisfy the model of an element kind, a name rule or a table link."""
+
+
+class TransformationError(ValueError):
+    """A coordinate transformation is malformed, not invertible, or cannot be encoded/decoded."""
+
+
+class NoPathError(KeyError):
+    """No chain of transformations connects two nodes of the coordinate-system graph."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousPathError(ValueError):
+    """Several chains of transformations with different results connect two nodes of the graph."""
