@@ -8,7 +8,9 @@ from __future__ import annotations
 
 __all__ = [
     "AmbiguousPathError",
+    "FormatError",
     "NoPathError",
+    "StoreError",
     "TransformationError",
     "ValidationError",
 ]
@@ -31,3 +33,11 @@ class NoPathError(KeyError):
 
 class AmbiguousPathError(ValueError):
     """Several chains of transformations with different results connect two nodes of the graph."""
+
+
+class FormatError(ValueError):
+    """A store or element is not in a format (or format version) that tissuestack can read or write."""
+
+
+class StoreError(OSError):
+    """A store cannot be read or written: missing, corrupt or truncated files, refused overwrite."""

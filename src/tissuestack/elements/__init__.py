@@ -1,5 +1,6 @@
 """The five element kinds: parse (normalise input) and validate, plus their spatial metadata."""
 
+from tissuestack.elements._deferred import Deferred
 from tissuestack.elements._kinds import KINDS, SPATIAL_KINDS, Kind, get_axes, get_kind, parse_as, validate_as
 from tissuestack.elements._meta import (
     DEFAULT_COORDINATE_SYSTEM,
@@ -7,8 +8,11 @@ from tissuestack.elements._meta import (
     get_meta,
     get_transformation,
     has_meta,
+    meta_transformation,
+    remove_meta_transformation,
     remove_transformation,
     set_meta,
+    set_meta_transformation,
     set_transformation,
 )
 from tissuestack.elements._naming import check_name, is_valid_name, sanitize_name
@@ -20,6 +24,7 @@ from tissuestack.elements._raster import (
     Labels3DModel,
     get_raster_model,
     raster_levels,
+    set_channel_names,
 )
 from tissuestack.elements._shapes import ShapesModel, shapes_axes, shapes_type
 from tissuestack.elements._tables import TABLE_ATTRS_KEY, TableModel, get_table_keys, set_table_annotates
@@ -29,6 +34,7 @@ __all__ = [
     "KINDS",
     "SPATIAL_KINDS",
     "TABLE_ATTRS_KEY",
+    "Deferred",
     "ElementMeta",
     "Image2DModel",
     "Image3DModel",
@@ -47,12 +53,16 @@ __all__ = [
     "get_transformation",
     "has_meta",
     "is_valid_name",
+    "meta_transformation",
     "parse_as",
     "points_axes",
     "raster_levels",
+    "remove_meta_transformation",
     "remove_transformation",
     "sanitize_name",
+    "set_channel_names",
     "set_meta",
+    "set_meta_transformation",
     "set_table_annotates",
     "set_transformation",
     "shapes_axes",

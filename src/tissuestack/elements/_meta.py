@@ -31,8 +31,11 @@ __all__ = [
     "get_meta",
     "get_transformation",
     "has_meta",
+    "meta_transformation",
+    "remove_meta_transformation",
     "remove_transformation",
     "set_meta",
+    "set_meta_transformation",
     "set_transformation",
 ]
 
@@ -56,16 +59,20 @@ class ElementMeta:
     n_rows
         Points only: the number of rows when known without computing (from the source frame or file
         metadata). It describes one exact object, so copies made for derived objects drop it.
+    source
+        ``(store location, element key)`` when the element's data is read lazily from a store. Derived objects
+        keep it: they still read those files, so a write must not replace them.
     """
 
     transformations: dict[str, BaseTransformation] = field(default_factory=dict)
     feature_key: str | None = None
     instance_key: str | None = None
     n_rows: int | None = None
+    source: tuple[str, str] | None = None
 
     def copy(self) -> ElementMeta:
-        """A copy for a derived object: same transformations and keys, row count unknown."""
-        return ElementMeta(dict(self.transformations), self.feature_key, self.instance_key)
+        """A copy for a derived object: same transformations, keys and source; row count unknown."""
+        return ElementMeta(dict(self.transformations), self.feature_key, self.instance_key, source=self.source)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ElementMeta:
         # transformations are immutable values: a new dict is a full copy
@@ -165,7 +172,13 @@ def get_transformation(
     get_all
         Return a dict of every coordinate system -> transformation.
     """
-    meta = get_meta(element)
+    return meta_transformation(get_meta(element), to_coordinate_system, get_all=get_all)
+
+
+def meta_transformation(
+    meta: ElementMeta, to_coordinate_system: str | None = None, *, get_all: bool = False
+) -> BaseTransformation | dict[str, BaseTransformation]:
+    """``get_transformation`` on a metadata object."""
     if get_all:
         if to_coordinate_system is not None:
             raise ValueError("pass either to_coordinate_system or get_all=True, not both")
@@ -188,7 +201,17 @@ def set_transformation(
     set_all: bool = False,
 ) -> None:
     """Set the transformation of ``element`` to one coordinate system, or (``set_all``) replace all of them."""
-    meta = get_meta(element, create=True)
+    set_meta_transformation(get_meta(element, create=True), transformation, to_coordinate_system, set_all=set_all)
+
+
+def set_meta_transformation(
+    meta: ElementMeta,
+    transformation: BaseTransformation | Mapping[str, BaseTransformation],
+    to_coordinate_system: str | None = None,
+    *,
+    set_all: bool = False,
+) -> None:
+    """``set_transformation`` on a metadata object (elements not loaded yet have only that)."""
     if set_all:
         if not isinstance(transformation, Mapping):
             raise TypeError("set_all=True expects a mapping of coordinate system name -> transformation")
@@ -209,7 +232,11 @@ def set_transformation(
 
 def remove_transformation(element: Any, to_coordinate_system: str) -> None:
     """Remove the transformation of ``element`` to one coordinate system (an element keeps at least one)."""
-    meta = get_meta(element)
+    remove_meta_transformation(get_meta(element), to_coordinate_system)
+
+
+def remove_meta_transformation(meta: ElementMeta, to_coordinate_system: str) -> None:
+    """``remove_transformation`` on a metadata object."""
     if to_coordinate_system not in meta.transformations:
         raise KeyError(f"element has no transformation to coordinate system {to_coordinate_system!r}")
     if len(meta.transformations) == 1:

@@ -27,6 +27,7 @@ __all__ = [
     "get_raster_model",
     "raster_levels",
     "scale_level_name",
+    "set_channel_names",
 ]
 
 SCALE_VAR = "image"
@@ -54,6 +55,24 @@ def raster_levels(element: xr.DataArray | xr.DataTree) -> list[xr.DataArray]:
             levels.append(ds[names[0]])
         return levels
     raise TypeError(f"expected an xarray DataArray or DataTree, got {type(element).__name__}")
+
+
+def set_channel_names(element: xr.DataArray | xr.DataTree, channel_names: Sequence[Any]) -> None:
+    """Rename the channels of an image in place (every pyramid level)."""
+    levels = raster_levels(element)
+    if "c" not in levels[0].dims:
+        raise ValidationError("labels have no channel axis; only images have channel names")
+    names = list(channel_names)
+    n = levels[0].sizes["c"]
+    if len(names) != n:
+        raise ValidationError(f"got {len(names)} channel names for an image with {n} channels")
+    if len(set(names)) != n:
+        raise ValidationError(f"channel names must be unique, got {names}")
+    if isinstance(element, xr.DataArray):
+        element.coords["c"] = names
+        return
+    for child in element.children.values():
+        child.dataset = child.dataset.assign_coords(c=names)
 
 
 def _label(kind: str, name: str | None) -> str:

@@ -1,0 +1,25 @@
+"""The on-disk format: SpatialData Zarr stores, every version, local or remote.
+
+Importing this package registers every codec (one module per element kind).
+"""
+
+from tissuestack.store._registry import (
+    CONTAINER_FORMATS,
+    DEFAULT_ELEMENT_VERSIONS,
+    ELEMENT_VERSIONS,
+    Codec,
+    get_codec,
+    register_codec,
+)
+from tissuestack.store._root import ElementLocation, StoreRoot
+
+__all__ = [
+    "CONTAINER_FORMATS",
+    "DEFAULT_ELEMENT_VERSIONS",
+    "ELEMENT_VERSIONS",
+    "Codec",
+    "ElementLocation",
+    "StoreRoot",
+    "get_codec",
+    "register_codec",
+]
