@@ -14,6 +14,7 @@ from tissuestack._version import __version__
 _EXPORTS: dict[str, str] = {
     # container
     "SpatialData": "tissuestack._container",
+    "read_zarr": "tissuestack._container",
     # element models and metadata
     "Image2DModel": "tissuestack.elements",
     "Image3DModel": "tissuestack.elements",
@@ -29,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "get_kind": "tissuestack.elements",
     "get_table_keys": "tissuestack.elements",
     "sanitize_name": "tissuestack.elements",
+    "set_channel_names": "tissuestack.elements",
     # transformations
     "BaseTransformation": "tissuestack.transforms",
     "Identity": "tissuestack.transforms",
@@ -43,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "TransformationError": "tissuestack.errors",
     "AmbiguousPathError": "tissuestack.errors",
     "NoPathError": "tissuestack.errors",
+    "FormatError": "tissuestack.errors",
+    "StoreError": "tissuestack.errors",
 }
 _SUBMODULES = ("datasets", "elements", "transforms", "errors")
 
@@ -66,7 +70,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from tissuestack import datasets, elements, errors, transforms
-    from tissuestack._container import SpatialData
+    from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,
         Image3DModel,
@@ -81,9 +85,17 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         get_transformation,
         remove_transformation,
         sanitize_name,
+        set_channel_names,
         set_transformation,
     )
-    from tissuestack.errors import AmbiguousPathError, NoPathError, TransformationError, ValidationError
+    from tissuestack.errors import (
+        AmbiguousPathError,
+        FormatError,
+        NoPathError,
+        StoreError,
+        TransformationError,
+        ValidationError,
+    )
     from tissuestack.transforms import (
         Affine,
         BaseTransformation,

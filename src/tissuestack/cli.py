@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
 
 from tissuestack._version import __version__
+from tissuestack.errors import FormatError, StoreError, ValidationError
 
 __all__ = ["main"]
 
@@ -42,7 +44,96 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser(
+        "info",
+        help="show what a store holds (tree, sizes, format versions, coordinate systems)",
+        description="Show the elements of a SpatialData Zarr store (local path or URL) without loading data. "
+        "With --json, print the JSON schema of the reference's summary tool (loads data to checksum it).",
+    )
+    info.add_argument("store", help="store path or URL")
+    info.add_argument("--json", action="store_true", help="print the reference-compatible JSON summary")
+    _storage_option_arg(info)
+    info.set_defaults(func=_cmd_info)
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a store and list every problem (exit status 1 if any)",
+        description="Open every element of a store, validate it against its model and check table links, the "
+        "labels list and consolidated metadata. Lists every problem; exits 1 if there is any.",
+    )
+    validate.add_argument("store", help="store path or URL")
+    _storage_option_arg(validate)
+    validate.set_defaults(func=_cmd_validate)
+
+    convert = sub.add_parser(
+        "convert-format",
+        help="rewrite a store in another Zarr format (2 or 3)",
+        description="Read a store and write it again with the given Zarr format: 3 = container 0.2 (SpatialData "
+        ">= 0.6), 2 = container 0.1 (SpatialData >= 0.4).",
+    )
+    convert.add_argument("input", help="input store path or URL")
+    convert.add_argument("output", help="output store path or URL")
+    convert.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    _storage_option_arg(convert)
+    convert.set_defaults(func=_cmd_convert)
     return parser
+
+
+def _storage_option_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for remote stores (repeatable), e.g. -o anon=true -o endpoint_url=http://...",
+    )
+
+
+def _storage_options(pairs: list[str]) -> dict:
+    out: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"tissuestack: --storage-option expects KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+        if key == "endpoint_url":
+            out.setdefault("client_kwargs", {})["endpoint_url"] = out.pop(key)
+    return out
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from tissuestack._container.inspect import print_info  # heavy imports only for this command
+
+    return print_info(args.store, as_json=args.json, storage_options=_storage_options(args.storage_option))
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from tissuestack._container.inspect import validate_store  # heavy imports only for this command
+
+    problems = validate_store(args.store, storage_options=_storage_options(args.storage_option))
+    if not problems:
+        print(f"{args.store}: OK")
+        return 0
+    print(f"{args.store}: {len(problems)} problem(s)")
+    for problem in problems:
+        print(f"- {problem}")
+    return 1
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from tissuestack import read_zarr  # heavy imports only for this command
+
+    options = _storage_options(args.storage_option)
+    sdata = read_zarr(args.input, storage_options=options)
+    sdata.write(args.output, zarr_format=args.zarr_format, overwrite=args.overwrite, storage_options=options)
+    print(f"wrote {args.output} (Zarr v{args.zarr_format})")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -80,7 +171,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except (StoreError, FormatError, ValidationError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"tissuestack: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

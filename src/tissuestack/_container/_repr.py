@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from tissuestack.elements import (
     KINDS,
+    Deferred,
     get_axes,
     get_meta,
     get_table_keys,
@@ -26,6 +27,9 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def describe_element(kind: str, element: Any) -> str:
     """One line describing an element; reads only metadata (dtypes, shapes, partition counts)."""
+    if isinstance(element, Deferred):
+        text = element.describe() if element.describe is not None else kind
+        return f"{text} (not loaded)"
     if kind in ("images", "labels"):
         levels = raster_levels(element)
         axes = "".join(str(d) for d in levels[0].dims)
@@ -58,7 +62,8 @@ def format_spatialdata(sdata: SpatialData) -> str:
     lines: list[str] = []
     n_spatial = sum(len(sdata._store[k]) for k in KINDS if k != "tables")
     n_tables = len(sdata._store["tables"])
-    lines.append(f"SpatialData object: {n_spatial} spatial element(s), {n_tables} table(s)")
+    where = f", backed by {sdata.path}" if sdata.path else ""
+    lines.append(f"SpatialData object: {n_spatial} spatial element(s), {n_tables} table(s){where}")
     present = [k for k in KINDS if sdata._store[k]]
     for i, kind in enumerate(present):
         last_kind = i == len(present) - 1

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
+import dask.array as da
 import numpy as np
+from tqdm.auto import tqdm
 
 from tissuestack._container._graph import Node, transformation_between
 from tissuestack._container._repr import format_spatialdata
@@ -14,19 +19,24 @@ from tissuestack.elements import (
     DEFAULT_COORDINATE_SYSTEM,
     KINDS,
     SPATIAL_KINDS,
+    Deferred,
+    ElementMeta,
     Kind,
     TableModel,
     check_name,
     get_kind,
     get_meta,
     get_table_keys,
+    has_meta,
+    meta_transformation,
     parse_as,
+    remove_meta_transformation,
+    set_meta_transformation,
     set_table_annotates,
 )
-from tissuestack.elements import get_transformation as _element_get_transformation
-from tissuestack.elements import remove_transformation as _element_remove_transformation
-from tissuestack.elements import set_transformation as _element_set_transformation
-from tissuestack.errors import ValidationError
+from tissuestack.errors import StoreError, ValidationError
+from tissuestack.store import StoreRoot
+from tissuestack.store import _io as store_io
 from tissuestack.transforms import BaseTransformation
 
 __all__ = ["ElementsView", "SpatialData"]
@@ -42,7 +52,9 @@ class ElementsView(MutableMapping):
         self._kind = kind
 
     def __getitem__(self, name: str) -> Any:
-        return self._sdata._store[self._kind][name]
+        if name not in self._sdata._store[self._kind]:
+            raise KeyError(f"no {self._kind} element named {name!r}")
+        return self._sdata._get(self._kind, name)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self._sdata._set(name, value, kind=self._kind)
@@ -89,6 +101,9 @@ class SpatialData:
         self._store: dict[Kind, dict[str, Any]] = {k: {} for k in KINDS}
         self._kind_of: dict[str, Kind] = {}
         self.attrs: dict[str, Any] = dict(attrs or {})
+        self._root: StoreRoot | None = None  # the store this object was read from or last written to
+        self._table_sources: dict[str, tuple[str, str]] = {}  # tables whose X is read lazily from a store
+        self._store_info: dict[str, Any] = {}  # formats found when read from a store
         for kind, elements in zip(KINDS, (images, labels, points, shapes, tables), strict=True):
             for name, element in (elements or {}).items():
                 self._set(name, element, kind=kind, check_regions=False)
@@ -123,7 +138,7 @@ class SpatialData:
             hint = self._case_clash(name)
             extra = f"; did you mean {hint!r}?" if hint else ""
             raise KeyError(f"no element named {name!r}{extra}")
-        return self._store[kind][name]
+        return self._get(kind, name)
 
     def __setitem__(self, name: str, value: Any) -> None:
         self._set(name, value, kind=None)
@@ -147,11 +162,42 @@ class SpatialData:
         return list(self)
 
     def items(self, kinds: Iterable[Kind] | None = None) -> Iterator[tuple[str, Any]]:
-        """``(name, element)`` pairs, kinds in the order images, labels, points, shapes, tables."""
+        """``(name, element)`` pairs, kinds in the order images, labels, points, shapes, tables.
+
+        Elements not loaded yet are loaded (lazily, where the kind allows) as they are reached.
+        """
         chosen = KINDS if kinds is None else tuple(kinds)
         for kind in KINDS:
             if kind in chosen:
-                yield from list(self._store[kind].items())
+                for name in list(self._store[kind]):
+                    yield name, self._get(kind, name)
+
+    def _get(self, kind: Kind, name: str) -> Any:
+        element = self._store[kind][name]
+        if isinstance(element, Deferred):
+            loaded = element.load()
+            if kind == "tables" and element.source is not None and _has_lazy_arrays(loaded):
+                self._table_sources[name] = element.source
+            self._store[kind][name] = loaded
+            element = loaded
+        return element
+
+    def is_loaded(self, name: str) -> bool:
+        """Whether element ``name`` has been read (a loaded raster or points frame is still lazy dask)."""
+        return not isinstance(self._store[self.kind_of(name)][name], Deferred)
+
+    def _meta_of(self, name: str) -> ElementMeta:
+        """Spatial metadata of an element, without loading it."""
+        kind = self.kind_of(name)
+        if kind == "tables":
+            raise ValidationError(f"{name!r} is a table; tables have no coordinate transformations")
+        element = self._store[kind][name]
+        return element.meta if isinstance(element, Deferred) else get_meta(element)
+
+    def _spatial_metas(self) -> Iterator[tuple[str, ElementMeta]]:
+        for kind in SPATIAL_KINDS:
+            for name in list(self._store[kind]):
+                yield name, self._meta_of(name)
 
     def spatial_items(self) -> Iterator[tuple[str, Any]]:
         """``(name, element)`` for every image, labels, points and shapes element."""
@@ -199,43 +245,39 @@ class SpatialData:
             raise ValidationError(
                 f"cannot store {kind} element {name!r}: an element of kind {existing} has that name; delete it first"
             )
-        element = parse_as(kind, value, name=name)
+        element = value if isinstance(value, Deferred) else parse_as(kind, value, name=name)
         if kind == "tables" and check_regions:
             self._warn_missing_regions(name, element)
         self._store[kind][name] = element
         self._kind_of[name] = kind
+        self._table_sources.pop(name, None)
 
     def _delete(self, name: str) -> None:
         kind = self._kind_of.pop(name)
         del self._store[kind][name]
+        self._table_sources.pop(name, None)
 
     # ---------------------------------------------------------------------------- coordinate systems
     @property
     def coordinate_systems(self) -> list[str]:
         """Names of every coordinate system, in order of first appearance."""
         seen: dict[str, None] = {}
-        for _, element in self.spatial_items():
-            for cs in get_meta(element).transformations:
+        for _, meta in self._spatial_metas():
+            for cs in meta.transformations:
                 seen.setdefault(cs, None)
         return list(seen)
 
     def elements_in_coordinate_system(self, coordinate_system: str) -> list[str]:
         """Names of the spatial elements that have a transformation to ``coordinate_system``."""
-        return [n for n, e in self.spatial_items() if coordinate_system in get_meta(e).transformations]
-
-    def _spatial(self, name: str) -> Any:
-        kind = self.kind_of(name)
-        if kind == "tables":
-            raise ValidationError(f"{name!r} is a table; tables have no coordinate transformations")
-        return self._store[kind][name]
+        return [n for n, meta in self._spatial_metas() if coordinate_system in meta.transformations]
 
     def get_transformation(
         self, name: str, to_coordinate_system: str | None = None, *, get_all: bool = False
     ) -> BaseTransformation | dict[str, BaseTransformation]:
         """Transformation of element ``name`` to one coordinate system (default ``"global"``), or all of them."""
-        element = self._spatial(name)
+        meta = self._meta_of(name)
         try:
-            return _element_get_transformation(element, to_coordinate_system, get_all=get_all)
+            return meta_transformation(meta, to_coordinate_system, get_all=get_all)
         except KeyError as err:
             raise KeyError(f"element {name!r}: {err.args[0]}") from None
 
@@ -248,24 +290,23 @@ class SpatialData:
         set_all: bool = False,
     ) -> None:
         """Set the transformation of element ``name`` to a coordinate system (or replace all with ``set_all``)."""
-        _element_set_transformation(
-            self._spatial(name), transformation, to_coordinate_system, set_all=set_all
-        )
+        set_meta_transformation(self._meta_of(name), transformation, to_coordinate_system, set_all=set_all)
 
     def remove_transformation(self, name: str, to_coordinate_system: str) -> None:
         """Remove the transformation of element ``name`` to ``to_coordinate_system``."""
-        element = self._spatial(name)
+        meta = self._meta_of(name)
         try:
-            _element_remove_transformation(element, to_coordinate_system)
+            remove_meta_transformation(meta, to_coordinate_system)
         except (KeyError, ValidationError) as err:
             msg = err.args[0] if err.args else str(err)
             raise type(err)(f"element {name!r}: {msg}") from None
 
     def _node(self, ref: str | Any, role: str) -> Node:
         if not isinstance(ref, str):
-            for n, e in self.spatial_items():
-                if e is ref:
-                    return Node("element", n)
+            for kind in SPATIAL_KINDS:
+                for n, e in self._store[kind].items():
+                    if e is ref:
+                        return Node("element", n)
             raise KeyError(f"the {role} object is not an element of this SpatialData")
         is_element = ref in self._kind_of and self._kind_of[ref] != "tables"
         is_cs = ref in self.coordinate_systems
@@ -291,7 +332,7 @@ class SpatialData:
         they are invertible. Several shortest paths that disagree raise an ``AmbiguousPathError`` listing them;
         pass ``via`` (an element or coordinate system on the wanted path) to choose.
         """
-        graph = {n: get_meta(e).transformations for n, e in self.spatial_items()}
+        graph = {n: meta.transformations for n, meta in self._spatial_metas()}
         return transformation_between(
             graph,
             self._node(source, "source"),
@@ -314,8 +355,7 @@ class SpatialData:
             raise ValidationError(
                 f"renaming would merge coordinate systems into {dup}; choose distinct names"
             )
-        for _, element in self.spatial_items():
-            meta = get_meta(element)
+        for _, meta in self._spatial_metas():
             meta.transformations = {mapping.get(cs, cs): t for cs, t in meta.transformations.items()}
 
     # ----------------------------------------------------------------------------------- tables
@@ -323,7 +363,7 @@ class SpatialData:
         """Names of the tables that annotate element ``name``."""
         self.kind_of(name)
         out = []
-        for table_name, table in self._store["tables"].items():
+        for table_name, table in self.items(["tables"]):
             region, _, _ = get_table_keys(table)
             if region is not None and name in region:
                 out.append(table_name)
@@ -337,7 +377,7 @@ class SpatialData:
     def _table(self, name: str):
         if self._kind_of.get(name) != "tables":
             raise KeyError(f"no table named {name!r}")
-        return self._store["tables"][name]
+        return self._get("tables", name)
 
     def set_table_annotates(
         self,
@@ -396,11 +436,12 @@ class SpatialData:
             raise KeyError(f"unknown element(s) {unknown}")
         kept = {n for n in wanted if self._kind_of[n] != "tables"}
         out = SpatialData(attrs=self.attrs)
-        for name, element in self.items(SPATIAL_KINDS):
-            if name in kept:
-                out._store[self._kind_of[name]][name] = element
-                out._kind_of[name] = self._kind_of[name]
-        for name, table in self._store["tables"].items():
+        for kind in SPATIAL_KINDS:
+            for name, element in self._store[kind].items():
+                if name in kept:
+                    out._store[kind][name] = element  # shared, loaded or not
+                    out._kind_of[name] = kind
+        for name, table in self.items(["tables"]):
             region, _, _ = get_table_keys(table)
             if name in wanted:
                 new = table
@@ -427,17 +468,172 @@ class SpatialData:
         unknown = [cs for cs in wanted if cs not in self.coordinate_systems]
         if unknown:
             raise KeyError(f"unknown coordinate system(s) {unknown}; known: {self.coordinate_systems}")
-        names = [
-            n for n, e in self.spatial_items() if any(cs in get_meta(e).transformations for cs in wanted)
-        ]
+        names = [n for n, meta in self._spatial_metas() if any(cs in meta.transformations for cs in wanted)]
         return self.subset(names, filter_tables=filter_tables, include_orphan_tables=include_orphan_tables)
+
+    # ---------------------------------------------------------------------------------- storage
+    @property
+    def path(self) -> str | None:
+        """The store this object was read from or last written to (local path or URL), if any."""
+        return self._root.url if self._root is not None else None
+
+    def _sources(self) -> set[tuple[str, str]]:
+        """``(store, element key)`` of every file set that lazily backs an element of this object."""
+        out: set[tuple[str, str]] = set()
+        for kind in KINDS:
+            for name, element in self._store[kind].items():
+                if isinstance(element, Deferred):
+                    src = element.source
+                elif kind != "tables" and has_meta(element):
+                    src = get_meta(element).source
+                else:
+                    src = self._table_sources.get(name)
+                if src is not None:
+                    out.add(src)
+        return out
+
+    def write(
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        zarr_format: int = 3,
+        formats: Mapping[str, str] | None = None,
+        consolidate_metadata: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        shapes_geometry_encoding: str = "WKB",
+        progress: bool | None = None,
+    ) -> None:
+        """Write every element to a SpatialData Zarr store at ``path`` (a local path or fsspec URL).
+
+        The store is written to a hidden temporary sibling and swapped in when complete, so a failure never
+        leaves a half-written store, nor destroys the one it was replacing.
+
+        Parameters
+        ----------
+        path
+            Target location. It must not exist unless ``overwrite=True``.
+        overwrite
+            Replace an existing store. Refused when that store lazily backs data of this object.
+        zarr_format
+            3 (default; SpatialData >= 0.6 reads it) or 2 (container 0.1; SpatialData >= 0.4 reads it).
+        formats
+            Element format versions by kind, e.g. ``{"shapes": "0.1"}`` in a v2 store for very old readers.
+        consolidate_metadata
+            Write consolidated metadata (fast opening; on by default).
+        storage_options
+            fsspec options for remote locations (credentials, endpoint_url, ...).
+        shapes_geometry_encoding
+            ``"WKB"`` (default) or ``"geoarrow"`` for shapes GeoParquet files.
+        progress
+            Show a progress bar (default: when writing to a terminal).
+        """
+        with _progress(self._kind_of, progress) as report:
+            root = store_io.write_store(
+                {k: dict(self._store[k]) for k in KINDS},
+                self.attrs,
+                path,
+                overwrite=overwrite,
+                zarr_format=zarr_format,
+                formats=formats,
+                consolidate_metadata=consolidate_metadata,
+                storage_options=storage_options,
+                protected_sources=self._sources(),
+                element_options={"shapes": {"geometry_encoding": shapes_geometry_encoding}},
+                progress=report,
+            )
+        self._root = root
+
+    def _require_store(self) -> StoreRoot:
+        if self._root is None:
+            raise StoreError("this SpatialData is not backed by a store: call write(path) or read_zarr(path) first")
+        return self._root
+
+    def write_element(
+        self,
+        name: str | Iterable[str],
+        *,
+        overwrite: bool = False,
+        formats: Mapping[str, str] | None = None,
+        shapes_geometry_encoding: str = "WKB",
+    ) -> None:
+        """Write element(s) ``name`` into the backing store (swapped in only when completely written)."""
+        root = self._require_store()
+        for one in [name] if isinstance(name, str) else list(name):
+            kind = self.kind_of(one)
+            element = self._store[kind][one]
+            if isinstance(element, Deferred) and element.source == (root.url, f"{kind}/{one}"):
+                # unchanged on disk: only its metadata may have changed
+                store_io.update_element_metadata(root.url, kind, one, element, storage_options=root.storage_options)
+                continue
+            store_io.write_element(
+                root.url,
+                kind,
+                one,
+                self._get(kind, one),
+                overwrite=overwrite,
+                formats=formats,
+                storage_options=root.storage_options,
+                element_options={"shapes": {"geometry_encoding": shapes_geometry_encoding}},
+            )
+
+    def delete_element(self, name: str) -> None:
+        """Delete element ``name`` from the backing store (the in-memory element, if any, is kept).
+
+        Refused while the in-memory element is still read lazily from those files: load it or delete it from
+        the object (``del sdata[name]``) first.
+        """
+        root = self._require_store()
+        kind = self._kind_of.get(name)
+        if kind is None:
+            kind = _kind_on_disk(root, name)
+        key = f"{kind}/{name}"
+        if (root.url, key) in self._sources():
+            raise StoreError(
+                f"{root.url}: element {name!r} of this object is read lazily from {key}; delete it from the object "
+                "(del sdata[name]) or load it into memory before deleting its files"
+            )
+        store_io.delete_element(root.url, kind, name, storage_options=root.storage_options)
+
+    def write_metadata(
+        self,
+        names: str | Iterable[str] | None = None,
+        *,
+        transformations: bool = True,
+        channel_names: bool = True,
+        attrs: bool = True,
+    ) -> None:
+        """Write only metadata to the backing store: transformations, channel names and the root attrs.
+
+        Consolidated metadata is kept in sync. Elements that are not in the store are skipped.
+        """
+        root = self._require_store()
+        chosen = list(self) if names is None else ([names] if isinstance(names, str) else list(names))
+        for name in chosen:
+            kind = self.kind_of(name)
+            if kind == "tables" or not root.exists(kind, name):
+                continue
+            store_io.update_element_metadata(
+                root.url,
+                kind,
+                name,
+                self._store[kind][name],
+                transformations=transformations,
+                channel_names=channel_names,
+                storage_options=root.storage_options,
+                reconsolidate=False,
+            )
+        if attrs:
+            store_io.write_root_attrs(root.url, self.attrs, storage_options=root.storage_options)
+        else:
+            store_io.reconsolidate_if_needed(root)
 
     # ---------------------------------------------------------------------------------- checks
     def validate(self) -> None:
         """Validate every element and every table link; raise on the first problem."""
         for name, element in self.items():
             parse_as(self._kind_of[name], element, name=name)
-        for name, table in self._store["tables"].items():
+        for name, table in self.items(["tables"]):
             region, _, _ = get_table_keys(table)
             for r in region or []:
                 if r in self._kind_of and self._kind_of[r] not in _ANNOTATABLE:
@@ -471,3 +667,35 @@ def _filter_table_to_regions(table: Any, regions: list[str], name: str) -> Any:
         name=name,
     )
     return sub
+
+
+def _has_lazy_arrays(table: Any) -> bool:
+    return isinstance(table.X, da.Array) or any(isinstance(v, da.Array) for v in table.layers.values())
+
+
+def _kind_on_disk(root: StoreRoot, name: str) -> Kind:
+    for kind in KINDS:
+        if root.exists(kind, name):
+            return kind
+    raise KeyError(f"{root.url}: no element named {name!r} in the store")
+
+
+@contextlib.contextmanager
+def _progress(kind_of: Mapping[str, str], enabled: bool | None):
+    """A progress callback over the elements being written (a tqdm bar when enabled)."""
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show or not kind_of:
+        yield lambda _what: None
+        return
+    with tqdm(total=len(kind_of), desc="writing", unit="element") as bar:
+        seen: list[str] = []
+
+        def report(what: str) -> None:
+            if seen:
+                bar.update(1)
+            seen.append(what)
+            bar.set_postfix_str(what)
+
+        yield report
+        if seen:
+            bar.update(1)

@@ -1,0 +1,536 @@
+"""Reading and writing whole stores and single elements, safely.
+
+Safety rules
+------------
+* A full write goes to a hidden temporary sibling (``.<name>.tmp-<id>``) and is swapped in only when complete;
+  the old store is moved aside first and deleted last, so a failure at any point leaves it intact.
+* A single element is written to ``<kind>/.<name>.tmp-<id>`` and swapped in the same way; readers skip names
+  starting with ``.``.
+* Nothing is replaced without ``overwrite=True``; files that lazily back the data being written are never
+  replaced; a folder that is not a Zarr store is never replaced.
+* Consolidated metadata is rewritten after every change of the store's structure or metadata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import zarr
+
+from tissuestack._version import __version__
+from tissuestack.elements import KINDS, ElementMeta, get_axes, get_meta, has_meta, raster_levels
+from tissuestack.elements._deferred import Deferred
+from tissuestack.elements._naming import check_name
+from tissuestack.errors import FormatError, StoreError
+from tissuestack.store import _points, _raster, _shapes, _tables  # noqa: F401 - registers the codecs
+from tissuestack.store._raster import (
+    raster_meta,
+    raster_version,
+    write_channel_names,
+    write_raster_transformations,
+)
+from tissuestack.store._registry import (
+    CONTAINER_FOR_ZARR,
+    CONTAINER_FORMATS,
+    DEFAULT_ELEMENT_VERSIONS,
+    ELEMENT_VERSIONS,
+    get_codec,
+)
+from tissuestack.store._root import ElementLocation, StoreRoot, quiet_zarr
+from tissuestack.store._spatial_attrs import meta_from_attrs, read_version, where
+from tissuestack.transforms import transformations_to_ngff
+
+__all__ = [
+    "OpenedStore",
+    "consolidate",
+    "delete_element",
+    "elements_on_disk",
+    "labels_list",
+    "open_store",
+    "reconsolidate_if_needed",
+    "update_element_metadata",
+    "write_element",
+    "write_root_attrs",
+    "write_store",
+]
+
+OnBad = Literal["error", "warn"]
+SD_ATTRS = "spatialdata_attrs"
+
+
+def software_version() -> str:
+    return f"tissuestack-{__version__}"
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+@dataclass
+class OpenedStore:
+    """What opening a store found: its location, formats, user attributes and (deferred) elements."""
+
+    root: StoreRoot
+    zarr_format: int
+    container_version: str
+    attrs: dict[str, Any]
+    elements: dict[str, dict[str, Deferred]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # "kind/name" -> element format version
+    consolidated: bool = False
+
+
+def _element_version(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> str:
+    if kind in ("images", "labels"):
+        return raster_version(attrs, group, loc)
+    if kind in ("points", "shapes"):
+        return read_version(attrs, group, loc)
+    if "version" not in attrs:
+        raise FormatError(f"{where(group, loc)}: missing 'version' (the tables format version)")
+    return str(attrs["version"])
+
+
+def _element_meta(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> ElementMeta | None:
+    if kind in ("images", "labels"):
+        return raster_meta(attrs, group, loc)
+    if kind in ("points", "shapes"):
+        return meta_from_attrs(attrs, group, loc)
+    return None
+
+
+def _wanted(selection: Iterable[str] | None) -> tuple[set[str], set[str]]:
+    if selection is None:
+        return set(KINDS), set()
+    items = [selection] if isinstance(selection, str) else list(selection)
+    kinds = {s for s in items if s in KINDS}
+    names = {s for s in items if s not in KINDS}
+    return kinds, names
+
+
+def _loader(codec_read: Callable[..., Any], root: StoreRoot, kind: str, name: str, options: Mapping[str, Any]):
+    def load() -> Any:
+        group = root.open_group()
+        with quiet_zarr():
+            g = group[f"{kind}/{name}"]
+        loc = ElementLocation(root, kind, name)
+        try:
+            return codec_read(g, loc, g.attrs.asdict(), **options)
+        except (StoreError, FormatError):
+            raise
+        except Exception as err:  # corrupt data surfaces as whatever the decoder raises
+            raise StoreError(f"{loc}: cannot read the element: {type(err).__name__}: {err}") from err
+
+    return load
+
+
+def open_store(
+    location: Any,
+    *,
+    selection: Iterable[str] | None = None,
+    on_bad_elements: OnBad = "error",
+    storage_options: Mapping[str, Any] | None = None,
+    lazy_tables: bool = False,
+) -> OpenedStore:
+    """Open a store: read metadata only and return deferred elements.
+
+    ``selection`` names element kinds and/or element names. ``on_bad_elements="warn"`` skips elements whose
+    metadata or files are broken (with a warning naming them) instead of raising.
+    """
+    if on_bad_elements not in ("error", "warn"):
+        raise ValueError(f"on_bad_elements must be 'error' or 'warn', got {on_bad_elements!r}")
+    root = StoreRoot.open(location, storage_options=storage_options, read_only=True)
+    try:
+        group = root.open_group()
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
+        raise StoreError(f"{root.url}: no Zarr store found there") from err
+    except Exception as err:
+        raise StoreError(f"{root.url}: cannot open the store: {type(err).__name__}: {err}") from err
+    zarr_format = group.metadata.zarr_format
+    root_attrs = group.attrs.asdict()
+    sd = root_attrs.get(SD_ATTRS)
+    container_version = str(sd.get("version", "0.1")) if isinstance(sd, Mapping) else "0.1"
+    if container_version not in CONTAINER_FORMATS:
+        msg = f"{root.url}: unknown SpatialData container version {container_version!r}; known {sorted(CONTAINER_FORMATS)}"
+        if on_bad_elements == "error":
+            raise FormatError(msg)
+        warnings.warn(msg, stacklevel=3)
+    user_attrs = {k: v for k, v in root_attrs.items() if k != SD_ATTRS} if isinstance(sd, Mapping) else {}
+    consolidated = group.metadata.consolidated_metadata is not None
+    opened = OpenedStore(root, zarr_format, container_version, user_attrs, consolidated=consolidated)
+
+    kinds, names = _wanted(selection)
+    found: set[str] = set()
+    for kind in KINDS:
+        opened.elements[kind] = {}
+        if kind not in kinds and not names:
+            continue
+        with quiet_zarr():
+            if kind not in group:
+                continue
+            type_group = group[kind]
+            children = sorted(n for n, _ in type_group.groups() if not n.startswith("."))
+        for name in children:
+            if names and name not in names and kind not in kinds:
+                continue
+            if not names and kind not in kinds:
+                continue
+            found.add(name)
+            loc = ElementLocation(root, kind, name)
+            check_name(name, f"{kind} element name")  # invalid names are refused in every mode, as by the reference
+            try:
+                with quiet_zarr():
+                    g = type_group[name]
+                attrs = g.attrs.asdict()
+                version = _element_version(kind, attrs, g, loc)
+                codec = get_codec(kind, version)
+                if codec.read is None:
+                    raise FormatError(f"{loc}: reading {kind} format {version} is not supported")
+                meta = _element_meta(kind, attrs, g, loc)
+                description = codec.describe(g, loc, attrs) if codec.describe else None
+            except Exception as err:
+                if on_bad_elements == "error":
+                    if isinstance(err, FormatError | StoreError):
+                        raise
+                    raise StoreError(f"{loc}: {type(err).__name__}: {err}") from err
+                warnings.warn(f"skipping {kind}/{name}: {err}", stacklevel=3)
+                continue
+            options = {"lazy_x": lazy_tables} if kind == "tables" else {}
+            opened.elements[kind][name] = Deferred(
+                kind,
+                meta,
+                _loader(codec.read, root, kind, name, options),
+                (lambda d=description: d) if description is not None else None,
+                (root.url, loc.key),
+            )
+            opened.versions[loc.key] = version
+    missing = names - found
+    if missing:
+        raise KeyError(f"{root.url}: no element(s) named {sorted(missing)} in the store")
+    return opened
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+def _tmp_name(name: str, tag: str) -> str:
+    return f".{name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _is_zarr_root(root: StoreRoot) -> bool:
+    return root.exists("zarr.json") or root.exists(".zgroup")
+
+
+def _resolve_versions(zarr_format: int, formats: Mapping[str, str] | None) -> dict[str, str]:
+    if zarr_format not in DEFAULT_ELEMENT_VERSIONS:
+        raise FormatError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
+    versions = dict(DEFAULT_ELEMENT_VERSIONS[zarr_format])
+    for kind, version in (formats or {}).items():
+        if kind not in versions:
+            raise FormatError(f"formats: unknown element kind {kind!r}; expected one of {list(versions)}")
+        allowed = ELEMENT_VERSIONS[zarr_format][kind]
+        if version not in allowed:
+            raise FormatError(
+                f"formats: {kind} format {version!r} cannot be written in a Zarr v{zarr_format} store; "
+                f"allowed: {list(allowed)}"
+            )
+        versions[kind] = version
+    return versions
+
+
+def _check_user_attrs(attrs: Mapping[str, Any]) -> None:
+    if SD_ATTRS in attrs:
+        raise StoreError(f"user attrs may not contain the key {SD_ATTRS!r}: it is reserved for the format version")
+
+
+def _root_attrs(container_version: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    _check_user_attrs(attrs)
+    return {SD_ATTRS: {"version": container_version, "spatialdata_software_version": software_version()}, **attrs}
+
+
+def _sources_inside(root: StoreRoot, sources: Iterable[tuple[str, str]]) -> list[str]:
+    return sorted({key for url, key in sources if url == root.url})
+
+
+def _set_labels_list(labels_group: zarr.Group, names: list[str]) -> None:
+    if labels_group.metadata.zarr_format == 3:
+        labels_group.attrs.update({"ome": {"labels": names}})
+    else:
+        labels_group.attrs.update({"labels": names})
+
+
+def labels_list(labels_group: zarr.Group) -> list[str]:
+    attrs = labels_group.attrs.asdict()
+    listed = attrs.get("ome", {}).get("labels") if "ome" in attrs else attrs.get("labels")
+    return list(listed or [])
+
+
+def consolidate(root: StoreRoot) -> None:
+    """Rewrite the consolidated metadata of the whole store."""
+    with quiet_zarr():
+        g = zarr.open_group(root.zarr_store(read_only=False), mode="r+", use_consolidated=False)
+        zarr.consolidate_metadata(root.zarr_store(read_only=False), zarr_format=g.metadata.zarr_format)
+
+
+def write_store(
+    elements: Mapping[str, Mapping[str, Any]],
+    attrs: Mapping[str, Any],
+    location: Any,
+    *,
+    overwrite: bool = False,
+    zarr_format: int = 3,
+    formats: Mapping[str, str] | None = None,
+    consolidate_metadata: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    protected_sources: Iterable[tuple[str, str]] = (),
+    element_options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
+    fail_after: str | None = None,
+) -> StoreRoot:
+    """Write a whole store into a temporary sibling, then swap it into ``location``.
+
+    ``elements`` maps kind -> name -> element (in memory, lazy, or :class:`Deferred`). ``protected_sources``
+    are ``(store, element key)`` pairs that lazily back the data being written: replacing such a store is
+    refused. ``element_options`` passes per-kind writer options (e.g. ``{"shapes": {"geometry_encoding":
+    "geoarrow"}}``). ``fail_after`` is for tests: raise right after writing that element (``"kind/name"``), to
+    prove that a failed write leaves the old store intact.
+    """
+    versions = _resolve_versions(zarr_format, formats)
+    _check_user_attrs(attrs)
+    root = StoreRoot.open(location, storage_options=storage_options, read_only=False)
+    if root.fs.exists(root.path):
+        if not overwrite:
+            raise StoreError(f"{root.url} exists; pass overwrite=True to replace it")
+        if not _is_zarr_root(root) and root.fs.ls(root.path):
+            raise StoreError(f"{root.url} exists and is not a Zarr store; refusing to replace it")
+        backing = _sources_inside(root, protected_sources)
+        if backing:
+            raise StoreError(
+                f"{root.url} holds files that lazily back the data being written ({', '.join(backing)}); "
+                "replacing the store would destroy that data. Write to another location, or load those "
+                "elements into memory first"
+            )
+    tmp = root.sibling("tmp")
+    note = progress or (lambda _what: None)
+
+    def step(what: str) -> None:
+        note(what)
+
+    def written(what: str) -> None:
+        if fail_after is not None and what == fail_after:
+            raise RuntimeError(f"injected failure after writing {what}")
+
+    try:
+        with quiet_zarr():
+            group = zarr.open_group(tmp.zarr_store(read_only=False), mode="w", zarr_format=zarr_format)
+        group.attrs.update(_root_attrs(CONTAINER_FOR_ZARR[zarr_format], attrs))
+        for kind in KINDS:
+            items = elements.get(kind) or {}
+            if not items:
+                continue
+            with quiet_zarr():
+                type_group = group.require_group(kind)
+            for name, element in items.items():
+                step(f"{kind}/{name}")
+                _write_one(element, type_group, ElementLocation(tmp, kind, name), versions[kind], element_options)
+                written(f"{kind}/{name}")
+            if kind == "labels":
+                _set_labels_list(type_group, list(items))
+        if consolidate_metadata:
+            consolidate(tmp)
+        _swap(root, tmp)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tmp.rm()
+        raise
+    return root
+
+
+def _write_one(
+    element: Any,
+    type_group: zarr.Group,
+    loc: ElementLocation,
+    version: str,
+    element_options: Mapping[str, Mapping[str, Any]] | None,
+) -> None:
+    codec = get_codec(loc.kind, version)
+    if codec.write is None:
+        raise FormatError(f"writing {loc.kind} format {version} is not supported")
+    if isinstance(element, Deferred):
+        element = element.load()
+    codec.write(element, type_group, loc, version, **dict((element_options or {}).get(loc.kind, {})))
+
+
+def _swap(target: StoreRoot, tmp: StoreRoot) -> None:
+    """Move ``tmp`` into ``target``; an existing ``target`` is moved aside first and deleted last."""
+    old = None
+    if target.fs.exists(target.path):
+        old = target.sibling("old")
+        target.move(target.path, old.path)
+    try:
+        target.move(tmp.path, target.path)
+    except BaseException:
+        if old is not None:  # put the old store back
+            target.move(old.path, target.path)
+        raise
+    if old is not None:
+        old.rm()
+
+
+def _open_existing(location: Any, storage_options: Mapping[str, Any] | None) -> tuple[StoreRoot, zarr.Group]:
+    root = StoreRoot.open(location, storage_options=storage_options, read_only=False)
+    if not _is_zarr_root(root):
+        raise StoreError(f"{root.url}: no Zarr store there; write the whole object first")
+    with quiet_zarr():
+        group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", use_consolidated=False)
+    return root, group
+
+
+def elements_on_disk(group: zarr.Group) -> dict[str, str]:
+    """Lower-cased element name -> "kind/name" for every element in the store."""
+    out = {}
+    with quiet_zarr():
+        for kind in KINDS:
+            if kind in group:
+                for name, _ in group[kind].groups():
+                    if not name.startswith("."):
+                        out[name.lower()] = f"{kind}/{name}"
+    return out
+
+
+def write_element(
+    location: Any,
+    kind: str,
+    name: str,
+    element: Any,
+    *,
+    overwrite: bool = False,
+    formats: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    element_options: Mapping[str, Mapping[str, Any]] | None = None,
+    fail_after_data: bool = False,
+) -> None:
+    """Write one element into an existing store (temporary name, then swapped in)."""
+    check_name(name, f"{kind} element name")
+    root, group = _open_existing(location, storage_options)
+    zarr_format = group.metadata.zarr_format
+    versions = _resolve_versions(zarr_format, formats)
+    existing = elements_on_disk(group).get(name.lower())
+    key = f"{kind}/{name}"
+    if existing is not None and existing != key:
+        raise StoreError(f"{root.url}: cannot write {key}: the store holds {existing} (names are unique ignoring case)")
+    if existing is not None and not overwrite:
+        raise StoreError(f"{root.url}: {key} exists; pass overwrite=True to replace it")
+    meta = get_meta(element) if kind != "tables" and has_meta(element) else None
+    if meta is not None and meta.source == (root.url, key):
+        raise StoreError(
+            f"{root.url}: {key} is read lazily from the very files it would replace; load it into memory first "
+            "or write it under another name"
+        )
+    with quiet_zarr():
+        type_group = group.require_group(kind)
+    tmp_name = _tmp_name(name, "tmp")
+    tmp_loc = ElementLocation(root, kind, tmp_name)
+    try:
+        _write_one(element, type_group, tmp_loc, versions[kind], element_options)
+        if fail_after_data:
+            raise RuntimeError(f"injected failure after writing the data of {key}")
+        target = root.join(kind, name)
+        old_path = None
+        if root.fs.exists(target):
+            old_path = root.join(kind, _tmp_name(name, "old"))
+            root.move(target, old_path)
+        try:
+            root.move(root.join(kind, tmp_name), target)
+        except BaseException:
+            if old_path is not None:
+                root.move(old_path, target)
+            raise
+        if old_path is not None:
+            root.fs.rm(old_path, recursive=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            root.rm(kind, tmp_name)
+        raise
+    if kind == "labels":
+        with quiet_zarr():
+            labels_group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", path="labels")
+        listed = labels_list(labels_group)
+        if name not in listed:
+            _set_labels_list(labels_group, [*listed, name])
+    reconsolidate_if_needed(root)
+
+
+def delete_element(location: Any, kind: str, name: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Delete ``<kind>/<name>`` from a store (and from the labels list), keeping consolidated metadata in sync."""
+    root, _ = _open_existing(location, storage_options)
+    if not root.exists(kind, name):
+        raise KeyError(f"{root.url}: no element {kind}/{name} in the store")
+    root.rm(kind, name)
+    if kind == "labels":
+        with quiet_zarr():
+            labels_group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", path="labels")
+        _set_labels_list(labels_group, [n for n in labels_list(labels_group) if n != name])
+    reconsolidate_if_needed(root)
+
+
+def reconsolidate_if_needed(root: StoreRoot) -> None:
+    with quiet_zarr():
+        g = zarr.open_group(root.zarr_store(read_only=True), mode="r")
+    if g.metadata.consolidated_metadata is not None:
+        consolidate(root)
+
+
+def update_element_metadata(
+    location: Any,
+    kind: str,
+    name: str,
+    element: Any,
+    *,
+    transformations: bool = True,
+    channel_names: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    reconsolidate: bool = True,
+) -> None:
+    """Rewrite only the transformations (and, for images, channel names) of an element on disk."""
+    root, group = _open_existing(location, storage_options)
+    with quiet_zarr():
+        try:
+            g = group[f"{kind}/{name}"]
+        except KeyError:
+            raise KeyError(f"{root.url}: no element {kind}/{name} in the store") from None
+    meta = element.meta if isinstance(element, Deferred) else get_meta(element)
+    if kind in ("images", "labels"):
+        if transformations:
+            attrs = g.attrs.asdict()
+            axes = _raster_axes(attrs)
+            write_raster_transformations(g, meta, axes)
+        if channel_names and kind == "images" and not isinstance(element, Deferred):
+            first = raster_levels(element)[0]
+            write_channel_names(g, first.coords["c"].values.tolist())
+    elif kind in ("points", "shapes") and transformations:
+        axes = tuple(g.attrs.asdict().get("axes") or ()) if isinstance(element, Deferred) else get_axes(element)
+        g.attrs.update({"coordinateTransformations": transformations_to_ngff(meta.transformations, tuple(axes))})
+    if reconsolidate:
+        reconsolidate_if_needed(root)
+
+
+def _raster_axes(attrs: Mapping[str, Any]) -> tuple[str, ...]:
+    ms = attrs["ome"]["multiscales"] if "ome" in attrs else attrs["multiscales"]
+    return tuple(a["name"] if isinstance(a, Mapping) else a for a in ms[0]["axes"])
+
+
+def write_root_attrs(
+    location: Any, attrs: Mapping[str, Any], *, storage_options: Mapping[str, Any] | None = None
+) -> None:
+    """Replace the user attributes of a store, keeping its container version (unlike the reference)."""
+    root, group = _open_existing(location, storage_options)
+    with quiet_zarr():
+        was_consolidated = root.open_group().metadata.consolidated_metadata is not None
+    current = group.attrs.asdict().get(SD_ATTRS) or {}
+    version = current.get("version") or CONTAINER_FOR_ZARR[group.metadata.zarr_format]
+    group.attrs.put(_root_attrs(str(version), attrs))  # rewrites the root document: consolidate again below
+    if was_consolidated:
+        consolidate(root)
