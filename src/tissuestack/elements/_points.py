@@ -11,6 +11,8 @@ Validation only looks at dtypes and metadata, never at the data: it is free on a
 
 from __future__ import annotations
 
+import uuid
+
 from collections.abc import Mapping
 from typing import Any
 
@@ -195,10 +197,7 @@ class PointsModel:
             n_rows = len(frame)
             if feature_key is not None and not _is_categorical(frame[feature_key].dtype):
                 frame = frame.assign(**{feature_key: frame[feature_key].astype("category")})
-            if npartitions is not None:
-                ddf = dd.from_pandas(frame, npartitions=npartitions, sort=False)
-            else:
-                ddf = dd.from_pandas(frame, chunksize=chunksize or DEFAULT_CHUNKSIZE, sort=False)
+            ddf = _from_pandas(frame, npartitions, chunksize or DEFAULT_CHUNKSIZE)
         else:
             if chunksize is not None:
                 raise ValidationError(
@@ -382,6 +381,50 @@ def _rename_coordinates(
                 f"{coordinates[axis]!r} renamed to {axis!r}; drop or rename it first"
             )
     return frame.rename(columns={source: axis for axis, source in coordinates.items() if source != axis})
+
+
+class _Slice:
+    """A row slice of an in-memory frame with a cheap dask token (dask would otherwise hash all the data)."""
+
+    __slots__ = ("frame", "token")
+
+    def __init__(self, frame: pd.DataFrame, token: str):
+        self.frame = frame
+        self.token = token
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def _partition(part: _Slice) -> pd.DataFrame:
+    return part.frame
+
+
+def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -> dd.DataFrame:
+    """A dask frame over row slices of ``frame``, in order, with unknown divisions.
+
+    ``dd.from_pandas`` computes sorted divisions whenever the index is monotonic (a RangeIndex always is):
+    seconds for tens of millions of rows, and it also hashes the whole frame for its name. Points need
+    neither, so the frame is cut into views and each task holds only its own slice.
+    """
+    n = len(frame)
+    if npartitions is None:
+        npartitions = max(1, -(-n // max(chunksize, 1)))
+    npartitions = max(1, min(npartitions, max(n, 1)))
+    bounds = np.linspace(0, n, npartitions + 1).round().astype(int)
+    token = uuid.uuid4().hex
+    parts = [
+        _Slice(frame.iloc[a:b], f"{token}-{i}")
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
+    ]
+    return dd.from_map(
+        _partition,
+        parts,
+        meta=frame.iloc[:0],
+        divisions=[None] * (npartitions + 1),
+        enforce_metadata=False,
+        label="points-from-pandas",
+    )
 
 
 def _check_columns(frame: pd.DataFrame | dd.DataFrame, label: str) -> None:

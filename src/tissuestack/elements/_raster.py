@@ -7,6 +7,7 @@ A single-scale raster is an ``xarray.DataArray`` backed by a dask array. A multi
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -352,32 +353,56 @@ def _unwrap(data: Any) -> Any:
     return data.data if isinstance(data, xr.DataArray) else data
 
 
+def _block_reduce(
+    block: np.ndarray, axis: tuple[int, ...] | None = None, *, method: str, dtype: np.dtype
+) -> np.ndarray:
+    """Reduce the blocks of one coarsening step (``block`` is reshaped so ``axis`` are the block axes)."""
+    if axis is None:  # dask probes the output type with a tiny array
+        return block.astype(dtype)
+    if method == "max":
+        return block.max(axis=axis)
+    if method == "min":
+        return block.min(axis=axis)
+    n = int(np.prod([block.shape[a] for a in axis]))
+    if np.issubdtype(dtype, np.integer):
+        total = block.sum(axis=axis, dtype=np.int64 if np.issubdtype(dtype, np.signedinteger) else np.uint64)
+        return ((total + n // 2) // n).astype(dtype)  # exact rounded mean, no float pass
+    if dtype == np.bool_:
+        return block.sum(axis=axis) * 2 >= n
+    return block.mean(axis=axis, dtype=np.float64).astype(dtype)
+
+
 def _downsample(arr: xr.DataArray, factors: Mapping[str, int], method: str) -> xr.DataArray:
     """One lazy pyramid step; the result has floor(size / factor) along each axis."""
     active = {d: f for d, f in factors.items() if f > 1}
     if not active:
         return arr
+    data = arr.data
     if method == "nearest":
         # take the pixel nearest to the centre of each block
-        index = {d: slice(f // 2, (arr.sizes[d] // f) * f, f) for d, f in active.items()}
-        out = arr.isel(index)
-    else:
-        coarse = arr.coarsen(active, boundary="trim")
-        out = getattr(coarse, method)()
-        if method == "mean" and np.issubdtype(arr.dtype, np.integer):
-            info = np.iinfo(arr.dtype)
-            out = out.round().clip(info.min, info.max).astype(arr.dtype)
-        elif method == "mean" and arr.dtype == np.bool_:
-            out = out >= 0.5
-    # keep chunks no larger than the level above
-    out = out.copy(
-        data=out.data.rechunk(
-            {i: min(c[0], s) for i, (c, s) in enumerate(zip(arr.chunks, out.shape, strict=True))}
+        index = tuple(
+            slice(active[d] // 2, (arr.sizes[d] // active[d]) * active[d], active[d])
+            if d in active
+            else slice(None)
+            for d in arr.dims
         )
-    )
+        out = data[index]
+    else:
+        axes = {arr.dims.index(d): f for d, f in active.items()}
+        trimmed = data[
+            tuple(
+                slice(0, (s // axes[i]) * axes[i]) if i in axes else slice(None)
+                for i, s in enumerate(data.shape)
+            )
+        ]
+        # dask aligns chunks to the factors, so no block straddles two chunks
+        out = da.coarsen(
+            functools.partial(_block_reduce, method=method, dtype=arr.dtype), trimmed, dict(axes)
+        )
+    result = xr.DataArray(out, dims=arr.dims)
     if "c" in arr.coords:
-        out = out.assign_coords(c=arr.coords["c"].values)
-    return out.drop_vars([d for d in active if d in out.coords])
+        result = result.assign_coords(c=arr.coords["c"].values)
+    return result
 
 
 class Image2DModel(RasterModel):

@@ -75,10 +75,10 @@ def _annotation(adata: ad.AnnData) -> dict[str, Any] | None:
 
 @contextmanager
 def _anndata_settings(zarr_format: int) -> Iterator[None]:
-    overrides: dict[str, Any] = {"zarr_write_format": zarr_format}
     available = set(dir(ad.settings))
-    overrides.update({k: v for k, v in _WRITE_SETTINGS.items() if k in available})
-    overrides = {k: v for k, v in overrides.items() if k in available}
+    overrides = {
+        k: v for k, v in {"zarr_write_format": zarr_format, **_WRITE_SETTINGS}.items() if k in available
+    }
     with ad.settings.override(**overrides), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*autosharding.*")
         warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
