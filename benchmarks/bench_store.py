@@ -127,8 +127,21 @@ def main() -> None:
     data = HERE / "data"
     work = data / f"w{args.cells}_{args.tx}_{args.image}"
     if not (work / "meta.json").exists():
-        subprocess.run([sys.executable, str(SHARED / "bench" / "gen.py"), str(work), "--cells", str(args.cells),
-                        "--tx", str(args.tx), "--image", str(args.image)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(SHARED / "bench" / "gen.py"),
+                str(work),
+                "--cells",
+                str(args.cells),
+                "--tx",
+                str(args.tx),
+                "--image",
+                str(args.image),
+            ],
+            check=True,
+            capture_output=True,
+        )
     out_dir = data / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     ours_store = out_dir / "ours.zarr"
@@ -136,21 +149,36 @@ def main() -> None:
 
     results: dict[str, dict] = {"tissuestack": {}, "reference": {}}
     results["tissuestack"].update(run_json([sys.executable, "-c", OURS_WRITE, str(work), str(ours_store)]))
-    opens = [run_json([sys.executable, "-c", OURS_OPEN, str(ours_store), "open"])["open"] for _ in range(args.open_runs)]
+    opens = [
+        run_json([sys.executable, "-c", OURS_OPEN, str(ours_store), "open"])["open"]
+        for _ in range(args.open_runs)
+    ]
     results["tissuestack"]["open"] = sorted(opens)[len(opens) // 2]
     results["tissuestack"].update(
-        {k: v for k, v in run_json([sys.executable, "-c", OURS_OPEN, str(ours_store), "rows"]).items() if k != "open"}
+        {
+            k: v
+            for k, v in run_json([sys.executable, "-c", OURS_OPEN, str(ours_store), "rows"]).items()
+            if k != "open"
+        }
     )
 
     ref_py = None if args.no_reference else reference_python()
     if ref_py:
-        ref = run_json([ref_py, str(SHARED / "bench" / "reference_bench.py"), str(work), str(out_dir), "build,write"])
+        ref = run_json(
+            [ref_py, str(SHARED / "bench" / "reference_bench.py"), str(work), str(out_dir), "build,write"]
+        )
         results["reference"].update({"build": ref.get("build"), "write": ref.get("write")})
         ref_store = out_dir / "anchor.zarr"
-        ref_opens = [run_json([ref_py, "-c", REF_OPEN, str(ref_store), "open"])["open"] for _ in range(args.open_runs)]
+        ref_opens = [
+            run_json([ref_py, "-c", REF_OPEN, str(ref_store), "open"])["open"] for _ in range(args.open_runs)
+        ]
         results["reference"]["open"] = sorted(ref_opens)[len(ref_opens) // 2]
         results["reference"].update(
-            {k: v for k, v in run_json([ref_py, "-c", REF_OPEN, str(ref_store), "rows"]).items() if k != "open"}
+            {
+                k: v
+                for k, v in run_json([ref_py, "-c", REF_OPEN, str(ref_store), "rows"]).items()
+                if k != "open"
+            }
         )
         # each library opening the other's store
         results["tissuestack"]["open_reference_store"] = run_json(
@@ -163,9 +191,13 @@ def main() -> None:
         ours = results["tissuestack"].get(key)
         theirs = results["reference"].get(key)
         ratio = f"{theirs / ours:.1f}x" if ours and theirs else "-"
-        print(f"{key:28s} {ours if ours is not None else '-':>12} {theirs if theirs is not None else '-':>12} {ratio:>15s}")
+        print(
+            f"{key:28s} {ours if ours is not None else '-':>12} {theirs if theirs is not None else '-':>12} {ratio:>15s}"
+        )
     if "open_reference_store" in results["tissuestack"]:
-        print(f"tissuestack opening the reference's store: {results['tissuestack']['open_reference_store']} s")
+        print(
+            f"tissuestack opening the reference's store: {results['tissuestack']['open_reference_store']} s"
+        )
     (HERE / "results").mkdir(exist_ok=True)
     name = f"store_{args.cells}_{args.tx}.json"
     (HERE / "results" / name).write_text(json.dumps(results, indent=1))

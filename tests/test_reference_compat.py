@@ -38,7 +38,9 @@ def sdata():
 
 
 def _reference_summary(python: str, store: Path) -> dict:
-    res = subprocess.run([python, str(REFERENCE_SUMMARY), str(store)], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [python, str(REFERENCE_SUMMARY), str(store)], capture_output=True, text=True, timeout=600
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     return json.loads(res.stdout)
 
@@ -71,7 +73,9 @@ def test_reference_reads_geoarrow_shapes_and_updated_metadata(reference_python, 
     from tissuestack import Scale
 
     store = tmp_path / "geoarrow.zarr"
-    sdata.subset(["cell_boundaries", "spots", "transcripts"]).write(store, shapes_geometry_encoding="geoarrow")
+    sdata.subset(["cell_boundaries", "spots", "transcripts"]).write(
+        store, shapes_geometry_encoding="geoarrow"
+    )
     back = read_zarr(store)
     back.set_transformation("spots", Scale([2.0, 0.5], ("x", "y")), "stretched")
     back.write_metadata()
@@ -120,7 +124,14 @@ def test_rasters_validate_as_ome_ngff(reference_python, sdata, tmp_path, zarr_fo
     script.write_text(NGFF_CHECK)
     for kind, name in (("images", "morphology"), ("labels", "cell_labels")):
         res = subprocess.run(
-            [reference_python, str(script), str(store / kind / name), kind, str(zarr_format), str(tmp_path / f"{kind}.zarr")],
+            [
+                reference_python,
+                str(script),
+                str(store / kind / name),
+                kind,
+                str(zarr_format),
+                str(tmp_path / f"{kind}.zarr"),
+            ],
             capture_output=True,
             text=True,
             timeout=300,

@@ -95,7 +95,12 @@ def test_open_is_lazy_and_metadata_only(sdata, tmp_path):
 def test_selection_by_kind_and_name(sdata, tmp_path):
     path = tmp_path / "s.zarr"
     sdata.write(path)
-    assert set(read_zarr(path, selection=["shapes"])) == {"cell_boundaries", "nuclei", "spots", "regions_of_interest"}
+    assert set(read_zarr(path, selection=["shapes"])) == {
+        "cell_boundaries",
+        "nuclei",
+        "spots",
+        "regions_of_interest",
+    }
     assert set(read_zarr(path, selection=["transcripts", "table"])) == {"transcripts", "table"}
     with pytest.raises(KeyError, match=r"no element\(s\) named \['nope'\]"):
         read_zarr(path, selection=["nope"])
@@ -220,7 +225,9 @@ def test_write_metadata_updates_transformations_channels_and_attrs(sdata, tmp_pa
         again = read_zarr(path)
         assert again._store_info["container_version"] == ("0.2" if zarr_format == 3 else "0.1")
         assert again.attrs["note"] == "hello"
-        assert again.get_transformation("spots", "shifted").equivalent(Translation([5.0, 6.0], ("x", "y")), ("x", "y"))
+        assert again.get_transformation("spots", "shifted").equivalent(
+            Translation([5.0, 6.0], ("x", "y")), ("x", "y")
+        )
         assert "shifted" in again.get_transformation("transcripts", get_all=True)
         assert list(raster_levels(again["morphology"])[0].coords["c"].values) == ["a", "b", "c"]
         # consolidated copy agrees with the element's own metadata

@@ -31,7 +31,9 @@ def _size(root: StoreRoot, *parts: str) -> int | None:
         return None
 
 
-def print_info(location: str, *, as_json: bool = False, storage_options: Mapping[str, Any] | None = None) -> int:
+def print_info(
+    location: str, *, as_json: bool = False, storage_options: Mapping[str, Any] | None = None
+) -> int:
     sdata = read_zarr(location, storage_options=storage_options)
     if as_json:
         print(json.dumps(summarize(sdata), indent=1, sort_keys=True, default=str))
@@ -98,7 +100,9 @@ def validate_store(location: str, *, storage_options: Mapping[str, Any] | None =
             markers = ("zarr.json",) if group.metadata.zarr_format == 3 else (".zgroup", ".zarray")
             for key in sorted(consolidated.flattened_metadata if consolidated else ()):
                 if not any(root.exists(*key.split("/"), m) for m in markers):
-                    problems.append(f"consolidated metadata lists {key}, whose metadata file is missing on disk")
+                    problems.append(
+                        f"consolidated metadata lists {key}, whose metadata file is missing on disk"
+                    )
     except Exception as err:
         problems.append(f"{root.url}: {type(err).__name__}: {err}")
     return problems

@@ -546,7 +546,9 @@ class SpatialData:
 
     def _require_store(self) -> StoreRoot:
         if self._root is None:
-            raise StoreError("this SpatialData is not backed by a store: call write(path) or read_zarr(path) first")
+            raise StoreError(
+                "this SpatialData is not backed by a store: call write(path) or read_zarr(path) first"
+            )
         return self._root
 
     def write_element(
@@ -564,7 +566,9 @@ class SpatialData:
             element = self._store[kind][one]
             if isinstance(element, Deferred) and element.source == (root.url, f"{kind}/{one}"):
                 # unchanged on disk: only its metadata may have changed
-                store_io.update_element_metadata(root.url, kind, one, element, storage_options=root.storage_options)
+                store_io.update_element_metadata(
+                    root.url, kind, one, element, storage_options=root.storage_options
+                )
                 continue
             store_io.write_element(
                 root.url,

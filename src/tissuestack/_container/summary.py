@@ -91,7 +91,9 @@ def summarize(sdata: SpatialData) -> dict[str, Any]:
             region = link.get("region")
             if isinstance(region, np.ndarray):
                 region = region.tolist()
-            info.update(region=region, region_key=link.get("region_key"), instance_key=link.get("instance_key"))
+            info.update(
+                region=region, region_key=link.get("region_key"), instance_key=link.get("instance_key")
+            )
         else:
             info["region"] = None
         if table.X is not None:

@@ -72,7 +72,9 @@ class ElementMeta:
 
     def copy(self) -> ElementMeta:
         """A copy for a derived object: same transformations, keys and source; row count unknown."""
-        return ElementMeta(dict(self.transformations), self.feature_key, self.instance_key, source=self.source)
+        return ElementMeta(
+            dict(self.transformations), self.feature_key, self.instance_key, source=self.source
+        )
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ElementMeta:
         # transformations are immutable values: a new dict is a full copy
@@ -201,7 +203,9 @@ def set_transformation(
     set_all: bool = False,
 ) -> None:
     """Set the transformation of ``element`` to one coordinate system, or (``set_all``) replace all of them."""
-    set_meta_transformation(get_meta(element, create=True), transformation, to_coordinate_system, set_all=set_all)
+    set_meta_transformation(
+        get_meta(element, create=True), transformation, to_coordinate_system, set_all=set_all
+    )
 
 
 def set_meta_transformation(

@@ -11,8 +11,8 @@ Validation only looks at dtypes and metadata, never at the data: it is free on a
 
 from __future__ import annotations
 
+import itertools
 import uuid
-
 from collections.abc import Mapping
 from typing import Any
 
@@ -413,10 +413,7 @@ def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -
     npartitions = max(1, min(npartitions, max(n, 1)))
     bounds = np.linspace(0, n, npartitions + 1).round().astype(int)
     token = uuid.uuid4().hex
-    parts = [
-        _Slice(frame.iloc[a:b], f"{token}-{i}")
-        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
-    ]
+    parts = [_Slice(frame.iloc[a:b], f"{token}-{i}") for i, (a, b) in enumerate(itertools.pairwise(bounds))]
     return dd.from_map(
         _partition,
         parts,

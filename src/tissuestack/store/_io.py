@@ -93,7 +93,9 @@ def _element_version(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc
     return str(attrs["version"])
 
 
-def _element_meta(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> ElementMeta | None:
+def _element_meta(
+    kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation
+) -> ElementMeta | None:
     if kind in ("images", "labels"):
         return raster_meta(attrs, group, loc)
     if kind in ("points", "shapes"):
@@ -110,7 +112,9 @@ def _wanted(selection: Iterable[str] | None) -> tuple[set[str], set[str]]:
     return kinds, names
 
 
-def _loader(codec_read: Callable[..., Any], root: StoreRoot, kind: str, name: str, options: Mapping[str, Any]):
+def _loader(
+    codec_read: Callable[..., Any], root: StoreRoot, kind: str, name: str, options: Mapping[str, Any]
+):
     def load() -> Any:
         group = root.open_group()
         with quiet_zarr():
@@ -179,7 +183,9 @@ def open_store(
                 continue
             found.add(name)
             loc = ElementLocation(root, kind, name)
-            check_name(name, f"{kind} element name")  # invalid names are refused in every mode, as by the reference
+            check_name(
+                name, f"{kind} element name"
+            )  # invalid names are refused in every mode, as by the reference
             try:
                 with quiet_zarr():
                     g = type_group[name]
@@ -242,12 +248,17 @@ def _resolve_versions(zarr_format: int, formats: Mapping[str, str] | None) -> di
 
 def _check_user_attrs(attrs: Mapping[str, Any]) -> None:
     if SD_ATTRS in attrs:
-        raise StoreError(f"user attrs may not contain the key {SD_ATTRS!r}: it is reserved for the format version")
+        raise StoreError(
+            f"user attrs may not contain the key {SD_ATTRS!r}: it is reserved for the format version"
+        )
 
 
 def _root_attrs(container_version: str, attrs: Mapping[str, Any]) -> dict[str, Any]:
     _check_user_attrs(attrs)
-    return {SD_ATTRS: {"version": container_version, "spatialdata_software_version": software_version()}, **attrs}
+    return {
+        SD_ATTRS: {"version": container_version, "spatialdata_software_version": software_version()},
+        **attrs,
+    }
 
 
 def _sources_inside(root: StoreRoot, sources: Iterable[tuple[str, str]]) -> list[str]:
@@ -334,7 +345,9 @@ def write_store(
                 type_group = group.require_group(kind)
             for name, element in items.items():
                 step(f"{kind}/{name}")
-                _write_one(element, type_group, ElementLocation(tmp, kind, name), versions[kind], element_options)
+                _write_one(
+                    element, type_group, ElementLocation(tmp, kind, name), versions[kind], element_options
+                )
                 written(f"{kind}/{name}")
             if kind == "labels":
                 _set_labels_list(type_group, list(items))
@@ -420,7 +433,9 @@ def write_element(
     existing = elements_on_disk(group).get(name.lower())
     key = f"{kind}/{name}"
     if existing is not None and existing != key:
-        raise StoreError(f"{root.url}: cannot write {key}: the store holds {existing} (names are unique ignoring case)")
+        raise StoreError(
+            f"{root.url}: cannot write {key}: the store holds {existing} (names are unique ignoring case)"
+        )
     if existing is not None and not overwrite:
         raise StoreError(f"{root.url}: {key} exists; pass overwrite=True to replace it")
     meta = get_meta(element) if kind != "tables" and has_meta(element) else None
@@ -463,7 +478,9 @@ def write_element(
     reconsolidate_if_needed(root)
 
 
-def delete_element(location: Any, kind: str, name: str, *, storage_options: Mapping[str, Any] | None = None) -> None:
+def delete_element(
+    location: Any, kind: str, name: str, *, storage_options: Mapping[str, Any] | None = None
+) -> None:
     """Delete ``<kind>/<name>`` from a store (and from the labels list), keeping consolidated metadata in sync."""
     root, _ = _open_existing(location, storage_options)
     if not root.exists(kind, name):
@@ -511,8 +528,12 @@ def update_element_metadata(
             first = raster_levels(element)[0]
             write_channel_names(g, first.coords["c"].values.tolist())
     elif kind in ("points", "shapes") and transformations:
-        axes = tuple(g.attrs.asdict().get("axes") or ()) if isinstance(element, Deferred) else get_axes(element)
-        g.attrs.update({"coordinateTransformations": transformations_to_ngff(meta.transformations, tuple(axes))})
+        axes = (
+            tuple(g.attrs.asdict().get("axes") or ()) if isinstance(element, Deferred) else get_axes(element)
+        )
+        g.attrs.update(
+            {"coordinateTransformations": transformations_to_ngff(meta.transformations, tuple(axes))}
+        )
     if reconsolidate:
         reconsolidate_if_needed(root)
 

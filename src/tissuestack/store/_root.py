@@ -65,7 +65,11 @@ class StoreRoot:
 
     @classmethod
     def open(
-        cls, location: str | os.PathLike, *, storage_options: Mapping[str, Any] | None = None, read_only: bool = True
+        cls,
+        location: str | os.PathLike,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        read_only: bool = True,
     ) -> StoreRoot:
         options = dict(storage_options or {})
         text = os.fspath(location)
@@ -73,7 +77,13 @@ class StoreRoot:
             text = text[len("file://") :]
         if _is_url(text):
             fs, path = fsspec.url_to_fs(text, **options)
-            return cls(url=text.rstrip("/"), fs=fs, path=path.rstrip("/"), storage_options=options, read_only=read_only)
+            return cls(
+                url=text.rstrip("/"),
+                fs=fs,
+                path=path.rstrip("/"),
+                storage_options=options,
+                read_only=read_only,
+            )
         local = str(Path(text).expanduser().resolve())
         return cls(url=local, fs=LocalFileSystem(), path=local, storage_options=options, read_only=read_only)
 
@@ -90,7 +100,9 @@ class StoreRoot:
             url = f"{protocol}://{path}" if not path.startswith(f"{protocol}://") else path
             if self.url.startswith(("http://", "https://")):
                 url = path
-        return StoreRoot(url=url, fs=self.fs, path=path, storage_options=self.storage_options, read_only=self.read_only)
+        return StoreRoot(
+            url=url, fs=self.fs, path=path, storage_options=self.storage_options, read_only=self.read_only
+        )
 
     def sibling(self, tag: str) -> StoreRoot:
         """A hidden, unique sibling location ``.<name>.<tag>-<id>`` in the same parent folder."""
@@ -110,8 +122,9 @@ class StoreRoot:
 
     def open_group(self, *, use_consolidated: bool | None = None) -> zarr.Group:
         with quiet_zarr():
-            return zarr.open_group(self.zarr_store(), mode="r" if self.read_only else "r+",
-                                   use_consolidated=use_consolidated)
+            return zarr.open_group(
+                self.zarr_store(), mode="r" if self.read_only else "r+", use_consolidated=use_consolidated
+            )
 
     # ----------------------------------------------------------------------------------- file side
     def join(self, *parts: str) -> str:

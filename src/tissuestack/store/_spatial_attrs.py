@@ -54,7 +54,9 @@ def read_version(attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocati
     """``spatialdata_attrs.version`` of a points/shapes group, or a ``FormatError`` naming the file."""
     sd = attrs.get("spatialdata_attrs")
     if not isinstance(sd, Mapping) or "version" not in sd:
-        raise FormatError(f"{where(group, loc)}: missing spatialdata_attrs.version (the element format version)")
+        raise FormatError(
+            f"{where(group, loc)}: missing spatialdata_attrs.version (the element format version)"
+        )
     return str(sd["version"])
 
 
