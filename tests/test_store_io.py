@@ -276,6 +276,17 @@ def test_invalid_element_name_in_store_is_refused(sdata, tmp_path):
         read_zarr(path)
 
 
+def test_unknown_extra_groups_and_hidden_leftovers_are_ignored(sdata, tmp_path):
+    path = tmp_path / "s.zarr"
+    sdata.subset(["spots"]).write(path, consolidate_metadata=False)
+    root = zarr.open_group(str(path), mode="r+")
+    root.create_group("table").create_group("table")  # legacy spatialdata < 0.1 layout
+    root.create_group("my_extra_stuff").attrs["x"] = 1  # foreign data
+    shutil.copytree(path / "shapes" / "spots", path / "shapes" / ".spots.tmp-deadbeef")  # interrupted write
+    back = read_zarr(path)
+    assert set(back) == {"spots"}
+
+
 def test_invalid_write_formats(sdata, tmp_path):
     with pytest.raises(FormatError, match=r"zarr_format must be 2 or 3"):
         sdata.write(tmp_path / "a.zarr", zarr_format=4)
@@ -358,3 +369,9 @@ def test_reference_fixture_matches_its_summary(store):
     expected = json.loads(store.with_name(store.name.replace(".zarr", ".summary.json")).read_text())
     got = json.loads(json.dumps(summarize(read_zarr(store)), sort_keys=True, default=str))
     assert got == expected
+
+
+def test_progress_bar_counts_elements(sdata, tmp_path, capsys):
+    sdata.subset(["spots", "nuclei", "table"]).write(tmp_path / "s.zarr", progress=True)
+    err = capsys.readouterr().err
+    assert "writing" in err and "3/3" in err

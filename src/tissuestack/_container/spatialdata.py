@@ -686,20 +686,15 @@ def _kind_on_disk(root: StoreRoot, name: str) -> Kind:
 
 @contextlib.contextmanager
 def _progress(kind_of: Mapping[str, str], enabled: bool | None):
-    """A progress callback over the elements being written (a tqdm bar when enabled)."""
+    """A callback counting written elements (a tqdm bar when enabled; by default when stderr is a terminal)."""
     show = sys.stderr.isatty() if enabled is None else enabled
     if not show or not kind_of:
         yield lambda _what: None
         return
     with tqdm(total=len(kind_of), desc="writing", unit="element") as bar:
-        seen: list[str] = []
 
         def report(what: str) -> None:
-            if seen:
-                bar.update(1)
-            seen.append(what)
             bar.set_postfix_str(what)
+            bar.update(1)
 
         yield report
-        if seen:
-            bar.update(1)

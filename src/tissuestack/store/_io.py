@@ -17,6 +17,7 @@ import contextlib
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -60,6 +61,8 @@ __all__ = [
 ]
 
 OnBad = Literal["error", "warn"]
+# elements written at the same time by a full write
+ELEMENT_WORKERS = 2
 SD_ATTRS = "spatialdata_attrs"
 
 
@@ -326,9 +329,6 @@ def write_store(
     tmp = root.sibling("tmp")
     note = progress or (lambda _what: None)
 
-    def step(what: str) -> None:
-        note(what)
-
     def written(what: str) -> None:
         if fail_after is not None and what == fail_after:
             raise RuntimeError(f"injected failure after writing {what}")
@@ -337,20 +337,30 @@ def write_store(
         with quiet_zarr():
             group = zarr.open_group(tmp.zarr_store(read_only=False), mode="w", zarr_format=zarr_format)
         group.attrs.update(_root_attrs(CONTAINER_FOR_ZARR[zarr_format], attrs))
+        jobs = []
         for kind in KINDS:
             items = elements.get(kind) or {}
             if not items:
                 continue
             with quiet_zarr():
                 type_group = group.require_group(kind)
-            for name, element in items.items():
-                step(f"{kind}/{name}")
-                _write_one(
-                    element, type_group, ElementLocation(tmp, kind, name), versions[kind], element_options
-                )
-                written(f"{kind}/{name}")
             if kind == "labels":
                 _set_labels_list(type_group, list(items))
+            jobs.extend(
+                (type_group, ElementLocation(tmp, kind, name), element) for name, element in items.items()
+            )
+
+        def write(job: tuple[zarr.Group, ElementLocation, Any]) -> None:
+            type_group, loc, element = job
+            _write_one(element, type_group, loc, versions[loc.kind], element_options)
+            written(loc.key)
+            note(loc.key)
+
+        # elements are independent: write them concurrently, so that one element's Python-bound work (anndata,
+        # geopandas) overlaps another's GIL-free work (compression, Parquet encoding, sorting)
+        with ThreadPoolExecutor(max_workers=max(1, min(ELEMENT_WORKERS, len(jobs)))) as pool:
+            for future in [pool.submit(write, job) for job in jobs]:
+                future.result()
         if consolidate_metadata:
             consolidate(tmp)
         _swap(root, tmp)

@@ -57,6 +57,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import itertools
 import json
 import os
 import posixpath
@@ -107,6 +108,8 @@ POINTS_VERSIONS: tuple[str, ...] = ("0.1", "0.2")
 DEFAULT_ROWS_PER_FILE = 2_000_000
 # inputs up to this many rows are sorted in memory (one compute, no spill files); larger ones stream
 IN_MEMORY_ROWS = 4_000_000
+# below this many rows per file or key chunk, splitting work across threads costs more than it gains
+_MIN_ROWS_PER_TASK = 500_000
 #: rows per Parquet row group (the unit a spatial query reads)
 DEFAULT_ROW_GROUP_SIZE = 65_536
 
@@ -473,10 +476,15 @@ def _argsort_keys(keys: np.ndarray) -> np.ndarray:
     return first[np.argsort(high, kind="stable")]
 
 
-def _sorted_table(part: pd.DataFrame, grid: _Grid) -> pa.Table:
-    keys = grid.keys(_coords(part, "x"), _coords(part, "y"))
-    # reorder in pandas (numpy takes per block), then convert: faster than an Arrow take on dictionaries
-    return _to_arrow(part.take(_argsort_keys(keys)))
+def _parallel_keys(grid: _Grid, part: pd.DataFrame, pool: ThreadPoolExecutor, workers: int) -> np.ndarray:
+    """Hilbert keys of every row, computed in row chunks on the pool (numpy releases the GIL)."""
+    x, y = _coords(part, "x"), _coords(part, "y")
+    n = len(x)
+    if workers < 2 or n < 2 * _MIN_ROWS_PER_TASK:
+        return grid.keys(x, y)
+    cuts = np.linspace(0, n, workers + 1).astype(int)
+    chunks = pool.map(lambda ab: grid.keys(x[ab[0] : ab[1]], y[ab[0] : ab[1]]), itertools.pairwise(cuts))
+    return np.concatenate(list(chunks))
 
 
 def _write_in_memory(
@@ -485,16 +493,21 @@ def _write_in_memory(
     rows_per_file: int,
     workers: int,
 ) -> int:
-    """Sort one in-memory frame and write it as contiguous, equally sized files (written in parallel)."""
+    """Sort one in-memory frame and write it as contiguous, equally sized files (written in parallel).
+
+    At least one file per worker once there are enough rows, so that encoding uses every core.
+    """
     bounds = _bounds_of(part) if len(part) else None
     writer = make_writer(bounds)
     grid = _Grid.from_bounds(*(bounds or (np.nan,) * 4))
-    table = _sorted_table(part, grid)
-    n = table.num_rows
-    n_files = max(1, -(-n // rows_per_file))
-    cuts = [(n * k) // n_files for k in range(n_files + 1)]
-    slices = [table.slice(cuts[k], cuts[k + 1] - cuts[k]) for k in range(n_files)]
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, n_files))) as pool:
+    n = len(part)
+    n_files = max(1, -(-n // rows_per_file), min(workers, n // _MIN_ROWS_PER_TASK))
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        keys = _parallel_keys(grid, part, pool, workers)
+        # reorder in pandas (numpy takes per block), then convert: faster than an Arrow take on dictionaries
+        table = _to_arrow(part.take(_argsort_keys(keys)))
+        cuts = [(n * k) // n_files for k in range(n_files + 1)]
+        slices = [table.slice(cuts[k], cuts[k + 1] - cuts[k]) for k in range(n_files)]
         list(pool.map(writer.write, slices, range(n_files)))
     return n_files
 
