@@ -375,3 +375,30 @@ def test_progress_bar_counts_elements(sdata, tmp_path, capsys):
     sdata.subset(["spots", "nuclei", "table"]).write(tmp_path / "s.zarr", progress=True)
     err = capsys.readouterr().err
     assert "writing" in err and "3/3" in err
+
+
+def test_write_and_read_under_a_distributed_client(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    from tissuestack.store import _points
+
+    monkeypatch.setattr(_points, "IN_MEMORY_ROWS", 1_000)  # force the streaming (spill) path for points
+    data = datasets.synthetic(
+        n_cells=30, n_transcripts=6_000, n_genes=5, image_size=32, n_points_partitions=3
+    )
+    path = tmp_path / "s.zarr"
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        store_io.write_store(
+            {k: dict(data._store[k]) for k in ("images", "labels", "points", "shapes", "tables")},
+            data.attrs,
+            path,
+            element_options={"points": {"rows_per_file": 2_000}},
+        )
+        back = read_zarr(path)
+        assert len(back["transcripts"]) == 6_000
+        assert_same(data, back)
+    assert len(list((path / "points" / "transcripts" / "points.parquet").iterdir())) == 3
