@@ -66,6 +66,12 @@ def test_table_annotates_cells_and_string_ids_on_spots(small):
     assert ts.get_transformation(small["morphology"], "pixels") == ts.Identity()
 
 
+def test_tiny_tissue_still_has_every_element():
+    tiny = datasets.synthetic(n_cells=1, n_transcripts=10, n_genes=2, image_size=8)
+    assert len(tiny["spots"]) == 1 and len(tiny["cell_boundaries"]) == 1
+    tiny.validate()
+
+
 def test_same_seed_same_data():
     a = datasets.synthetic(n_cells=20, n_transcripts=300, n_genes=4, image_size=32, seed=7)
     b = datasets.synthetic(n_cells=20, n_transcripts=300, n_genes=4, image_size=32, seed=7)

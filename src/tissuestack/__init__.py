@@ -40,6 +40,19 @@ _EXPORTS: dict[str, str] = {
     "MapAxis": "tissuestack.transforms",
     "Sequence": "tissuestack.transforms",
     "compose": "tissuestack.transforms",
+    # spatial queries
+    "bounding_box_query": "tissuestack.query",
+    "polygon_query": "tissuestack.query",
+    # operations
+    "get_extent": "tissuestack.ops",
+    "get_centroids": "tissuestack.ops",
+    "transform": "tissuestack.ops",
+    "concatenate": "tissuestack.ops",
+    "join_spatialelement_table": "tissuestack.ops",
+    "match_table_to_element": "tissuestack.ops",
+    "match_element_to_table": "tissuestack.ops",
+    "filter_table": "tissuestack.ops",
+    "get_values": "tissuestack.ops",
     # errors
     "ValidationError": "tissuestack.errors",
     "TransformationError": "tissuestack.errors",
@@ -48,7 +61,7 @@ _EXPORTS: dict[str, str] = {
     "FormatError": "tissuestack.errors",
     "StoreError": "tissuestack.errors",
 }
-_SUBMODULES = ("datasets", "elements", "transforms", "errors")
+_SUBMODULES = ("datasets", "elements", "transforms", "errors", "ops", "query", "store")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
@@ -69,7 +82,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from tissuestack import datasets, elements, errors, transforms
+    from tissuestack import datasets, elements, errors, ops, query, store, transforms
     from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,
@@ -96,6 +109,18 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         TransformationError,
         ValidationError,
     )
+    from tissuestack.ops import (
+        concatenate,
+        filter_table,
+        get_centroids,
+        get_extent,
+        get_values,
+        join_spatialelement_table,
+        match_element_to_table,
+        match_table_to_element,
+        transform,
+    )
+    from tissuestack.query import bounding_box_query, polygon_query
     from tissuestack.transforms import (
         Affine,
         BaseTransformation,

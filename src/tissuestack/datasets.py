@@ -138,6 +138,8 @@ def _spots(extent: float) -> tuple[np.ndarray, np.ndarray, float]:
     xs = [np.arange(pitch / 2 + (pitch / 2) * (i % 2), extent, pitch) for i in range(len(rows))]
     sx = np.concatenate(xs) if xs else np.empty(0)
     sy = np.concatenate([np.full(len(x), y) for x, y in zip(xs, rows, strict=True)]) if xs else np.empty(0)
+    if not len(sx):  # a tissue smaller than one spot pitch still gets one spot, in its centre
+        sx, sy = np.array([extent / 2]), np.array([extent / 2])
     return sx, sy, 0.275 * pitch
 
 

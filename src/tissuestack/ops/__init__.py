@@ -1,0 +1,27 @@
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins."""
+
+from tissuestack.ops._centroids import get_centroids
+from tissuestack.ops._concatenate import concatenate
+from tissuestack.ops._extent import get_extent
+from tissuestack.ops._joins import (
+    element_instances,
+    filter_table,
+    join_spatialelement_table,
+    match_element_to_table,
+    match_table_to_element,
+)
+from tissuestack.ops._transform import transform
+from tissuestack.ops._values import get_values
+
+__all__ = [
+    "concatenate",
+    "element_instances",
+    "filter_table",
+    "get_centroids",
+    "get_extent",
+    "get_values",
+    "join_spatialelement_table",
+    "match_element_to_table",
+    "match_table_to_element",
+    "transform",
+]

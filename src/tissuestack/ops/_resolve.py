@@ -1,0 +1,51 @@
+"""Resolving the inputs of operations: elements or SpatialData objects, and their place in a coordinate system."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from tissuestack._container import SpatialData
+from tissuestack.elements import get_kind, get_meta
+from tissuestack.errors import NoPathError
+from tissuestack.transforms import BaseTransformation
+
+__all__ = ["elements_in", "transformation_to"]
+
+
+def transformation_to(
+    element: Any, target_coordinate_system: str, *, sdata: SpatialData | None = None, name: str | None = None
+) -> BaseTransformation:
+    """Transformation from the intrinsic coordinates of ``element`` to ``target_coordinate_system``.
+
+    With ``sdata`` and ``name``, the path may go through the coordinate-system graph of that object (other
+    elements and coordinate systems); otherwise the element must have a direct transformation to the target.
+    Raises ``NoPathError`` when there is no path.
+    """
+    if sdata is not None and name is not None:
+        return sdata.get_transformation_between(name, target_coordinate_system)
+    transformations = get_meta(element).transformations
+    if target_coordinate_system not in transformations:
+        known = ", ".join(repr(c) for c in transformations)
+        raise NoPathError(
+            f"the element has no transformation to coordinate system {target_coordinate_system!r} "
+            f"(it has {known}); pass the SpatialData object to search paths through other elements"
+        )
+    return transformations[target_coordinate_system]
+
+
+def elements_in(
+    sdata: SpatialData, target_coordinate_system: str
+) -> Iterator[tuple[str, str, Any, BaseTransformation]]:
+    """``(name, kind, element, transformation to the target)`` for every spatial element that can reach the
+    target coordinate system through the graph; elements with no path are skipped (ambiguity still raises)."""
+    if target_coordinate_system not in sdata.coordinate_systems:
+        raise KeyError(
+            f"unknown coordinate system {target_coordinate_system!r}; known: {sdata.coordinate_systems}"
+        )
+    for name, element in sdata.spatial_items():
+        try:
+            t = sdata.get_transformation_between(name, target_coordinate_system)
+        except NoPathError:
+            continue
+        yield name, get_kind(element), element, t

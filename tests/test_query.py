@@ -1,0 +1,508 @@
+"""Spatial queries against slow, obviously correct implementations on random data."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import warnings
+
+import anndata as ad
+import dask
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+import tissuestack as ts
+from tissuestack.elements import (
+    Image2DModel,
+    Labels2DModel,
+    PointsModel,
+    ShapesModel,
+    TableModel,
+    get_meta,
+    raster_levels,
+)
+from tissuestack.kernels._pip import points_in_polygon
+from tissuestack.query import bounding_box_query, polygon_query
+from tissuestack.query._index import shapes_tree
+from tissuestack.transforms import Affine, Identity, Scale, Sequence
+
+ROT45 = Affine(
+    [
+        [math.cos(math.pi / 4), -math.sin(math.pi / 4), 3.0],
+        [math.sin(math.pi / 4), math.cos(math.pi / 4), -2.0],
+    ],
+    ("x", "y"),
+    ("x", "y"),
+)
+GENERAL = Affine([[1.5, 0.4, 10.0], [-0.3, 0.8, 5.0]], ("x", "y"), ("x", "y"))
+TRANSFORMS = {"identity": Identity(), "rot45": ROT45, "affine": GENERAL}
+
+
+def _matrix(t, axes):
+    m = t.to_affine_matrix(axes, axes)
+    return m[:-1, :-1], m[:-1, -1]
+
+
+def _target(coords, t, axes):
+    """Brute force: transform row by row."""
+    lin, off = _matrix(t, axes)
+    return np.array([lin @ np.asarray(c, dtype=np.float64) + off for c in coords]).reshape(-1, len(axes))
+
+
+def _points_frame(n=3000, seed=0, dims=2, npartitions=4, string_index=True):
+    rng = np.random.default_rng(seed)
+    data = {"x": rng.uniform(0, 100, n).astype(np.float32), "y": rng.uniform(0, 100, n).astype(np.float32)}
+    if dims == 3:
+        data["z"] = rng.uniform(0, 10, n).astype(np.float32)
+    data["gene"] = pd.Categorical(rng.choice(["a", "b", "c"], n))
+    index = [f"p{i * 3}" for i in range(n)] if string_index else np.arange(n) * 7 + 5
+    return pd.DataFrame(data, index=index)
+
+
+def _brute_box(pdf, t, axes, lo, hi):
+    in_axes = [a for a in ("x", "y", "z") if a in pdf.columns]
+    coords = pdf[in_axes].to_numpy(dtype=np.float64)
+    tc = _target(coords, t, tuple(in_axes))
+    keep = []
+    for row in tc:
+        ok = True
+        for a, lo_a, hi_a in zip(axes, lo, hi, strict=True):
+            if a in in_axes:
+                v = row[in_axes.index(a)]
+                ok &= lo_a <= v <= hi_a
+        keep.append(ok)
+    return pdf.index[np.array(keep, dtype=bool)]
+
+
+# --------------------------------------------------------------------------------------------------- points
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_points_bbox_matches_brute_force(name):
+    pdf = _points_frame()
+    t = TRANSFORMS[name]
+    df = PointsModel.parse(pdf, transformations={"global": t}, npartitions=4)
+    assert df.npartitions == 4
+    lo, hi = (20.0, 30.0), (70.0, 60.0)
+    out = bounding_box_query(df, ("x", "y"), lo, hi, "global").compute()
+    expected = _brute_box(pdf, t, ("x", "y"), lo, hi)
+    assert len(expected) > 0
+    assert list(out.index) == list(expected)
+    pd.testing.assert_frame_equal(out, pdf.loc[expected], check_index_type=False)
+    # the box given in the other axis order
+    out2 = bounding_box_query(df, ("y", "x"), lo[::-1], hi[::-1], "global").compute()
+    assert list(out2.index) == list(expected)
+
+
+def test_points_on_edges_are_inside():
+    xs, ys = np.meshgrid(np.arange(0, 11, dtype=np.float32), np.arange(0, 11, dtype=np.float32))
+    pdf = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()}, index=np.arange(121) * 2 + 1)
+    df = PointsModel.parse(pdf, transformations={"global": Scale([0.5, 0.5], ("x", "y"))}, npartitions=3)
+    out = bounding_box_query(df, ("x", "y"), (1.0, 1.5), (3.0, 2.5), "global").compute()
+    # x in [2, 6] and y in [3, 5] in intrinsic units, boundaries included
+    expect = pdf[(pdf.x >= 2) & (pdf.x <= 6) & (pdf.y >= 3) & (pdf.y <= 5)]
+    assert len(expect) == 5 * 3
+    pd.testing.assert_frame_equal(out, expect, check_index_type=False)
+    # a zero-width box selects the points exactly on it
+    line = bounding_box_query(df, ("x", "y"), (1.0, 0.0), (1.0, 5.0), "global").compute()
+    assert (line.x == 2).all() and len(line) == 11
+
+
+def test_points_3d_and_2d_box_on_3d_points():
+    pdf = _points_frame(dims=3, seed=2, string_index=False)
+    t = Sequence(
+        [
+            Affine(
+                [[0.0, 1.0, 0.0, 1.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0]],
+                ("x", "y", "z"),
+                ("x", "y", "z"),
+            )
+        ]
+    )
+    df = PointsModel.parse(pdf, transformations={"global": t}, npartitions=4)
+    lo, hi = (10.0, 20.0, 4.0), (60.0, 50.0, 12.0)
+    out = bounding_box_query(df, ("x", "y", "z"), lo, hi, "global").compute()
+    assert list(out.index) == list(_brute_box(pdf, t, ("x", "y", "z"), lo, hi))
+    out2 = bounding_box_query(df, ("x", "y"), lo[:2], hi[:2], "global").compute()
+    expected2 = _brute_box(pdf, t, ("x", "y"), lo[:2], hi[:2])
+    assert list(out2.index) == list(expected2) and len(out2) > len(out)
+    # a 3D box on 2D points constrains x and y only
+    df2 = PointsModel.parse(pdf[["x", "y"]], npartitions=2)
+    out3 = bounding_box_query(df2, ("x", "y", "z"), (10, 20, 100), (60, 50, 200), "global").compute()
+    assert list(out3.index) == list(_brute_box(pdf[["x", "y"]], Identity(), ("x", "y"), (10, 20), (60, 50)))
+
+
+def test_points_empty_result_and_laziness():
+    pdf = _points_frame()
+    df = PointsModel.parse(pdf, npartitions=4)
+    out = bounding_box_query(df, ("x", "y"), (200, 200), (300, 300), "global")
+    assert get_meta(out).transformations == get_meta(df).transformations
+    res = out.compute()
+    assert len(res) == 0 and list(res.columns) == list(pdf.columns)
+
+
+def test_many_boxes_equal_single_queries():
+    pdf = _points_frame(seed=4)
+    df = PointsModel.parse(pdf, transformations={"global": ROT45}, npartitions=4)
+    rng = np.random.default_rng(1)
+    lo = rng.uniform(-60, 60, (7, 2))
+    hi = lo + rng.uniform(0, 50, (7, 2))
+    many = bounding_box_query(df, ("x", "y"), lo, hi, "global")
+    assert isinstance(many, list) and len(many) == 7
+    computed = dask.compute(*many)
+    for i in range(7):
+        single = bounding_box_query(df, ("x", "y"), lo[i], hi[i], "global").compute()
+        pd.testing.assert_frame_equal(computed[i], single)
+        assert list(single.index) == list(_brute_box(pdf, ROT45, ("x", "y"), lo[i], hi[i]))
+    # shapes and rasters in the vectorized form
+    gdf = ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=shapely.points(rng.uniform(0, 100, (50, 2))).tolist()), radius=2.0
+    )
+    res = bounding_box_query(gdf, ("x", "y"), lo + 60, hi + 60, "global")
+    for i, r in enumerate(res):
+        s = bounding_box_query(gdf, ("x", "y"), lo[i] + 60, hi[i] + 60, "global")
+        assert (r is None and s is None) or list(r.index) == list(s.index)
+
+
+def test_store_backed_points_push_down(tmp_path):
+    pdf = _points_frame(n=200_000, seed=5, string_index=False)
+    df = PointsModel.parse(pdf, transformations={"global": ROT45}, npartitions=4)
+    ts.SpatialData(points={"pts": df}).write(tmp_path / "s.zarr")
+    back = ts.read_zarr(tmp_path / "s.zarr")
+    lazy = back["pts"]
+    assert get_meta(lazy).source is not None
+    lo, hi = (0.0, 10.0), (30.0, 40.0)
+    out = bounding_box_query(lazy, ("x", "y"), lo, hi, "global")
+    res = out.compute()
+    expected = sorted(_brute_box(pdf, ROT45, ("x", "y"), lo, hi))
+    assert len(expected) > 0 and sorted(res.index) == expected
+    np.testing.assert_array_equal(
+        res.sort_index()[["x", "y"]].to_numpy(), pdf.loc[expected, ["x", "y"]].to_numpy()
+    )
+    # the intrinsic bounding box is pushed into the parquet read (pyarrow skips row groups by statistics)
+    plan = io.StringIO()
+    with contextlib.redirect_stdout(plan):
+        out.optimize(fuse=False).pprint()
+    read = [line for line in plan.getvalue().splitlines() if "ReadParquet" in line]
+    assert read and "filters=[[(" in read[0] and "('x', '>='" in read[0] and "('y', '<='" in read[0]
+    # ... and those statistics rule out most row groups
+    from tissuestack.query._index import affine_map, intersecting_row_groups
+    from tissuestack.store import ElementLocation, StoreRoot
+    from tissuestack.store._points import points_row_group_stats
+
+    stats = points_row_group_stats(ElementLocation(StoreRoot.open(tmp_path / "s.zarr"), "points", "pts"))
+    b = affine_map(ROT45, ("x", "y"), ("x", "y")).intrinsic_bounds(lo, hi, ("x", "y"))
+    touched = intersecting_row_groups(stats, b[0], b[1], ("x", "y"))
+    assert len(stats) >= 3 and 0 < touched.sum() < len(stats)
+    # container-level query on the store-backed object gives the same rows
+    sub = bounding_box_query(back, ("x", "y"), lo, hi, "global")
+    assert sorted(sub["pts"].compute().index) == expected
+    # a box far away is known empty from the row-group statistics alone
+    assert bounding_box_query(lazy, ("x", "y"), (1e6, 1e6), (2e6, 2e6), "global") is None
+    assert "pts" not in bounding_box_query(back, ("x", "y"), (1e6, 1e6), (2e6, 2e6), "global")
+
+
+def test_row_group_pruning_helper():
+    from tissuestack.query._index import intersecting_row_groups
+
+    stats = pd.DataFrame(
+        {"x_min": [0, 10, np.nan], "x_max": [5, 20, np.nan], "y_min": [0, 0, 0], "y_max": [5, 5, 5]}
+    )
+    keep = intersecting_row_groups(stats, (6, 1), (9, 2), ("x", "y"))
+    assert keep.tolist() == [False, False, True]
+    keep = intersecting_row_groups(stats, (5, -np.inf), (10, np.inf), ("x", "y"))
+    assert keep.tolist() == [True, True, True]
+
+
+# --------------------------------------------------------------------------------------------------- shapes
+def _random_polygons(n=80, seed=0, index=None):
+    rng = np.random.default_rng(seed)
+    c = rng.uniform(0, 100, (n, 2))
+    polys = [shapely.Point(*p).buffer(rng.uniform(0.5, 4), quad_segs=3) for p in c]
+    return gpd.GeoDataFrame({"v": np.arange(n)}, geometry=polys, index=index)
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_shapes_bbox_polygons_and_circles(name):
+    t = TRANSFORMS[name]
+    index = [f"s{i}" for i in range(0, 160, 2)]
+    gdf = ShapesModel.parse(_random_polygons(index=index), transformations={"global": t})
+    lin, off = _matrix(t, ("x", "y"))
+    lo, hi = (20.0, 10.0), (60.0, 50.0)
+    box = shapely.box(*lo, *hi)
+    out = bounding_box_query(gdf, ("x", "y"), lo, hi, "global")
+    expected = [
+        i
+        for i, g in zip(gdf.index, gdf.geometry, strict=True)
+        if shapely.transform(g, lambda c: c @ lin.T + off).intersects(box)
+    ]
+    assert list(out.index) == expected
+    assert get_meta(out).transformations["global"] == t
+
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0, 100, (200, 2))
+    radius = rng.uniform(0.5, 5, 200)
+    circles = ShapesModel.parse(centres, radius=radius, transformations={"global": t})
+    out = bounding_box_query(circles, ("x", "y"), lo, hi, "global")
+    inv = np.linalg.inv(lin)
+    box_intrinsic = shapely.transform(box, lambda c: (c - off) @ inv.T)
+    expected = [
+        i for i in range(200) if shapely.Point(*centres[i]).distance(box_intrinsic) <= radius[i] * (1 + 1e-12)
+    ]
+    assert list(out.index) == expected
+
+
+def test_shapes_empty_and_cache():
+    gdf = ShapesModel.parse(_random_polygons())
+    assert bounding_box_query(gdf, ("x", "y"), (500, 500), (600, 600), "global") is None
+    tree = shapes_tree(gdf, False)
+    assert shapes_tree(gdf, False) is tree
+    gdf2 = gdf.copy()
+    assert shapes_tree(gdf2, False) is not tree
+
+
+def test_polygon_query_shapes_clip():
+    gdf = ShapesModel.parse(_random_polygons(seed=7), transformations={"global": GENERAL})
+    lin, off = _matrix(GENERAL, ("x", "y"))
+    poly = shapely.Polygon([(30, 20), (120, 40), (90, 110), (40, 90)], holes=[[(60, 50), (80, 55), (70, 70)]])
+    out = polygon_query(gdf, poly, "global")
+    expected = [
+        i
+        for i, g in zip(gdf.index, gdf.geometry, strict=True)
+        if shapely.transform(g, lambda c: c @ lin.T + off).intersects(poly)
+    ]
+    assert list(out.index) == expected
+    clipped = polygon_query(gdf, poly, "global", clip=True)
+    assert set(clipped.index) <= set(expected)
+    for i, g in zip(clipped.index, clipped.geometry, strict=True):
+        g_t = shapely.transform(g, lambda c: c @ lin.T + off)
+        ref = shapely.transform(gdf.geometry[i], lambda c: c @ lin.T + off).intersection(poly)
+        assert abs(g_t.area - ref.area) <= 1e-9 * max(ref.area, 1)
+        assert poly.buffer(1e-6).covers(g_t)
+
+
+# --------------------------------------------------------------------------------------------------- polygons on points
+def test_pip_kernel_matches_shapely():
+    rng = np.random.default_rng(0)
+    outer = shapely.Point(0, 0).buffer(1, quad_segs=32)
+    poly = shapely.MultiPolygon(
+        [outer.difference(shapely.Point(0.2, 0.1).buffer(0.3)), shapely.box(2, 2, 3, 3)]
+    )
+    x = rng.uniform(-1.5, 3.5, 50_000)
+    y = rng.uniform(-1.5, 3.5, 50_000)
+    coords = shapely.get_coordinates(poly)
+    x[: len(coords)], y[: len(coords)] = coords[:, 0], coords[:, 1]  # vertices: on the boundary
+    x[-3:], y[-3:] = [2.5, 3.0, np.nan], [2.0, 2.2, 1.0]  # on edges, NaN
+    mask = points_in_polygon(poly, x, y)
+    assert np.array_equal(mask, shapely.intersects_xy(poly, x, y))
+    assert mask[: len(coords)].all() and mask[-3] and mask[-2] and not mask[-1]
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_points_polygon_query_matches_brute_force(name):
+    t = TRANSFORMS[name]
+    pdf = _points_frame(seed=8)
+    df = PointsModel.parse(pdf, transformations={"global": t}, npartitions=4)
+    poly = shapely.MultiPolygon(
+        [
+            shapely.Polygon([(10, 10), (60, 15), (55, 60), (15, 50)], holes=[[(30, 30), (40, 30), (35, 40)]]),
+            shapely.box(70, -20, 90, 0),
+        ]
+    )
+    out = polygon_query(df, poly, "global").compute()
+    tc = _target(pdf[["x", "y"]].to_numpy(dtype=np.float64), t, ("x", "y"))
+    keep = [poly.covers(shapely.Point(*p)) for p in tc]
+    expected = pdf.index[np.array(keep)]
+    assert len(expected) > 0
+    assert list(out.index) == list(expected)
+
+
+def test_polygon_points_on_boundary():
+    xs, ys = np.meshgrid(np.arange(11.0), np.arange(11.0))
+    pdf = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()})
+    df = PointsModel.parse(pdf, npartitions=2)
+    out = polygon_query(df, shapely.box(2, 3, 5, 6), "global").compute()
+    assert len(out) == 4 * 4
+
+
+def test_invalid_polygons():
+    df = PointsModel.parse(_points_frame(), npartitions=2)
+    with pytest.raises(TypeError, match="Polygon or MultiPolygon"):
+        polygon_query(df, shapely.LineString([(0, 0), (1, 1)]), "global")
+    with pytest.raises(TypeError):
+        polygon_query(df, [(0, 0), (1, 0), (1, 1)], "global")
+    with pytest.raises(ValueError, match="empty"):
+        polygon_query(df, shapely.Polygon(), "global")
+    with pytest.raises(ValueError, match="no area"):
+        polygon_query(df, shapely.Polygon([(0, 0), (1, 1), (2, 2)]), "global")
+    bowtie = shapely.Polygon([(0, 0), (100, 100), (100, 0), (0, 100)])
+    with pytest.warns(UserWarning, match="make_valid"):
+        out = polygon_query(df, bowtie, "global").compute()
+    pdf = _points_frame()
+    repaired = shapely.make_valid(bowtie)
+    expected = pdf.index[
+        shapely.intersects_xy(repaired, pdf.x.to_numpy(np.float64), pdf.y.to_numpy(np.float64))
+    ]
+    assert list(out.index) == list(expected)
+
+
+# --------------------------------------------------------------------------------------------------- rasters
+def _pixel_target(element, cs, pixel_xy):
+    t = get_meta(element).transformations[cs]
+    return t.apply(np.asarray(pixel_xy, dtype=np.float64), ("x", "y"))
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+def test_raster_crop_keeps_position(name):
+    t = TRANSFORMS[name]
+    data = np.arange(3 * 60 * 80, dtype=np.uint16).reshape(3, 60, 80)
+    img = Image2DModel.parse(data, transformations={"global": t, "other": Scale([2.0, 3.0], ("x", "y"))})
+    lo, hi = (20.0, 10.0), (45.0, 35.0)
+    crop = bounding_box_query(img, ("x", "y"), lo, hi, "global")
+    assert crop is not None and crop.sizes["x"] < 80
+    # find the offset: the crop's pixel (0, 0) maps where the original's pixel (ox, oy) does
+    shift = get_meta(crop).transformations["global"].transformations[0]
+    ox, oy = (int(v) for v in shift.translation)
+    for cs in ("global", "other"):
+        np.testing.assert_allclose(_pixel_target(crop, cs, (0, 0)), _pixel_target(img, cs, (ox, oy)))
+    np.testing.assert_array_equal(crop.values, data[:, oy : oy + crop.sizes["y"], ox : ox + crop.sizes["x"]])
+    # every pixel whose square meets the box is in the crop, and the crop is the tightest such range
+    lin, off = _matrix(t, ("x", "y"))
+    inv = np.linalg.inv(lin)
+    corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [lo[0], hi[1]], [hi[0], hi[1]]])
+    intr = (corners - off) @ inv.T
+    assert ox == max(0, math.floor(intr[:, 0].min())) and oy == max(0, math.floor(intr[:, 1].min()))
+    assert ox + crop.sizes["x"] == min(80, math.ceil(intr[:, 0].max()))
+    assert oy + crop.sizes["y"] == min(60, math.ceil(intr[:, 1].max()))
+    assert bounding_box_query(img, ("x", "y"), (1e4, 1e4), (2e4, 2e4), "global") is None
+
+
+def test_raster_pixel_range_semantics():
+    img = Image2DModel.parse(np.zeros((1, 20, 30), dtype=np.uint8))
+    crop = bounding_box_query(img, ("x", "y"), (2, 3), (10, 7), "global")
+    assert (crop.sizes["x"], crop.sizes["y"]) == (8, 4)
+    crop = bounding_box_query(img, ("x", "y"), (2.5, 3.5), (2.5, 3.5), "global")
+    assert (crop.sizes["x"], crop.sizes["y"]) == (1, 1)
+    crop = bounding_box_query(img, ("x", "y"), (-5, -5), (100, 100), "global")
+    assert (crop.sizes["x"], crop.sizes["y"]) == (30, 20)
+    crop = bounding_box_query(img, ("x",), (4,), (6,), "global")
+    assert (crop.sizes["x"], crop.sizes["y"]) == (2, 20)
+
+
+def test_multiscale_crop():
+    data = np.random.default_rng(0).integers(0, 100, (2, 64, 96)).astype(np.uint16)
+    img = Image2DModel.parse(
+        data, scale_factors=[2, 2], transformations={"global": Scale([0.5, 0.5], ("x", "y"))}
+    )
+    crop = bounding_box_query(img, ("x", "y"), (5.0, 3.0), (20.0, 12.5), "global")
+    levels = raster_levels(crop)
+    assert len(levels) == 3
+    assert (levels[0].sizes["x"], levels[0].sizes["y"]) == (30, 19)  # x in [10, 40), y in [6, 25)
+    np.testing.assert_array_equal(levels[0].values, data[:, 6:25, 10:40])
+    full = raster_levels(img)
+    for k, (lvl, orig) in enumerate(zip(levels, full, strict=True)):
+        f = 2**k
+        np.testing.assert_array_equal(
+            lvl.values, orig.values[:, 6 // f : math.ceil(25 / f), 10 // f : math.ceil(40 / f)]
+        )
+    shift = get_meta(crop).transformations["global"].transformations[0]
+    assert shift.translation == (10.0, 6.0)
+
+
+def test_polygon_query_raster_mask():
+    labels = np.arange(1, 401, dtype=np.int32).reshape(20, 20)
+    lab = Labels2DModel.parse(labels)
+    tri = shapely.Polygon([(2, 2), (18, 2), (2, 18)])
+    crop = polygon_query(lab, tri, "global")
+    assert crop.shape == (16, 16)
+    masked = polygon_query(lab, tri, "global", clip=True).values
+    yy, xx = np.mgrid[2:18, 2:18]
+    inside = shapely.intersects_xy(tri, xx + 0.5, yy + 0.5)
+    np.testing.assert_array_equal(masked, np.where(inside, labels[2:18, 2:18], 0))
+
+
+# --------------------------------------------------------------------------------------------------- containers
+def test_labels_table_filtering_and_graph():
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[2:8, 2:8] = 3
+    labels[20:30, 20:30] = 7
+    labels[32:38, 5:10] = 11
+    lab = Labels2DModel.parse(labels, transformations={"pixels": Identity()})
+    obs = pd.DataFrame({"region": pd.Categorical(["cells"] * 3), "cid": [3, 7, 11]}, index=["a", "b", "c"])
+    table = TableModel.parse(ad.AnnData(obs=obs), region="cells", region_key="region", instance_key="cid")
+    # points placed in "global" by a rotation; labels only in "pixels": the graph links them via "anchor"
+    pts = PointsModel.parse(_points_frame(n=500), transformations={"global": Identity()}, npartitions=2)
+    orphan = ShapesModel.parse(_random_polygons(n=5), transformations={"elsewhere": Identity()})
+    sdata = ts.SpatialData(
+        labels={"cells": lab},
+        points={"pts": pts},
+        shapes={"orphan": orphan},
+        tables={"t": table},
+        attrs={"k": 1},
+    )
+    out = bounding_box_query(sdata, ("x", "y"), (0, 0), (12, 12), "pixels")
+    assert set(out) == {"cells", "t"}  # points have no path to "pixels"; shapes neither
+    assert list(out["t"].obs["cid"]) == [3]
+    assert out.attrs == {"k": 1}
+    out = bounding_box_query(sdata, ("x", "y"), (0, 0), (25, 25), "pixels")
+    assert list(out["t"].obs["cid"]) == [3, 7]
+    out = bounding_box_query(sdata, ("x", "y"), (0, 0), (25, 25), "pixels", filter_table=False)
+    assert out["t"].n_obs == 3
+    # nothing kept annotates the table: it is dropped
+    out = bounding_box_query(sdata, ("x", "y"), (13, 13), (15, 15), "pixels")
+    assert "t" not in out and "cells" in out
+    # a polygon masking labels removes the instances it masks from the table
+    out = polygon_query(sdata, shapely.box(0, 0, 40, 31), "pixels", clip=True)
+    assert list(out["t"].obs["cid"]) == [3, 7]
+
+
+def test_synthetic_container_queries():
+    sdata = ts.datasets.synthetic(n_cells=100, n_transcripts=5000, image_size=128, seed=3)
+    sdata.set_transformation("transcripts", ROT45, "rotated")
+    sdata.set_transformation("cell_boundaries", ROT45, "rotated")
+    out = bounding_box_query(sdata, ("x", "y"), (-20, 10), (40, 70), "rotated")
+    assert {"transcripts", "cell_boundaries", "table"} <= set(out)  # the others reach "rotated" via the graph
+    cells = out["cell_boundaries"]
+    assert set(out["table"].obs["cell_id"]) == set(cells.index)
+    pts = out["transcripts"].compute()
+    pdf = sdata["transcripts"].compute()
+    assert list(pts.index) == list(_brute_box(pdf, ROT45, ("x", "y"), (-20, 10), (40, 70)))
+    e = 0.5 * float(sdata["transcripts"].x.max().compute())
+    poly = shapely.Polygon([(0, 0), (e, 0.2 * e), (0.5 * e, e)])
+    out = polygon_query(sdata, poly, "global")
+    assert {"morphology", "cell_labels", "transcripts", "cell_boundaries", "table"} <= set(out)
+    assert set(out["table"].obs["cell_id"]) == set(out["cell_boundaries"].index)
+    many = bounding_box_query(sdata, ("x", "y"), [[0, 0], [1e5, 1e5]], [[30, 30], [2e5, 2e5]], "global")
+    assert len(many) == 2 and "transcripts" in many[0] and "cell_boundaries" not in many[1]
+
+
+@pytest.mark.parametrize(
+    ("axes", "lo", "hi", "match"),
+    [
+        (("x", "q"), (0, 0), (1, 1), "unknown axis"),
+        (("x", "x"), (0, 0), (1, 1), "at most once"),
+        (("x", "y"), (0, 0, 0), (1, 1, 1), "shape"),
+        (("x", "y"), (0, 0), (1, 1, 1), "shape"),
+        (("x", "y"), (2, 0), (1, 1), "min_coordinate 2.0 > max_coordinate 1.0 on axis 'x'"),
+        ("xy", (0, 0), (1, 1), "sequence"),
+        (("x", "y"), (np.nan, 0), (1, 1), "NaN"),
+    ],
+)
+def test_invalid_boxes(axes, lo, hi, match):
+    df = PointsModel.parse(_points_frame(n=10), npartitions=1)
+    with pytest.raises(ValueError, match=match):
+        bounding_box_query(df, axes, lo, hi, "global")
+
+
+def test_errors_for_tables_and_missing_cs():
+    df = PointsModel.parse(_points_frame(n=10), npartitions=1)
+    with pytest.raises(ts.NoPathError):
+        bounding_box_query(df, ("x", "y"), (0, 0), (1, 1), "nowhere")
+    table = TableModel.parse(ad.AnnData(obs=pd.DataFrame(index=["a"])))
+    with pytest.raises(TypeError, match="table"):
+        bounding_box_query(table, ("x", "y"), (0, 0), (1, 1), "global")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounding_box_query(df, ("x", "y"), (0, 0), (1, 1), "global")
