@@ -175,6 +175,7 @@ def main() -> None:
     ours.update(run_json([sys.executable, "-c", OURS_QUERIES, str(work)]))
     ours.update(run_json([sys.executable, "-c", OURS_STORE_BBOX, str(work), str(store)]))
     ours.update(run_json([sys.executable, "-c", POLYGONS, str(args.polygons), "ours"]))
+    print(json.dumps({"tissuestack": ours}), flush=True)
     ref: dict = {}
     ref_py = None if args.no_reference else reference_python()
     if ref_py:
@@ -186,7 +187,7 @@ def main() -> None:
                     str(SHARED / "bench" / "reference_bench.py"),
                     str(work),
                     str(out_dir),
-                    "bbox_query,polygon_query",
+                    "build,bbox_query,polygon_query",
                 ]
             )
         )
