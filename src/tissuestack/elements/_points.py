@@ -12,6 +12,7 @@ Validation only looks at dtypes and metadata, never at the data: it is free on a
 from __future__ import annotations
 
 import itertools
+import os
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -32,13 +33,14 @@ from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normaliz
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
 
-__all__ = ["COORDINATE_DTYPES", "DEFAULT_CHUNKSIZE", "PointsModel", "points_axes"]
+__all__ = ["COORDINATE_DTYPES", "DEFAULT_CHUNKSIZE", "PointsModel", "default_npartitions", "points_axes"]
 
 AXES: tuple[str, ...] = ("x", "y", "z")
 #: dtypes allowed for the coordinate columns (FORMAT.md §5.3)
 COORDINATE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in ("int32", "int64", "float32", "float64"))
-#: rows per partition when an in-memory frame is turned into a dask frame
+#: smallest and largest default partitions when an in-memory frame is turned into a dask frame
 DEFAULT_CHUNKSIZE = 1_000_000
+MAX_DEFAULT_CHUNKSIZE = 8_000_000
 
 _ALLOWED_COORDINATES = "int32, int64, float32 or float64"
 _INSTANCE_DTYPES = "an integer or string dtype, or categorical of integers or strings"
@@ -148,7 +150,7 @@ class PointsModel:
             the metadata already attached to ``data``, else identity to ``"global"``.
         npartitions, chunksize
             Partitioning of the result (at most one of them). In-memory input is split in chunks of
-            ``chunksize`` rows (default 1,000,000) or in ``npartitions`` partitions; a dask frame keeps its
+            ``chunksize`` rows or in ``npartitions`` partitions (default: see :func:`default_npartitions`); a dask frame keeps its
             partitions unless ``npartitions`` is given.
         annotation
             numpy input only: a pandas DataFrame with ``N`` rows of extra columns. Its index becomes the index of
@@ -197,6 +199,8 @@ class PointsModel:
             n_rows = len(frame)
             if feature_key is not None and not _is_categorical(frame[feature_key].dtype):
                 frame = frame.assign(**{feature_key: frame[feature_key].astype("category")})
+            if npartitions is None and chunksize is None:
+                npartitions = default_npartitions(len(frame))
             ddf = _from_pandas(frame, npartitions, chunksize or DEFAULT_CHUNKSIZE)
         else:
             if chunksize is not None:
@@ -398,6 +402,17 @@ class _Slice:
 
 def _partition(part: _Slice) -> pd.DataFrame:
     return part.frame
+
+
+def default_npartitions(n_rows: int) -> int:
+    """Partitions for an in-memory frame of ``n_rows``: a few per core, each 1M to 8M rows.
+
+    The partitions are views of the frame (no memory cost), and per-task overhead dominates vectorized work
+    on small partitions: 20M rows filter ~2x faster in 4 partitions than in 20 on 2 cores.
+    """
+    cores = os.cpu_count() or 1
+    by_cores = min(-(-n_rows // DEFAULT_CHUNKSIZE), 2 * cores)
+    return max(1, by_cores, -(-n_rows // MAX_DEFAULT_CHUNKSIZE))
 
 
 def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -> dd.DataFrame:
