@@ -20,7 +20,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bench_store import OURS_WRITE  # the same build as the storage benchmark (benchmarks/ is on sys.path)
+# the same build and helpers as the storage benchmark (benchmarks/ is on sys.path when run as a script)
+from bench_store import OURS_WRITE, reference_python, run_json
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared"
@@ -125,25 +126,6 @@ POLYGONS = textwrap.dedent(
     print(json.dumps(out))
     """
 )
-
-
-def run_json(cmd: list[str]) -> dict:
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{cmd[:3]} failed:\n{res.stderr[-3000:]}")
-    out: dict = {}
-    for line in res.stdout.splitlines():
-        if line.strip().startswith("{"):
-            out.update(json.loads(line))
-    return out
-
-
-def reference_python() -> str | None:
-    env = SHARED / "tools" / "reference-env"
-    if not env.exists():
-        return None
-    res = subprocess.run(["bash", str(env)], capture_output=True, text=True)
-    return res.stdout.strip().splitlines()[-1] if res.returncode == 0 and res.stdout.strip() else None
 
 
 def main() -> None:

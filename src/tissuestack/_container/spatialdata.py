@@ -22,7 +22,6 @@ from tissuestack.elements import (
     Deferred,
     ElementMeta,
     Kind,
-    TableModel,
     check_name,
     get_kind,
     get_meta,
@@ -33,6 +32,7 @@ from tissuestack.elements import (
     remove_meta_transformation,
     set_meta_transformation,
     set_table_annotates,
+    table_rows,
 )
 from tissuestack.errors import StoreError, ValidationError
 from tissuestack.store import StoreRoot
@@ -657,20 +657,11 @@ def _filter_table_to_regions(table: Any, regions: list[str], name: str) -> Any:
     """Rows of ``table`` that annotate ``regions``, with the region list updated; ``None`` if none remain."""
     if not regions:
         return None
-    region, region_key, instance_key = get_table_keys(table)
+    region, region_key, _ = get_table_keys(table)
     if set(regions) == set(region):
         return table
     mask = np.asarray(table.obs[region_key].isin(regions))
-    sub = table[mask].copy()
-    sub.obs[region_key] = sub.obs[region_key].cat.remove_unused_categories()
-    TableModel.parse(
-        sub,
-        region=regions if len(regions) > 1 else regions[0],
-        region_key=region_key,
-        instance_key=instance_key,
-        name=name,
-    )
-    return sub
+    return table_rows(table, mask, regions=regions, name=name)
 
 
 def _has_lazy_arrays(table: Any) -> bool:

@@ -27,7 +27,13 @@ from tissuestack.elements._raster import (
     set_channel_names,
 )
 from tissuestack.elements._shapes import ShapesModel, shapes_axes, shapes_type
-from tissuestack.elements._tables import TABLE_ATTRS_KEY, TableModel, get_table_keys, set_table_annotates
+from tissuestack.elements._tables import (
+    TABLE_ATTRS_KEY,
+    TableModel,
+    get_table_keys,
+    set_table_annotates,
+    table_rows,
+)
 
 __all__ = [
     "DEFAULT_COORDINATE_SYSTEM",
@@ -67,5 +73,6 @@ __all__ = [
     "set_transformation",
     "shapes_axes",
     "shapes_type",
+    "table_rows",
     "validate_as",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "TableModel",
     "get_table_keys",
     "set_table_annotates",
+    "table_rows",
 ]
 
 #: key of the annotation metadata in ``adata.uns``
@@ -463,3 +464,30 @@ def _check_case_unique(names: list[str], what: str, label: str) -> None:
                 "ignoring case (stores on case-insensitive file systems could not hold both)"
             )
         seen[key] = name
+
+
+def table_rows(
+    table: ad.AnnData, rows: np.ndarray, *, regions: Sequence[str] | None = None, name: str | None = None
+) -> ad.AnnData:
+    """A copy of some rows of an annotating table, linked to the regions it still annotates.
+
+    ``rows`` is a boolean mask or positions (the copy follows their order). ``regions`` defaults to the regions
+    of ``table`` that keep at least one row, in the table's order. Used by subsets, queries and joins.
+    """
+    region, region_key, instance_key = get_table_keys(table)
+    if region is None:
+        raise ValidationError(f"table {name!r} annotates nothing; it has no regions to keep")
+    sub = table[rows].copy()
+    values = sub.obs[region_key].astype(object)
+    kept = list(regions) if regions is not None else [r for r in region if (values == r).any()]
+    if not kept:
+        raise ValidationError(f"table {name!r}: no row is left to annotate any region")
+    sub.obs[region_key] = pd.Categorical(values, categories=kept)
+    TableModel.parse(
+        sub,
+        region=kept if len(kept) > 1 else kept[0],
+        region_key=region_key,
+        instance_key=instance_key,
+        name=name,
+    )
+    return sub

@@ -33,7 +33,7 @@ import xarray as xr
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import TableModel, get_kind, get_meta, get_table_keys, raster_levels
+from tissuestack.elements import get_kind, get_meta, get_table_keys, raster_levels, table_rows
 from tissuestack.elements._meta import copy_meta
 
 __all__ = [
@@ -379,21 +379,6 @@ def _join_one(
     return out, table_rows
 
 
-def _take_rows(
-    table: ad.AnnData, positions: np.ndarray, regions: list[str], region_key: str, instance_key: str
-) -> ad.AnnData:
-    """Rows of ``table`` at ``positions`` (in that order), annotating ``regions``."""
-    sub = table[positions].copy()
-    sub.obs[region_key] = pd.Categorical(sub.obs[region_key].astype(object), categories=regions)
-    TableModel.parse(
-        sub,
-        region=regions if len(regions) > 1 else regions[0],
-        region_key=region_key,
-        instance_key=instance_key,
-    )
-    return sub
-
-
 def _join(
     names: list[str],
     elements: list[Any],
@@ -416,7 +401,7 @@ def _join(
     positions = np.concatenate(parts) if parts else np.empty(0, dtype=np.intp)
     if match_rows != "left":
         positions = np.sort(positions)  # keep the table's order
-    return out, _take_rows(table, positions, names, region_key, instance_key)
+    return out, table_rows(table, positions, regions=names)
 
 
 def join_spatialelement_table(

@@ -8,7 +8,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from tissuestack.elements import TableModel, get_table_keys
+from tissuestack.elements import get_table_keys, table_rows
 
 __all__ = ["filter_table_by_instances"]
 
@@ -43,14 +43,4 @@ def filter_table_by_instances(
         keep[in_region] = pd.Index(values).isin(surviving)
     if not keep.any():
         return None
-    sub = table[keep].copy()
-    kept_regions = [r for r in region if (sub.obs[region_key].astype(object) == r).any()]
-    sub.obs[region_key] = pd.Categorical(sub.obs[region_key].astype(object), categories=kept_regions)
-    TableModel.parse(
-        sub,
-        region=kept_regions if len(kept_regions) > 1 else kept_regions[0],
-        region_key=region_key,
-        instance_key=instance_key,
-        name=name,
-    )
-    return sub
+    return table_rows(table, keep, name=name)
