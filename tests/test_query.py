@@ -188,9 +188,10 @@ def test_store_backed_points_push_down(tmp_path):
     read = [line for line in plan.getvalue().splitlines() if "ReadParquet" in line]
     assert read and "filters=[[(" in read[0] and "('x', '>='" in read[0] and "('y', '<='" in read[0]
     # ... and those statistics rule out most row groups
-    from tissuestack.query._index import affine_map, intersecting_row_groups
+    from tissuestack.query._index import intersecting_row_groups
     from tissuestack.store import ElementLocation, StoreRoot
     from tissuestack.store._points import points_row_group_stats
+    from tissuestack.transforms import affine_map
 
     stats = points_row_group_stats(ElementLocation(StoreRoot.open(tmp_path / "s.zarr"), "points", "pts"))
     b = affine_map(ROT45, ("x", "y"), ("x", "y")).intrinsic_bounds(lo, hi, ("x", "y"))

@@ -31,8 +31,8 @@ from tissuestack._container import SpatialData
 from tissuestack.elements import PointsModel, get_kind, get_meta, raster_levels
 from tissuestack.elements._shapes import shapes_type
 from tissuestack.errors import ValidationError
-from tissuestack.ops._extent import SpatialMap, resolve_element, spatial_map
-from tissuestack.transforms import Identity
+from tissuestack.ops._extent import resolve_element, spatial_map
+from tissuestack.transforms import AffineMap, Identity
 
 __all__ = ["get_centroids"]
 
@@ -69,7 +69,7 @@ def _block_sums(block: np.ndarray, origin: tuple[int, ...]) -> tuple[np.ndarray,
     return labels[keep], counts[keep], sums[:, keep]
 
 
-def _labels_centroids(element: Any, m: SpatialMap) -> pd.DataFrame:
+def _labels_centroids(element: Any, m: AffineMap) -> pd.DataFrame:
     level = raster_levels(element)[0]
     data = level.data if isinstance(level.data, da.Array) else da.from_array(np.asarray(level.data))
     dims = tuple(str(d) for d in level.dims)
@@ -106,7 +106,7 @@ def _shapes_centroids(element: Any, t: Any) -> pd.DataFrame:
     return pd.DataFrame(m.apply(coords), index=element.index.copy(), columns=list(m.out_axes))
 
 
-def _points_centroids(ddf: dd.DataFrame, m: SpatialMap) -> dd.DataFrame:
+def _points_centroids(ddf: dd.DataFrame, m: AffineMap) -> dd.DataFrame:
     key = get_meta(ddf).instance_key
     if key is None:
         raise ValidationError(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -41,9 +40,9 @@ from tissuestack.elements import SPATIAL_KINDS, get_axes, get_kind, raster_level
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._resolve import elements_in, transformation_to
-from tissuestack.transforms import BaseTransformation
+from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
-__all__ = ["SpatialMap", "get_extent", "resolve_element", "spatial_map"]
+__all__ = ["get_extent", "resolve_element", "spatial_map"]
 
 SPATIAL_AXES: tuple[str, ...] = ("x", "y", "z")
 _GEOMETRY_CHUNK = 250_000  # geometries whose vertices are transformed at once (bounds peak memory)
@@ -52,30 +51,9 @@ Extent = dict[str, tuple[float, float]]
 
 
 # ================================================================================================ shared helpers
-@dataclass(frozen=True)
-class SpatialMap:
-    """The affine map ``out = A @ in + b`` of a transformation between spatial axes (``x, y[, z]`` order)."""
-
-    in_axes: tuple[str, ...]
-    out_axes: tuple[str, ...]
-    linear: np.ndarray  # (len(out_axes), len(in_axes))
-    offset: np.ndarray  # (len(out_axes),)
-
-    def apply(self, coords: np.ndarray) -> np.ndarray:
-        """Transform an ``(N, len(in_axes))`` array (one matrix product)."""
-        out = np.dot(np.asarray(coords, dtype=np.float64), np.ascontiguousarray(self.linear.T))
-        out += self.offset
-        return out
-
-    @property
-    def axis_aligned(self) -> bool:
-        """Whether every output axis depends on at most one input axis (scale/translation/permutation)."""
-        return bool(((self.linear != 0).sum(axis=1) <= 1).all())
-
-
 def spatial_map(
     element: Any, transformation: BaseTransformation, in_axes: Iterable[str] | None = None
-) -> SpatialMap:
+) -> AffineMap:
     """The spatial affine map of ``transformation`` applied to ``element`` (channel axes ignored).
 
     ``in_axes`` overrides the element's intrinsic spatial axes. The output axes are the spatial axes among the
@@ -89,8 +67,7 @@ def spatial_map(
         raise TransformationError(
             f"transformation {transformation!r} maps axes {axes} to {natural}, which has no spatial axis"
         )
-    m = transformation.to_affine_matrix(ins, outs)
-    return SpatialMap(ins, outs, m[:-1, :-1].copy(), m[:-1, -1].copy())
+    return affine_map(transformation, ins, outs)
 
 
 def _name_in(sdata: SpatialData, element: Any) -> str:
@@ -129,7 +106,7 @@ def resolve_element(
     return element, transformation_to(element, coordinate_system, sdata=sdata, name=name)
 
 
-def _corners_extent(lo: np.ndarray, hi: np.ndarray, m: SpatialMap) -> tuple[np.ndarray, np.ndarray]:
+def _corners_extent(lo: np.ndarray, hi: np.ndarray, m: AffineMap) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of the transformed corners of the box ``[lo, hi]`` (intrinsic, ``m.in_axes`` order)."""
     corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))), dtype=np.float64)
     out = m.apply(corners)
@@ -143,7 +120,7 @@ def _as_extent(axes: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> Extent 
 
 
 # ================================================================================================ per kind
-def _raster_extent(element: xr.DataArray | xr.DataTree, m: SpatialMap) -> Extent | None:
+def _raster_extent(element: xr.DataArray | xr.DataTree, m: AffineMap) -> Extent | None:
     level = raster_levels(element)[0]
     sizes = np.array([level.sizes[a] for a in m.in_axes], dtype=np.float64)
     if (sizes == 0).any():
@@ -152,7 +129,7 @@ def _raster_extent(element: xr.DataArray | xr.DataTree, m: SpatialMap) -> Extent
     return _as_extent(m.out_axes, lo, hi)
 
 
-def _points_extent(ddf: dd.DataFrame, m: SpatialMap, exact: bool) -> Extent | None:
+def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool) -> Extent | None:
     cols = list(m.in_axes)
     frame = ddf[cols]
     if not exact or m.axis_aligned:
@@ -184,7 +161,7 @@ def _points_extent(ddf: dd.DataFrame, m: SpatialMap, exact: bool) -> Extent | No
     return _as_extent(m.out_axes, lo, hi)
 
 
-def _vertex_extent(geoms: np.ndarray, m: SpatialMap) -> tuple[np.ndarray, np.ndarray]:
+def _vertex_extent(geoms: np.ndarray, m: AffineMap) -> tuple[np.ndarray, np.ndarray]:
     """Min/max of the transformed vertices of ``geoms``, in chunks of geometries (bounded memory)."""
     include_z = "z" in m.in_axes
     lo = np.full(len(m.out_axes), np.inf)
@@ -220,7 +197,7 @@ def _candidates(bounds: np.ndarray, direction: np.ndarray) -> np.ndarray:
         return ub >= floor - tol
 
 
-def _polygons_extent(geoms: np.ndarray, m: SpatialMap, exact: bool) -> Extent | None:
+def _polygons_extent(geoms: np.ndarray, m: AffineMap, exact: bool) -> Extent | None:
     if "z" in m.in_axes:  # 3D geometries: no 3D bounds from shapely; transform every vertex
         return _as_extent(m.out_axes, *_vertex_extent(geoms, m))
     bounds = shapely.bounds(geoms)
@@ -240,7 +217,7 @@ def _polygons_extent(geoms: np.ndarray, m: SpatialMap, exact: bool) -> Extent | 
     return _as_extent(m.out_axes, *_vertex_extent(geoms[keep], m))
 
 
-def _circles_extent(gdf: gpd.GeoDataFrame, m: SpatialMap, exact: bool) -> Extent | None:
+def _circles_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent | None:
     geoms = np.asarray(gdf.geometry.array)
     centres = shapely.get_coordinates(geoms, include_z="z" in m.in_axes)
     radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)

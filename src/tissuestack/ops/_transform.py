@@ -55,9 +55,9 @@ from tissuestack.elements import (
 )
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
-from tissuestack.ops._extent import SpatialMap, resolve_element, spatial_map
+from tissuestack.ops._extent import resolve_element, spatial_map
 from tissuestack.ops._resolve import elements_in
-from tissuestack.transforms import BaseTransformation, Identity, Scale, Translation, compose
+from tissuestack.transforms import AffineMap, BaseTransformation, Identity, Scale, Translation, compose
 
 __all__ = ["transform"]
 
@@ -93,7 +93,7 @@ def _new_transformations(
 
 
 # ================================================================================================ points
-def _transform_points(ddf: dd.DataFrame, m: SpatialMap, transformations: dict) -> dd.DataFrame:
+def _transform_points(ddf: dd.DataFrame, m: AffineMap, transformations: dict) -> dd.DataFrame:
     in_cols = list(m.in_axes)
     out_cols = list(m.out_axes)
 
@@ -117,7 +117,7 @@ def _transform_points(ddf: dd.DataFrame, m: SpatialMap, transformations: dict) -
 
 
 # ================================================================================================ shapes
-def _transform_shapes(gdf: gpd.GeoDataFrame, m: SpatialMap, transformations: dict) -> gpd.GeoDataFrame:
+def _transform_shapes(gdf: gpd.GeoDataFrame, m: AffineMap, transformations: dict) -> gpd.GeoDataFrame:
     if m.out_axes != m.in_axes:
         raise TransformationError(
             f"cannot transform shapes with axes {m.in_axes} into a coordinate system with axes {m.out_axes}; "
@@ -183,7 +183,7 @@ def _resample_block(
 
 
 def _resample(
-    level: xr.DataArray, m: SpatialMap, dims: tuple[str, ...], order: int
+    level: xr.DataArray, m: AffineMap, dims: tuple[str, ...], order: int
 ) -> tuple[da.Array, BaseTransformation]:
     """Resample ``level`` onto a grid of the target system; returns the data and ``R`` (new grid -> target)."""
     has_c = "c" in level.dims

@@ -43,10 +43,10 @@ from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import NoPathError
 from tissuestack.ops._resolve import elements_in, transformation_to
 from tissuestack.ops._table_filter import filter_table_by_instances
-from tissuestack.query._index import AffineMap, affine_map, apply_affine, intersecting_row_groups, shapes_tree
+from tissuestack.query._index import intersecting_row_groups, shapes_tree
 from tissuestack.store import ElementLocation, StoreRoot
 from tissuestack.store._points import points_row_group_stats
-from tissuestack.transforms import BaseTransformation, Translation
+from tissuestack.transforms import AffineMap, BaseTransformation, Translation, affine_map, apply_affine
 from tissuestack.transforms import Sequence as SequenceTransformation
 
 __all__ = ["bounding_box_query"]

@@ -5,6 +5,7 @@ Transformations are small immutable values (:class:`Identity`, :class:`Scale`, :
 ``N x D`` coordinate arrays in one vectorized call.
 """
 
+from tissuestack.transforms._affine_map import AffineMap, affine_map, apply_affine
 from tissuestack.transforms._base import (
     AXIS_NAMES,
     Affine,
@@ -26,12 +27,15 @@ from tissuestack.transforms._ngff import (
 __all__ = [
     "AXIS_NAMES",
     "Affine",
+    "AffineMap",
     "BaseTransformation",
     "Identity",
     "MapAxis",
     "Scale",
     "Sequence",
     "Translation",
+    "affine_map",
+    "apply_affine",
     "compose",
     "from_ngff_dict",
     "to_ngff_dict",
