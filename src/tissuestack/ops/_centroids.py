@@ -31,7 +31,8 @@ from tissuestack._container import SpatialData
 from tissuestack.elements import PointsModel, get_kind, get_meta, raster_levels
 from tissuestack.elements._shapes import shapes_type
 from tissuestack.errors import ValidationError
-from tissuestack.ops._extent import resolve_element, spatial_map
+from tissuestack.ops._extent import spatial_map
+from tissuestack.ops._resolve import resolve_element
 from tissuestack.transforms import AffineMap, Identity
 
 __all__ = ["get_centroids"]

@@ -36,13 +36,13 @@ import xarray as xr
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import SPATIAL_KINDS, get_axes, get_kind, raster_levels
+from tissuestack.elements import get_axes, get_kind, raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
-from tissuestack.ops._resolve import elements_in, transformation_to
+from tissuestack.ops._resolve import elements_in, resolve_element
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
-__all__ = ["get_extent", "resolve_element", "spatial_map"]
+__all__ = ["get_extent", "spatial_map"]
 
 SPATIAL_AXES: tuple[str, ...] = ("x", "y", "z")
 _GEOMETRY_CHUNK = 250_000  # geometries whose vertices are transformed at once (bounds peak memory)
@@ -68,42 +68,6 @@ def spatial_map(
             f"transformation {transformation!r} maps axes {axes} to {natural}, which has no spatial axis"
         )
     return affine_map(transformation, ins, outs)
-
-
-def _name_in(sdata: SpatialData, element: Any) -> str:
-    for kind in SPATIAL_KINDS:
-        for name in getattr(sdata, kind):
-            if sdata.is_loaded(name) and sdata[name] is element:
-                return name
-    raise KeyError("the element is not an element of the given SpatialData object")
-
-
-def resolve_element(
-    element: Any, coordinate_system: str, sdata: SpatialData | None
-) -> tuple[Any, BaseTransformation]:
-    """``(element object, transformation to the coordinate system)``.
-
-    ``element`` is an element object, or an element name when ``sdata`` is given. With ``sdata`` the path may
-    go through the coordinate-system graph of that object.
-    """
-    if isinstance(element, str):
-        if sdata is None:
-            raise TypeError(
-                f"element {element!r} is a name: pass sdata= (the SpatialData it belongs to) or the element object"
-            )
-        name = element
-        if sdata.kind_of(name) == "tables":
-            raise ValidationError(f"{name!r} is a table; tables have no coordinate systems")
-        element = sdata[name]
-    elif sdata is not None:
-        name = _name_in(sdata, element)
-    else:
-        name = None
-    if get_kind(element) == "tables":
-        raise ValidationError(
-            "a table has no coordinate systems; pass an image, labels, points or shapes element"
-        )
-    return element, transformation_to(element, coordinate_system, sdata=sdata, name=name)
 
 
 def _corners_extent(lo: np.ndarray, hi: np.ndarray, m: AffineMap) -> tuple[np.ndarray, np.ndarray]:

@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_meta
-from tissuestack.errors import NoPathError
+from tissuestack.elements import SPATIAL_KINDS, get_kind, get_meta
+from tissuestack.errors import NoPathError, ValidationError
 from tissuestack.transforms import BaseTransformation
 
-__all__ = ["elements_in", "transformation_to"]
+__all__ = ["elements_in", "resolve_element", "transformation_to"]
 
 
 def transformation_to(
@@ -49,3 +49,39 @@ def elements_in(
         except NoPathError:
             continue
         yield name, get_kind(element), element, t
+
+
+def _name_in(sdata: SpatialData, element: Any) -> str:
+    for kind in SPATIAL_KINDS:
+        for name in getattr(sdata, kind):
+            if sdata.is_loaded(name) and sdata[name] is element:
+                return name
+    raise KeyError("the element is not an element of the given SpatialData object")
+
+
+def resolve_element(
+    element: Any, coordinate_system: str, sdata: SpatialData | None
+) -> tuple[Any, BaseTransformation]:
+    """``(element object, transformation to the coordinate system)``.
+
+    ``element`` is an element object, or an element name when ``sdata`` is given. With ``sdata`` the path may
+    go through the coordinate-system graph of that object.
+    """
+    if isinstance(element, str):
+        if sdata is None:
+            raise TypeError(
+                f"element {element!r} is a name: pass sdata= (the SpatialData it belongs to) or the element object"
+            )
+        name = element
+        if sdata.kind_of(name) == "tables":
+            raise ValidationError(f"{name!r} is a table; tables have no coordinate systems")
+        element = sdata[name]
+    elif sdata is not None:
+        name = _name_in(sdata, element)
+    else:
+        name = None
+    if get_kind(element) == "tables":
+        raise ValidationError(
+            "a table has no coordinate systems; pass an image, labels, points or shapes element"
+        )
+    return element, transformation_to(element, coordinate_system, sdata=sdata, name=name)

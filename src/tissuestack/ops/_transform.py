@@ -55,8 +55,8 @@ from tissuestack.elements import (
 )
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
-from tissuestack.ops._extent import resolve_element, spatial_map
-from tissuestack.ops._resolve import elements_in
+from tissuestack.ops._extent import spatial_map
+from tissuestack.ops._resolve import elements_in, resolve_element
 from tissuestack.transforms import AffineMap, BaseTransformation, Identity, Scale, Translation, compose
 
 __all__ = ["transform"]
