@@ -60,8 +60,11 @@ _EXPORTS: dict[str, str] = {
     "NoPathError": "tissuestack.errors",
     "FormatError": "tissuestack.errors",
     "StoreError": "tissuestack.errors",
+    "ReaderError": "tissuestack.errors",
+    # aggregation
+    "aggregate": "tissuestack.ops",
 }
-_SUBMODULES = ("datasets", "elements", "transforms", "errors", "ops", "query", "store")
+_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 

@@ -10,6 +10,7 @@ __all__ = [
     "AmbiguousPathError",
     "FormatError",
     "NoPathError",
+    "ReaderError",
     "StoreError",
     "TransformationError",
     "ValidationError",
@@ -41,3 +42,8 @@ class FormatError(ValueError):
 
 class StoreError(OSError):
     """A store cannot be read or written: missing, corrupt or truncated files, refused overwrite."""
+
+
+class ReaderError(FormatError):
+    """A vendor output folder or input file is missing a file, has wrong columns, an unknown version or is
+    truncated. The message names the file and what was expected."""
