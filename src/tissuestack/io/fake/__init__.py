@@ -1,0 +1,32 @@
+"""Writers of small (or, for benchmarks, large) synthetic vendor output folders, one per technology and software
+version, shaped like the real bundles of ``shared/VENDOR_FORMATS.md``. Used by the tests, the benchmarks and
+``tissuestack convert`` demonstrations; no real data needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "write_xenium": "tissuestack.io.fake._xenium",
+    "write_visium": "tissuestack.io.fake._visium",
+    "write_visium_hd": "tissuestack.io.fake._visium_hd",
+    "write_merscope": "tissuestack.io.fake._merscope",
+    "write_cosmx": "tissuestack.io.fake._cosmx",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tissuestack.io.fake' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
