@@ -28,7 +28,7 @@ from tissuestack.elements import (
 from tissuestack.kernels._pip import points_in_polygon
 from tissuestack.query import bounding_box_query, polygon_query
 from tissuestack.query._index import shapes_tree
-from tissuestack.transforms import Affine, Identity, Scale, Sequence
+from tissuestack.transforms import Affine, Identity, Scale, Sequence, Translation
 
 ROT45 = Affine(
     [
@@ -253,6 +253,33 @@ def test_shapes_bbox_polygons_and_circles(name):
         i for i in range(200) if shapely.Point(*centres[i]).distance(box_intrinsic) <= radius[i] * (1 + 1e-12)
     ]
     assert list(out.index) == expected
+
+
+@pytest.mark.parametrize("name", ["identity", "scale_shift", "rot45"])
+def test_shapes_bbox_scan_and_tree_paths_agree_with_brute_force(name):
+    # first query of a frame scans the envelopes (and accepts envelopes strictly inside the box without an exact
+    # test); the second uses the STRtree; many boxes use the tree too: all must equal shapely brute force
+    t = {
+        "identity": Identity(),
+        "scale_shift": Sequence([Scale([2.0, 0.5], ("x", "y")), Translation([-3.0, 4.0], ("x", "y"))]),
+        "rot45": ROT45,
+    }[name]
+    gdf = ShapesModel.parse(_random_polygons(n=400), transformations={"global": t})
+    lin, off = _matrix(t, ("x", "y"))
+    geoms_t = [shapely.transform(g, lambda c: c @ lin.T + off) for g in gdf.geometry]
+    boxes = [((20.0, 10.0), (60.0, 50.0)), ((-5.0, 30.0), (45.0, 31.0)), ((100.0, 0.0), (180.0, 70.0))]
+    for _ in range(2):
+        for lo, hi in boxes:
+            box = shapely.box(*lo, *hi)
+            expected = [i for i, g in zip(gdf.index, geoms_t, strict=True) if g.intersects(box)]
+            out = bounding_box_query(gdf, ("x", "y"), lo, hi, "global")
+            assert (list(out.index) if out is not None else []) == expected
+    many = bounding_box_query(gdf, ("x", "y"), [b[0] for b in boxes] * 3, [b[1] for b in boxes] * 3, "global")
+    for k, part in enumerate(many):
+        lo, hi = boxes[k % 3]
+        box = shapely.box(*lo, *hi)
+        expected = [i for i, g in zip(gdf.index, geoms_t, strict=True) if g.intersects(box)]
+        assert (list(part.index) if part is not None else []) == expected
 
 
 def test_shapes_empty_and_cache():

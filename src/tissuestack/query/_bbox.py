@@ -43,7 +43,7 @@ from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import NoPathError
 from tissuestack.ops._resolve import elements_in, transformation_to
 from tissuestack.ops._table_filter import filter_table_by_instances
-from tissuestack.query._index import intersecting_row_groups, shapes_tree
+from tissuestack.query._index import ShapesIndex, intersecting_row_groups, shapes_index
 from tissuestack.store import ElementLocation, StoreRoot
 from tissuestack.store._points import points_row_group_stats
 from tissuestack.transforms import AffineMap, BaseTransformation, Translation, affine_map, apply_affine
@@ -338,6 +338,57 @@ def _transform_geoms(geoms: np.ndarray, linear: np.ndarray, offset: np.ndarray) 
     return shapely.transform(geoms, lambda c: apply_affine([c[:, 0], c[:, 1]], linear, offset))
 
 
+def _inner_boxes(amap: AffineMap, reg: Region) -> tuple[np.ndarray, np.ndarray]:
+    """Intrinsic boxes ``(n, 2)`` slightly inside the preimage of each target box (axis-aligned maps only)."""
+    los, his = [], []
+    for i in range(reg.n):
+        lo, hi = amap.intrinsic_bounds(reg.lo[i], reg.hi[i], reg.axes)
+        mag = np.where(np.isfinite(lo), np.abs(lo), 0.0) + np.where(np.isfinite(hi), np.abs(hi), 0.0)
+        margin = _WIDEN * mag + 1e-300
+        los.append(lo + margin)
+        his.append(hi - margin)
+    return np.array(los), np.array(his)
+
+
+def _exact_hits(
+    gdf: gpd.GeoDataFrame,
+    index: ShapesIndex,
+    amap: AffineMap,
+    reg: Region,
+    circles: bool,
+    cand: np.ndarray,
+    region_idx: np.ndarray,
+) -> np.ndarray:
+    """Exact intersection test of candidate rows ``cand`` against region part ``region_idx`` (target x/y)."""
+    uniq, inverse = np.unique(cand, return_inverse=True)
+    geoms = np.asarray(gdf.geometry.array)[uniq]
+    identity = bool(np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any())
+    # finite target bounds of the candidates, to close boxes that leave x or y unconstrained
+    env = index.bounds[uniq]
+    x0, y0 = env[:, 0].min(), env[:, 1].min()
+    x1, y1 = env[:, 2].max(), env[:, 3].max()
+    corners = np.array([[x0, y0], [x0, y1], [x1, y0], [x1, y1]], dtype=np.float64)
+    corners_t = amap.apply(corners)
+    regions_t = reg.geometries(corners_t.min(axis=0) - 1.0, corners_t.max(axis=0) + 1.0)
+    target_regions = regions_t[region_idx] if reg.polygon is None else np.repeat(regions_t, len(cand))
+    if not circles:
+        geoms_t = geoms if identity else _transform_geoms(geoms, amap.linear, amap.offset)
+        return shapely.intersects(geoms_t[inverse], target_regions)
+    radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)[uniq]
+    if amap.is_similarity:
+        scale = math.sqrt(float((amap.linear.T @ amap.linear)[0, 0]))
+        centres = amap.apply(np.column_stack([shapely.get_x(geoms), shapely.get_y(geoms)]))
+        pts = shapely.points(centres)
+        return shapely.distance(pts[inverse], target_regions) <= scale * radius[inverse]
+    if amap.inverse is not None:
+        inv, c = amap.inverse
+        regions_i = _transform_geoms(regions_t, inv, c)
+        regs = regions_i[region_idx] if reg.polygon is None else np.repeat(regions_i, len(cand))
+        return shapely.distance(geoms[inverse], regs) <= radius[inverse]
+    disks = shapely.buffer(geoms, radius, quad_segs=16)
+    return shapely.intersects(_transform_geoms(disks, amap.linear, amap.offset)[inverse], target_regions)
+
+
 def query_shapes(
     gdf: gpd.GeoDataFrame, transformation: BaseTransformation, region: Region
 ) -> list[gpd.GeoDataFrame | None]:
@@ -362,8 +413,7 @@ def query_shapes(
         raise NoPathError(f"the shapes' transformation produces axes {natural}; shape queries need x and y")
     reg = region.restricted(axes)
     amap = affine_map(transformation, axes, axes)
-    tree = shapes_tree(gdf, circles)
-    envelopes = tree.geometries
+    index = shapes_index(gdf, circles)
     bounds = _prune_bounds(amap, reg) if reg.polygon is None else None
     if reg.polygon is not None and amap.inverse is not None:
         b = _widened(amap.intrinsic_bounds(reg.lo[0], reg.hi[0], reg.axes))
@@ -371,40 +421,29 @@ def query_shapes(
     if bounds is not None:
         lo = np.clip(bounds[0], -1e300, 1e300)
         hi = np.clip(bounds[1], -1e300, 1e300)
-        boxes = shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])
-        region_idx, cand = tree.query(boxes)
+        region_idx, cand = index.candidates(lo, hi)
     else:
         cand = np.tile(np.arange(len(gdf)), reg.n)
         region_idx = np.repeat(np.arange(reg.n), len(gdf))
     if len(cand) == 0:
         return [None] * reg.n
-    uniq, inverse = np.unique(cand, return_inverse=True)
-    geoms = np.asarray(gdf.geometry.array)[uniq]
-    # finite target bounds of the candidates, to close boxes that leave x or y unconstrained
-    env_t = _transform_geoms(np.asarray(envelopes)[uniq], amap.linear, amap.offset)
-    tb = shapely.total_bounds(env_t)
-    regions_t = reg.geometries(tb[:2] - 1.0, tb[2:] + 1.0)
-    target_regions = regions_t[region_idx] if reg.polygon is None else np.repeat(regions_t, len(cand))
-    if not circles:
-        geoms_t = _transform_geoms(geoms, amap.linear, amap.offset)
-        ok = shapely.intersects(geoms_t[inverse], target_regions)
-    else:
-        radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)[uniq]
-        if amap.is_similarity:
-            scale = math.sqrt(float((amap.linear.T @ amap.linear)[0, 0]))
-            centres = amap.apply(np.column_stack([shapely.get_x(geoms), shapely.get_y(geoms)]))
-            pts = shapely.points(centres)
-            ok = shapely.distance(pts[inverse], target_regions) <= scale * radius[inverse]
-        elif amap.inverse is not None:
-            inv, c = amap.inverse
-            regions_i = _transform_geoms(regions_t, inv, c)
-            regs = regions_i[region_idx] if reg.polygon is None else np.repeat(regions_i, len(cand))
-            ok = shapely.distance(geoms[inverse], regs) <= radius[inverse]
-        else:
-            disks = shapely.buffer(geoms, radius, quad_segs=16)
-            ok = shapely.intersects(
-                _transform_geoms(disks, amap.linear, amap.offset)[inverse], target_regions
-            )
+    ok = np.zeros(len(cand), dtype=bool)
+    exact = np.ones(len(cand), dtype=bool)
+    if reg.polygon is None and amap.axis_aligned and amap.inverse is not None:
+        # the preimage of an axis-aligned box is a box: envelopes strictly inside it are hits without a test
+        inner = _inner_boxes(amap, reg)
+        env = index.bounds[cand]
+        inside = (
+            (env[:, 0] > inner[0][region_idx, 0])
+            & (env[:, 2] < inner[1][region_idx, 0])
+            & (env[:, 1] > inner[0][region_idx, 1])
+            & (env[:, 3] < inner[1][region_idx, 1])
+        )
+        ok[inside] = True
+        exact = ~inside
+    todo = np.flatnonzero(exact)
+    if len(todo):
+        ok[todo] = _exact_hits(gdf, index, amap, reg, circles, cand[todo], region_idx[todo])
     meta = get_meta(gdf)
     results: list[gpd.GeoDataFrame | None] = []
     order = np.argsort(region_idx, kind="stable")

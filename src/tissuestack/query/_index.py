@@ -1,8 +1,9 @@
 """Spatial indexes used by the queries.
 
-* Shapes: one ``shapely.STRtree`` per GeoDataFrame, cached while the frame lives (keyed weakly by the object,
-  invalidated when its geometry array is replaced). Circles are indexed by their bounding squares
-  (centre +- radius), so an envelope query returns every disk that may intersect.
+* Shapes: the envelopes of a GeoDataFrame's geometries, and a ``shapely.STRtree`` over them built on demand,
+  cached while the frame lives (keyed weakly by the object, invalidated when its geometry array is replaced).
+  Circles are indexed by their bounding squares (centre +- radius), so an envelope query returns every disk that
+  may intersect.
 * Points: intrinsic bounding boxes of a query region (interval arithmetic through the inverse affine), and
   pruning of row groups / partitions by their min/max statistics.
 """
@@ -21,47 +22,93 @@ import shapely
 from tissuestack.elements._shapes import RADIUS_COLUMN
 
 __all__ = [
+    "ShapesIndex",
     "intersecting_row_groups",
+    "shapes_index",
     "shapes_tree",
 ]
 
 
-# ------------------------------------------------------------------------------------------------ STRtree cache
+# ------------------------------------------------------------------------------------------- shapes index cache
+class ShapesIndex:
+    """Envelopes of a shapes element (``n x 4``: xmin, ymin, xmax, ymax) and, built on demand, their STRtree.
+
+    Item ``i`` is row ``i`` (position, not index label). Circles are indexed by the bounding squares of their
+    disks. A query with a few boxes scans the envelope array (a few vectorized comparisons, no tree to build);
+    queries with many boxes or a second query on the same frame use the tree.
+    """
+
+    def __init__(self, geoms: np.ndarray, radius: np.ndarray | None):
+        if radius is not None:
+            x, y = shapely.get_x(geoms), shapely.get_y(geoms)
+            self.bounds = np.column_stack([x - radius, y - radius, x + radius, y + radius])
+        else:
+            self.bounds = shapely.bounds(geoms)
+        self._tree: shapely.STRtree | None = None
+        self.queries = 0
+
+    @property
+    def has_tree(self) -> bool:
+        return self._tree is not None
+
+    @property
+    def tree(self) -> shapely.STRtree:
+        if self._tree is None:
+            b = self.bounds
+            self._tree = shapely.STRtree(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
+        return self._tree
+
+    def candidates(self, lo: np.ndarray, hi: np.ndarray, *, few: int = 4) -> tuple[np.ndarray, np.ndarray]:
+        """``(box index, row)`` pairs whose envelope meets each intrinsic x/y box ``lo[i] .. hi[i]`` (``n x 2``).
+
+        Scans the envelopes for up to ``few`` boxes on the first query of this frame; otherwise uses the tree.
+        """
+        self.queries += 1
+        if len(lo) > few or self._tree is not None or self.queries > 1:
+            return self.tree.query(shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]))
+        b = self.bounds
+        box_idx, rows = [], []
+        for i in range(len(lo)):
+            hit = np.flatnonzero(
+                (b[:, 0] <= hi[i, 0]) & (b[:, 2] >= lo[i, 0]) & (b[:, 1] <= hi[i, 1]) & (b[:, 3] >= lo[i, 1])
+            )
+            rows.append(hit)
+            box_idx.append(np.full(len(hit), i, dtype=np.intp))
+        return np.concatenate(box_idx), np.concatenate(rows)
+
+
 @dataclass
-class _TreeEntry:
+class _IndexEntry:
     ref: weakref.ref
-    geometry: object  # the GeometryArray the tree was built from (replaced array -> rebuild)
+    geometry: object  # the GeometryArray the index was built from (replaced array -> rebuild)
     radius: object  # the radius values used (circles), same idea
-    tree: shapely.STRtree
+    index: ShapesIndex
 
 
-_TREES: dict[int, _TreeEntry] = {}
+_INDEXES: dict[int, _IndexEntry] = {}
 
 
 def _forget(key: int) -> None:
-    _TREES.pop(key, None)
+    _INDEXES.pop(key, None)
 
 
-def shapes_tree(gdf: gpd.GeoDataFrame, circles: bool) -> shapely.STRtree:
-    """The STRtree of a shapes element (built once per GeoDataFrame object and geometry array).
-
-    Tree item ``i`` is row ``i`` (position, not index label). For circles the tree holds the bounding squares of
-    the disks.
-    """
+def shapes_index(gdf: gpd.GeoDataFrame, circles: bool) -> ShapesIndex:
+    """The index of a shapes element (built once per GeoDataFrame object and geometry array)."""
     key = id(gdf)
     geometry = gdf.geometry.array
     radius = gdf[RADIUS_COLUMN].array if circles and RADIUS_COLUMN in gdf.columns else None
-    entry = _TREES.get(key)
+    entry = _INDEXES.get(key)
     if entry is not None and entry.ref() is gdf and entry.geometry is geometry and entry.radius is radius:
-        return entry.tree
-    geoms = np.asarray(geometry)
-    if circles:
-        r = np.asarray(gdf[RADIUS_COLUMN], dtype=np.float64)
-        x, y = shapely.get_x(geoms), shapely.get_y(geoms)
-        geoms = shapely.box(x - r, y - r, x + r, y + r)
-    tree = shapely.STRtree(geoms)
-    _TREES[key] = _TreeEntry(weakref.ref(gdf, lambda _r, key=key: _forget(key)), geometry, radius, tree)
-    return tree
+        return entry.index
+    r = np.asarray(gdf[RADIUS_COLUMN], dtype=np.float64) if circles else None
+    index = ShapesIndex(np.asarray(geometry), r)
+    _INDEXES[key] = _IndexEntry(weakref.ref(gdf, lambda _r, key=key: _forget(key)), geometry, radius, index)
+    return index
+
+
+def shapes_tree(gdf: gpd.GeoDataFrame, circles: bool) -> shapely.STRtree:
+    """The STRtree of a shapes element's envelopes (built once per GeoDataFrame object and geometry array)."""
+    return shapes_index(gdf, circles).tree
 
 
 # --------------------------------------------------------------------------------------------- row groups
