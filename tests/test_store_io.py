@@ -402,3 +402,18 @@ def test_write_and_read_under_a_distributed_client(tmp_path, monkeypatch):
         assert len(back["transcripts"]) == 6_000
         assert_same(data, back)
     assert len(list((path / "points" / "transcripts" / "points.parquet").iterdir())) == 3
+
+
+def test_scheduler_follows_the_default_distributed_client():
+    distributed = pytest.importorskip("distributed")
+    import dask.threaded
+
+    from tissuestack._compute import scheduler
+
+    assert scheduler() is dask.threaded.get  # imported (or not), but no Client: the local threaded scheduler
+    with distributed.Client(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as client:
+        assert scheduler() is None  # dask then routes computes to the client
+        assert client is distributed.default_client()
+    assert scheduler() is dask.threaded.get
