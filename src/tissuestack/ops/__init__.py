@@ -1,5 +1,6 @@
 """Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins."""
 
+from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
 from tissuestack.ops._concatenate import concatenate
 from tissuestack.ops._extent import get_extent
@@ -14,6 +15,7 @@ from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
 
 __all__ = [
+    "aggregate",
     "concatenate",
     "element_instances",
     "filter_table",
@@ -23,5 +25,6 @@ __all__ = [
     "join_spatialelement_table",
     "match_element_to_table",
     "match_table_to_element",
+    "store_aggregation",
     "transform",
 ]
