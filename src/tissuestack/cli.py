@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tissuestack._version import __version__
 from tissuestack.errors import FormatError, StoreError, ValidationError
+
+if TYPE_CHECKING:
+    from tissuestack.io._technology import Option, Technology
 
 __all__ = ["main"]
 
@@ -78,6 +82,20 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     _storage_option_arg(convert)
     convert.set_defaults(func=_cmd_convert)
+
+    tech = sub.add_parser(
+        "convert",
+        help="convert vendor output or a file (image, shapes, points) into a store, streaming",
+        description="Read a vendor output folder (xenium, visium, ...) or a generic file (image, shapes, points) "
+        "and write it to a SpatialData Zarr store element by element (one element in memory at a time). "
+        "Usage: tissuestack convert TECHNOLOGY INPUT OUTPUT.zarr [--overwrite] [--zarr-format 2|3] "
+        "[--option VALUE ...]. See 'tissuestack convert --list' for the technologies and their options, and "
+        "'tissuestack convert TECHNOLOGY --help' for one of them.",
+    )
+    tech.add_argument("--list", action="store_true", help="list the technologies and their options")
+    tech.add_argument("technology", nargs="?", help="technology name (see --list)")
+    tech.add_argument("arguments", nargs=argparse.REMAINDER, help="INPUT OUTPUT.zarr and options")
+    tech.set_defaults(func=_cmd_convert_technology)
     return parser
 
 
@@ -133,6 +151,140 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     sdata = read_zarr(args.input, storage_options=options)
     sdata.write(args.output, zarr_format=args.zarr_format, overwrite=args.overwrite, storage_options=options)
     print(f"wrote {args.output} (Zarr v{args.zarr_format})")
+    return 0
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _tuple_value(text: str) -> tuple:
+    """A comma-separated CLI value: a tuple of ints, of floats, or of strings."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    for cast in (int, float):
+        try:
+            return tuple(cast(item) for item in items)
+        except ValueError:
+            continue
+    return items
+
+
+def _option_type(option: Option) -> Callable[[str], Any] | None:
+    return {bool: None, int: int, float: float, str: str, tuple: _tuple_value}.get(option.type, str)
+
+
+def _technology_parser(technology: Technology) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"tissuestack convert {technology.name}",
+        description=f"{technology.summary}. Written to a SpatialData Zarr store element by element.",
+    )
+    parser.add_argument("input", help="input folder or file")
+    parser.add_argument("output", help="output store path or URL (e.g. out.zarr)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (after success)"
+    )
+    parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="Zarr format (default 3)")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show a progress bar (default: when stderr is a terminal)",
+    )
+    _storage_option_arg(parser)
+    group = parser.add_argument_group(f"{technology.name} options")
+    for option in technology.options:
+        shown = _option_help(option)
+        if option.type is bool:
+            group.add_argument(
+                _flag(option.name),
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=shown,
+            )
+        else:
+            group.add_argument(
+                _flag(option.name),
+                dest=option.name,
+                type=_option_type(option),
+                choices=option.choices,
+                default=argparse.SUPPRESS,
+                metavar=None if option.choices else _metavar(option),
+                help=shown,
+            )
+    return parser
+
+
+def _metavar(option: Option) -> str:
+    return "A,B,..." if option.type is tuple else option.type.__name__.upper()
+
+
+def _option_help(option: Option) -> str:
+    if "(default" in option.help:  # the help already says what the default means
+        return option.help
+    return f"{option.help} (default: {_shown_default(option)})"
+
+
+def _shown_default(option: Option) -> str:
+    if option.default is None:
+        return "none"
+    if isinstance(option.default, tuple):
+        return ",".join(str(v) for v in option.default) or "none"
+    return str(option.default)
+
+
+def _print_technologies() -> int:
+    from tissuestack.io._technology import _MODULES, get_technology
+
+    for name in _MODULES:
+        try:
+            technology = get_technology(name)
+        except ImportError as err:
+            print(f"{name}\n    (not available: {err})")
+            continue
+        print(f"{technology.name}\n    {technology.summary}")
+        for option in technology.options:
+            flag = _flag(option.name)
+            if option.type is bool:
+                flag = f"{flag} / --no-{option.name.replace('_', '-')}"
+            elif option.choices:
+                flag = f"{flag} {{{','.join(map(str, option.choices))}}}"
+            else:
+                flag = f"{flag} {_metavar(option)}"
+            print(f"    {flag}: {_option_help(option)}")
+    return 0
+
+
+def _cmd_convert_technology(args: argparse.Namespace) -> int:
+    if args.list:
+        return _print_technologies()
+    if args.technology is None:
+        raise SystemExit(
+            "tissuestack convert: give a technology, INPUT and OUTPUT (see tissuestack convert --list)"
+        )
+    from tissuestack.io._convert import convert  # heavy imports only for this command
+    from tissuestack.io._technology import get_technology
+
+    technology = get_technology(args.technology)
+    parsed = vars(_technology_parser(technology).parse_args(args.arguments))
+    fixed = {
+        k: parsed.pop(k)
+        for k in ("input", "output", "overwrite", "zarr_format", "progress", "storage_option")
+    }
+    start = time.perf_counter()
+    path = convert(
+        technology,
+        fixed["input"],
+        fixed["output"],
+        overwrite=fixed["overwrite"],
+        zarr_format=fixed["zarr_format"],
+        progress=fixed["progress"],
+        storage_options=_storage_options(fixed["storage_option"]) or None,
+        **parsed,
+    )
+    print(
+        f"wrote {path} (Zarr v{fixed['zarr_format']}, {technology.name}) in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
