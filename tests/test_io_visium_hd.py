@@ -269,6 +269,67 @@ def test_write_and_read_zarr(sdata4, tmp_path):
     )
 
 
+def test_geojson_fast_path_and_exact_path_agree(sr4, tmp_path):
+    from tissuestack.io._visium_hd import _read_geojson_polygons, _read_geojson_polygons_json
+
+    file = sr4 / "segmented_outputs" / "cell_segmentations.geojson"
+    ids, polygons = _read_geojson_polygons(file)
+    ids_json, polygons_json = _read_geojson_polygons_json(file, file.read_bytes())
+    np.testing.assert_array_equal(ids, [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(ids, ids_json)
+    assert all(shapely.equals(polygons, polygons_json))
+    # ids that the byte scan cannot pair with the geometries (a nested cell_id) and a MultiPolygon: exact path
+    data = json.loads(file.read_text())
+    data["features"][0]["properties"]["parent"] = {"cell_id": 99}
+    data["features"][1]["geometry"] = {
+        "type": "MultiPolygon",
+        "coordinates": [data["features"][1]["geometry"]["coordinates"], [[[0, 0], [1, 0], [1, 1], [0, 0]]]],
+    }
+    odd = tmp_path / "odd.geojson"
+    odd.write_text(json.dumps(data))
+    ids_odd, polygons_odd = _read_geojson_polygons(odd)
+    np.testing.assert_array_equal(ids_odd, [1, 2, 3, 4, 5])
+    assert polygons_odd[1].geom_type == "MultiPolygon" and shapely.equals(polygons_odd[0], polygons[0])
+
+
+def test_cells_without_polygon_are_dropped_with_a_warning(tmp_path):
+    path = write_visium_hd(tmp_path / "outs", cytassist=None, fullres_image=None, raw=False)
+    file = path / "segmented_outputs" / "cell_segmentations.geojson"
+    data = json.loads(file.read_text())
+    data["features"] = [f for f in data["features"] if f["properties"]["cell_id"] != 2]
+    file.write_text(json.dumps(data))
+    with pytest.warns(UserWarning, match="1 of the 4 cells of the cell_segmentations table have no polygon"):
+        sdata = visium_hd(path, load_bins=False, load_images=False)
+    assert sdata["cell_segmentations"].obs_names.tolist() == [f"cellid_{i:09d}-1" for i in (1, 3, 4)]
+    assert sdata[f"{ID}_cell_segmentations"].index.tolist() == sdata["cell_segmentations"].obs_names.tolist()
+
+
+def test_feature_slice_names_and_absence(tmp_path):
+    path = write_visium_hd(tmp_path / "outs", fullres_image=None, raw=False, bin_sizes=(16,))
+    (path / f"{ID}_feature_slice.h5").rename(path / "hd_feature_slice.h5")  # the SR 3.0 docs' name
+    assert f"{ID}_square_016um" in visium_hd(path, load_segmentations=False)  # id from metadata sample_id
+    (path / "hd_feature_slice.h5").unlink()
+    with pytest.raises(ReaderError, match="pass dataset_id"):
+        visium_hd(path)
+    with pytest.warns(UserWarning, match="skipping cytassist_image.tiff"):
+        sdata = visium_hd(path, dataset_id="s1", load_segmentations=False)
+    assert set(sdata.images) == {"s1_hires_image", "s1_lowres_image"}
+
+
+def test_several_microscope_images(tmp_path):
+    path = write_visium_hd(tmp_path / "outs", cytassist=None, raw=False, bin_sizes=(16,), segmentation=False)
+    folder = path / "microscope_image"
+    (folder / "b_extra.tif").write_bytes((folder / f"{ID}_tissue_image.btf").read_bytes())
+    with pytest.warns(UserWarning, match="several images"):
+        sdata = visium_hd(path)
+    assert f"{ID}_full_image" in sdata
+    chosen = visium_hd(path, fullres_image_file=folder / "b_extra.tif")
+    np.testing.assert_array_equal(
+        raster_levels(chosen[f"{ID}_full_image"])[0].values,
+        raster_levels(sdata[f"{ID}_full_image"])[0].values,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ malformed input
 def _rewrite_json(file: Path, **changes) -> None:
     data = json.loads(file.read_text())

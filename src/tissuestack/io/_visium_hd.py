@@ -379,18 +379,52 @@ def _bin_elements(
 # ------------------------------------------------------------------------------------------------------------
 
 
+_CELL_ID = re.compile(rb'"cell_id"\s*:\s*(-?\d+)\s*[,}]')
+
+
 def _read_geojson_polygons(file: Path) -> tuple[np.ndarray, np.ndarray]:
     """``(cell ids, polygons)`` of a 10x segmentation GeoJSON (``properties.cell_id`` integer, Polygon or
-    MultiPolygon geometry in full-resolution pixels); geometries are built from ragged coordinates at once."""
+    MultiPolygon geometry in full-resolution pixels).
+
+    Fast path: GEOS parses the whole FeatureCollection in C (no Python object per vertex; real files hold
+    hundreds of MB) and the integer ids are scanned from the bytes; it is used only when there is exactly one
+    id per geometry. Anything else goes through :mod:`json` and is checked feature by feature.
+    """
+    import shapely
+
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ReaderError(f"{file}: segmentation GeoJSON not found") from None
+    except OSError as err:
+        raise ReaderError(f"{file}: cannot read the segmentation GeoJSON: {err}") from err
+    ids = np.array(_CELL_ID.findall(raw), dtype=np.int64)
+    try:
+        collection = shapely.from_geojson(raw.decode("utf-8"))
+        parts = shapely.get_parts(collection) if collection.geom_type == "GeometryCollection" else None
+    except (shapely.errors.GEOSException, UnicodeDecodeError, ValueError):
+        parts = None
+    if parts is not None and len(parts) == len(ids) > 0 and raw.count(b'"Feature"') == len(ids):
+        kinds = np.unique(shapely.get_type_id(parts))
+        if np.isin(kinds, [shapely.GeometryType.POLYGON, shapely.GeometryType.MULTIPOLYGON]).all():
+            if len(np.unique(ids)) != len(ids):
+                raise ReaderError(
+                    f"{file}: repeated properties.cell_id values; expected one feature per cell"
+                )
+            return ids, np.asarray(parts)
+    return _read_geojson_polygons_json(file, raw)
+
+
+def _read_geojson_polygons_json(file: Path, raw: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The exact (slower) path of :func:`_read_geojson_polygons`: :mod:`json`, then ragged coordinates."""
+    import itertools
     import json
 
     import shapely
 
     try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise ReaderError(f"{file}: segmentation GeoJSON not found") from None
-    except (OSError, ValueError) as err:
+        data = json.loads(raw)
+    except ValueError as err:
         raise ReaderError(f"{file}: cannot parse the segmentation GeoJSON: {err}") from err
     features = data.get("features") if isinstance(data, dict) else None
     if not isinstance(features, list):
@@ -398,30 +432,32 @@ def _read_geojson_polygons(file: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         ids = np.array([f["properties"]["cell_id"] for f in features], dtype=np.int64)
         geoms = [f["geometry"] for f in features]
-    except (KeyError, TypeError, ValueError) as err:
+        kinds = {g.get("type") for g in geoms}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ReaderError(
             f"{file}: every feature needs an integer properties.cell_id and a geometry ({type(err).__name__}: {err})"
         ) from err
-    kinds = {g.get("type") if isinstance(g, dict) else None for g in geoms}
-    if kinds <= {"Polygon"}:
-        rings = [np.asarray(ring, dtype=np.float64) for g in geoms for ring in g["coordinates"]]
-        n_rings = np.array([len(g["coordinates"]) for g in geoms], dtype=np.int64)
-        try:
-            coords = np.concatenate(rings)[:, :2] if rings else np.empty((0, 2))
-            ring_offsets = np.concatenate([[0], np.cumsum([len(r) for r in rings])])
+    try:
+        if kinds <= {"Polygon"}:
+            rings = [ring for g in geoms for ring in g["coordinates"]]
+            ring_lengths = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+            n_rings = np.fromiter((len(g["coordinates"]) for g in geoms), dtype=np.int64, count=len(geoms))
+            coords = np.fromiter(
+                itertools.chain.from_iterable(p[:2] for r in rings for p in r), dtype=np.float64
+            ).reshape(-1, 2)
             polygons = shapely.from_ragged_array(
                 shapely.GeometryType.POLYGON,
                 coords,
-                (ring_offsets, np.concatenate([[0], np.cumsum(n_rings)])),
+                (np.concatenate([[0], np.cumsum(ring_lengths)]), np.concatenate([[0], np.cumsum(n_rings)])),
             )
-        except (ValueError, IndexError) as err:
-            raise ReaderError(f"{file}: malformed polygon coordinates: {err}") from err
-    elif kinds <= {"Polygon", "MultiPolygon"}:
-        polygons = shapely.from_geojson([json.dumps(g) for g in geoms])
-    else:
-        raise ReaderError(
-            f"{file}: geometry types {sorted(str(k) for k in kinds)}; expected Polygon or MultiPolygon features"
-        )
+        elif kinds <= {"Polygon", "MultiPolygon"}:
+            polygons = shapely.from_geojson([json.dumps(g) for g in geoms])
+        else:
+            raise ReaderError(
+                f"{file}: geometry types {sorted(str(k) for k in kinds)}; expected Polygon or MultiPolygon features"
+            )
+    except (ValueError, IndexError, TypeError, shapely.errors.GEOSException) as err:
+        raise ReaderError(f"{file}: malformed polygon coordinates: {err}") from err
     if len(np.unique(ids)) != len(ids):
         raise ReaderError(f"{file}: repeated properties.cell_id values; expected one feature per cell")
     return ids, np.asarray(polygons)
@@ -492,7 +528,7 @@ def _nucleus_counts(bins_2um: Any, mappings_file: Path) -> Any:
     table_rows = table_rows[present]
     unique, cell_index = np.unique(cells.astype(str), return_inverse=True)
     aggregation = sp.csr_matrix(
-        (np.ones(len(table_rows), dtype=np.float32), (cell_index, table_rows)),
+        (np.ones(len(table_rows), dtype=bins_2um.X.dtype), (cell_index, table_rows)),
         shape=(len(unique), bins_2um.n_obs),
     )
     X = bins_2um.X
