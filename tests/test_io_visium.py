@@ -290,6 +290,8 @@ def test_malformed_arguments(tmp_path):
     with pytest.raises(ReaderError, match="pass dataset_id"):
         visium(path)
     assert "given" in visium(path, dataset_id="given").shapes
+    with pytest.raises(ReaderError, match="invalid dataset_id 'a/b'"):
+        visium(path, dataset_id="a/b")
     # two prefixed matrices: ambiguous without dataset_id
     other = write_visium(tmp_path / "two", dataset_id="A")
     shutil.copy(other / "A_filtered_feature_bc_matrix.h5", other / "B_filtered_feature_bc_matrix.h5")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tissuestack.elements import Image2DModel, ShapesModel, TableModel, sanitize_name
+from tissuestack.elements import Image2DModel, ShapesModel, TableModel, check_name, sanitize_name
 from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._technology import Option, Technology, collect
 from tissuestack.io._tenx_h5 import read_10x_h5, tenx_h5_attributes
@@ -445,6 +445,11 @@ def iter_visium(
             UserWarning,
             stacklevel=2,
         )
+
+    try:
+        check_name(dataset_id, "dataset_id")
+    except ValidationError as err:
+        raise ReaderError(str(err)) from None
 
     images: list[tuple[str, Path, dict[str, BaseTransformation]]] = []
     if load_images:
