@@ -1,0 +1,1076 @@
+"""Which region (polygon, circle or label) each point falls in: a burned region grid and raster lookups.
+
+Region grid
+-----------
+The regions (polygons, multipolygons with holes, or circles) are burned into a uniform grid of square cells
+covering their bounding box. Each grid cell holds
+
+* ``-1``: no region touches the cell;
+* ``k >= 0``: region ``k`` covers the whole cell and no other region touches it;
+* ``-2 - s``: a *mixed* cell, with the list of candidate regions ``cand[cand_start[s]:cand_start[s + 1]]``: the
+  regions whose boundary crosses the cell (entry ``k``, tested exactly) and those covering it whole (entry
+  ``~k``, accepted without a test).
+
+The resolution is chosen so that a typical region spans about a dozen cells (within a memory budget), so most
+points are resolved by one array lookup; only points in mixed cells pay an exact test against a few regions.
+Marking the cells an edge crosses is conservative (dilated by a margin far above rounding error), so the exact
+test always decides the points near a boundary.
+
+Edge rules (documented in the user-facing functions as well)
+-------------------------------------------------------------
+* Polygons: **half-open**, like raster pixels. A point is inside when the even-odd crossing number of a ray
+  towards +x counts the edges with ``y0 <= py < y1`` (endpoints ordered so that ``y0 <= y1``) whose crossing
+  abscissa is strictly greater than ``px``. The left and bottom boundaries of a polygon are inside it, the right
+  and top ones outside: a point on an edge shared by two polygons (with the same vertices) belongs to exactly
+  one of them, the one on its +x side (the one above it for a horizontal edge). Edge endpoints are put in a
+  canonical order before the crossing abscissa is computed, so both polygons sharing an edge compute the same
+  abscissa bit for bit.
+* Circles: **closed disks**: ``(px - cx)**2 + (py - cy)**2 <= r**2`` (a point on the circle is inside).
+* Labels: a point at intrinsic coordinates ``(x, y[, z])`` of the raster is in pixel
+  ``(floor(y), floor(x)[, floor(z)])`` (pixel ``(i, j)`` covers ``[j, j + 1) x [i, i + 1)``); points outside the
+  raster are in no region.
+
+Points are mapped into the regions' intrinsic frame inside the kernels (an affine map folded into the lookup),
+so 20M points are never transformed into new arrays. All kernels release the GIL (``nogil``): dask's threaded
+scheduler runs them on several partitions at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import shapely
+
+__all__ = [
+    "RegionGrid",
+    "build_circle_grid",
+    "build_polygon_grid",
+    "count_pairs_csr",
+    "count_pairs_dense",
+    "locate_in_grid",
+    "lookup_labels",
+    "polygon_edges",
+    "reduce_values",
+    "rows_of_labels",
+]
+
+#: default budget of grid cells (int32 each: 128 MiB)
+MAX_GRID_CELLS = 1 << 25
+#: target number of grid cells across a typical region
+CELLS_ACROSS = 12.0
+_NO_REGION = -1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# exact tests
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _in_polygon(s, x, y, edge_start, edges):  # pragma: no cover - compiled
+    """Half-open crossing number; a polygon's edges are sorted by their lower y (``edges[:, 1]``)."""
+    inside = False
+    for e in range(edge_start[s], edge_start[s + 1]):
+        y0 = edges[e, 1]
+        if y0 > y:
+            break
+        y1 = edges[e, 3]
+        if y < y1:
+            x0 = edges[e, 0]
+            if x < x0 + (y - y0) * (edges[e, 2] - x0) / (y1 - y0):
+                inside = not inside
+    return inside
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _in_circle(s, x, y, circles):  # pragma: no cover - compiled
+    dx = x - circles[s, 0]
+    dy = y - circles[s, 1]
+    return dx * dx + dy * dy <= circles[s, 2]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# burning regions into the grid (one pass; mixed cells collect (slot, candidate) pairs)
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow(a, n):  # pragma: no cover - compiled
+    if n < a.shape[0]:
+        return a
+    b = np.empty(max(2 * a.shape[0], n + 1), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _grow2(a, n):  # pragma: no cover - compiled
+    b = np.empty((max(2 * a.shape[0], n + 1), a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions):  # pragma: no cover - compiled
+    """Group the (slot, code) pairs by slot; re-encode the grid (module notes): a mixed cell with a single
+    candidate to test holds ``-2 - k``; the others get a compact candidate list (``-2 - n_regions - m``)."""
+    start = np.zeros(n_mixed + 1, dtype=np.int64)
+    for i in range(n_pairs):
+        start[pairs[i, 0] + 1] += 1
+    for k in range(n_mixed):
+        start[k + 1] += start[k]
+    grouped = np.empty(n_pairs, dtype=np.int32)
+    pos = start[:-1].copy()
+    for i in range(n_pairs):
+        k = pairs[i, 0]
+        grouped[pos[k]] = pairs[i, 1]
+        pos[k] += 1
+    n_multi = 0
+    n_cand = 0
+    for k in range(n_mixed):
+        a = start[k]
+        b = start[k + 1]
+        if b - a == 1:
+            c = grouped[a]
+            grid[slot_cell[k]] = -2 - c if c >= 0 else ~c
+        else:
+            n_multi += 1
+            n_cand += b - a
+    cand_start = np.zeros(n_multi + 1, dtype=np.int64)
+    cand = np.empty(n_cand, dtype=np.int32)
+    m = 0
+    for k in range(n_mixed):
+        a = start[k]
+        b = start[k + 1]
+        if b - a == 1:
+            continue
+        grid[slot_cell[k]] = -2 - n_regions - m
+        o = cand_start[m]
+        for j in range(a, b):
+            cand[o + j - a] = grouped[j]
+        cand_start[m + 1] = o + b - a
+        m += 1
+    return cand_start, cand
+
+
+@numba.njit(cache=True, nogil=True)
+def _burn_polygons(
+    edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions
+):  # pragma: no cover - compiled
+    """Burn each polygon: crossed cells (supercover of each edge) and interior runs (scanline at row centres).
+
+    ``grid`` starts at -1; a cell visited once as interior keeps that polygon; any other visit makes the cell
+    mixed (``-2 - slot``) and records ``(slot, k)`` for a crossed visit or ``(slot, ~k)`` for an interior one.
+    """
+    n_shapes = edge_start.shape[0] - 1
+    h = 1.0 / inv_h
+    pairs = np.empty((1 << 16, 2), dtype=np.int32)
+    slot_cell = np.empty(1 << 16, dtype=np.int64)
+    n_pairs = 0
+    n_mixed = 0
+    touch = np.zeros(1024, dtype=np.uint8)
+    tlist = np.empty(1024, dtype=np.int64)
+    row_n = np.zeros(64, dtype=np.int64)
+    row_c = np.zeros(64, dtype=np.int64)
+    xs = np.empty(256, dtype=np.float64)
+    for s in range(n_shapes):
+        e_lo = edge_start[s]
+        e_hi = edge_start[s + 1]
+        if e_hi == e_lo:
+            continue
+        umin = np.inf
+        umax = -np.inf
+        vmin = np.inf
+        vmax = -np.inf
+        for e in range(e_lo, e_hi):
+            ua = (edges[e, 0] - gx0) * inv_h
+            ub = (edges[e, 2] - gx0) * inv_h
+            umin = min(umin, ua, ub)
+            umax = max(umax, ua, ub)
+            vmin = min(vmin, (edges[e, 1] - gy0) * inv_h)
+            vmax = max(vmax, (edges[e, 3] - gy0) * inv_h)
+        c0 = max(int(np.floor(umin - eps)), 0)
+        c1 = min(int(np.floor(umax + eps)), nx - 1)
+        r0 = max(int(np.floor(vmin - eps)), 0)
+        r1 = min(int(np.floor(vmax + eps)), ny - 1)
+        if c1 < c0 or r1 < r0:
+            continue
+        bw = c1 - c0 + 1
+        bh = r1 - r0 + 1
+        if touch.shape[0] < bw * bh:
+            touch = np.zeros(2 * bw * bh, dtype=np.uint8)
+        n_touch = 0
+        # 1. cells crossed by an edge (dilated by eps)
+        for e in range(e_lo, e_hi):
+            ua = (edges[e, 0] - gx0) * inv_h
+            va = (edges[e, 1] - gy0) * inv_h
+            ub = (edges[e, 2] - gx0) * inv_h
+            vb = (edges[e, 3] - gy0) * inv_h
+            cl = max(int(np.floor(min(ua, ub) - eps)), c0)
+            ch = min(int(np.floor(max(ua, ub) + eps)), c1)
+            du = ub - ua
+            dv = vb - va
+            for c in range(cl, ch + 1):
+                t0 = 0.0
+                t1 = 1.0
+                if du != 0.0:
+                    ta = (c - eps - ua) / du
+                    tb = (c + 1.0 + eps - ua) / du
+                    t0 = max(0.0, min(ta, tb))
+                    t1 = min(1.0, max(ta, tb))
+                    if t0 > t1:
+                        continue
+                v_a = va + t0 * dv
+                v_b = va + t1 * dv
+                rl = max(int(np.floor(min(v_a, v_b) - eps)), r0)
+                rh = min(int(np.floor(max(v_a, v_b) + eps)), r1)
+                for r in range(rl, rh + 1):
+                    li = (r - r0) * bw + (c - c0)
+                    if touch[li] == 0:
+                        touch[li] = 1
+                        if n_touch >= tlist.shape[0]:
+                            tlist = _grow(tlist, n_touch)
+                        tlist[n_touch] = li
+                        n_touch += 1
+        for j in range(n_touch):
+            li = tlist[j]
+            cell = (r0 + li // bw) * nx + c0 + li % bw
+            g = grid[cell]
+            if g >= -1:
+                slot = n_mixed
+                if n_mixed >= slot_cell.shape[0]:
+                    slot_cell = _grow(slot_cell, n_mixed)
+                slot_cell[slot] = cell
+                n_mixed += 1
+                grid[cell] = -2 - slot
+                if g >= 0:
+                    if n_pairs >= pairs.shape[0]:
+                        pairs = _grow2(pairs, n_pairs)
+                    pairs[n_pairs, 0] = slot
+                    pairs[n_pairs, 1] = ~g
+                    n_pairs += 1
+            else:
+                slot = -2 - g
+            if n_pairs >= pairs.shape[0]:
+                pairs = _grow2(pairs, n_pairs)
+            pairs[n_pairs, 0] = slot
+            pairs[n_pairs, 1] = s
+            n_pairs += 1
+        # 2. crossings of the edges with each row's centre line (same half-open rule as the exact test),
+        #    counted per row, then filled into each row's segment of xs and kept sorted (insertion)
+        if row_n.shape[0] < bh + 1:
+            row_n = np.zeros(2 * (bh + 1), dtype=np.int64)
+            row_c = np.zeros(2 * (bh + 1), dtype=np.int64)
+        for j in range(bh + 1):
+            row_n[j] = 0
+        for e in range(e_lo, e_hi):
+            y0 = edges[e, 1]
+            y1 = edges[e, 3]
+            if not (y1 > y0):
+                continue
+            rl = max(int(np.floor((y0 - gy0) * inv_h - 0.5)) - 1, r0)
+            rh = min(int(np.floor((y1 - gy0) * inv_h - 0.5)) + 1, r1)
+            for r in range(rl, rh + 1):
+                yc = gy0 + (r + 0.5) * h
+                if y0 <= yc and yc < y1:
+                    row_n[r - r0 + 1] += 1
+        for j in range(bh):
+            row_n[j + 1] += row_n[j]
+            row_c[j] = row_n[j]
+        total = row_n[bh]
+        if xs.shape[0] < total:
+            xs = np.empty(2 * total, dtype=np.float64)
+        for e in range(e_lo, e_hi):
+            y0 = edges[e, 1]
+            y1 = edges[e, 3]
+            if not (y1 > y0):
+                continue
+            x0 = edges[e, 0]
+            rl = max(int(np.floor((y0 - gy0) * inv_h - 0.5)) - 1, r0)
+            rh = min(int(np.floor((y1 - gy0) * inv_h - 0.5)) + 1, r1)
+            for r in range(rl, rh + 1):
+                yc = gy0 + (r + 0.5) * h
+                if y0 <= yc and yc < y1:
+                    j = r - r0
+                    xint = x0 + (yc - y0) * (edges[e, 2] - x0) / (y1 - y0)
+                    k = row_c[j]
+                    while k > row_n[j] and xs[k - 1] > xint:
+                        xs[k] = xs[k - 1]
+                        k -= 1
+                    xs[k] = xint
+                    row_c[j] += 1
+        # interior runs: cells whose centre lies between crossings 2k and 2k + 1
+        for r in range(r0, r1 + 1):
+            j = r - r0
+            begin = row_n[j]
+            end = row_n[j + 1]
+            base = r * nx
+            for k in range(begin, end - 1, 2):
+                ca = max(int(np.ceil((xs[k] - gx0) * inv_h - 0.5)), c0)
+                cb = min(int(np.floor((xs[k + 1] - gx0) * inv_h - 0.5)), c1)
+                for c in range(ca, cb + 1):
+                    if touch[j * bw + c - c0]:
+                        continue
+                    cell = base + c
+                    g = grid[cell]
+                    if g == -1:
+                        grid[cell] = s
+                        continue
+                    if g >= 0:
+                        slot = n_mixed
+                        if n_mixed >= slot_cell.shape[0]:
+                            slot_cell = _grow(slot_cell, n_mixed)
+                        slot_cell[slot] = cell
+                        n_mixed += 1
+                        grid[cell] = -2 - slot
+                        if n_pairs >= pairs.shape[0]:
+                            pairs = _grow2(pairs, n_pairs)
+                        pairs[n_pairs, 0] = slot
+                        pairs[n_pairs, 1] = ~g
+                        n_pairs += 1
+                    else:
+                        slot = -2 - g
+                    if n_pairs >= pairs.shape[0]:
+                        pairs = _grow2(pairs, n_pairs)
+                    pairs[n_pairs, 0] = slot
+                    pairs[n_pairs, 1] = ~s
+                    n_pairs += 1
+        for j in range(n_touch):
+            touch[tlist[j]] = 0
+    return _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions)
+
+
+@numba.njit(cache=True, nogil=True)
+def _burn_circles(circles, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pragma: no cover - compiled
+    pairs = np.empty((1 << 16, 2), dtype=np.int32)
+    slot_cell = np.empty(1 << 16, dtype=np.int64)
+    n_pairs = 0
+    n_mixed = 0
+    for s in range(circles.shape[0]):
+        if not (circles[s, 2] >= 0.0):
+            continue
+        cu = (circles[s, 0] - gx0) * inv_h
+        cv = (circles[s, 1] - gy0) * inv_h
+        ru = np.sqrt(circles[s, 2]) * inv_h
+        c0 = max(int(np.floor(cu - ru - eps)), 0)
+        c1 = min(int(np.floor(cu + ru + eps)), nx - 1)
+        r0 = max(int(np.floor(cv - ru - eps)), 0)
+        r1 = min(int(np.floor(cv + ru + eps)), ny - 1)
+        rr = ru * ru
+        margin = 4.0 * eps * (ru + 1.0)
+        for r in range(r0, r1 + 1):
+            dy_near = max(r - cv, 0.0, cv - (r + 1.0))
+            dy_far = max(abs(r - cv), abs(r + 1.0 - cv))
+            for c in range(c0, c1 + 1):
+                dx_near = max(c - cu, 0.0, cu - (c + 1.0))
+                if dx_near * dx_near + dy_near * dy_near > rr + margin:
+                    continue
+                dx_far = max(abs(c - cu), abs(c + 1.0 - cu))
+                crossed = dx_far * dx_far + dy_far * dy_far >= rr - margin
+                cell = r * nx + c
+                g = grid[cell]
+                if g == -1 and not crossed:
+                    grid[cell] = s
+                    continue
+                if g >= -1:
+                    slot = n_mixed
+                    if n_mixed >= slot_cell.shape[0]:
+                        slot_cell = _grow(slot_cell, n_mixed)
+                    slot_cell[slot] = cell
+                    n_mixed += 1
+                    grid[cell] = -2 - slot
+                    if g >= 0:
+                        if n_pairs >= pairs.shape[0]:
+                            pairs = _grow2(pairs, n_pairs)
+                        pairs[n_pairs, 0] = slot
+                        pairs[n_pairs, 1] = ~g
+                        n_pairs += 1
+                else:
+                    slot = -2 - g
+                if n_pairs >= pairs.shape[0]:
+                    pairs = _grow2(pairs, n_pairs)
+                pairs[n_pairs, 0] = slot
+                pairs[n_pairs, 1] = s if crossed else ~s
+                n_pairs += 1
+    return _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sort_edges_by_y(edge_start, edges):  # pragma: no cover - compiled
+    """Sort each polygon's edges by their lower y (insertion sort per polygon; most polygons are small)."""
+    for s in range(edge_start.shape[0] - 1):
+        lo = edge_start[s]
+        hi = edge_start[s + 1]
+        if hi - lo > 64:
+            order = np.argsort(edges[lo:hi, 1], kind="mergesort")
+            edges[lo:hi] = edges[lo:hi][order]
+            continue
+        for i in range(lo + 1, hi):
+            a0 = edges[i, 0]
+            a1 = edges[i, 1]
+            a2 = edges[i, 2]
+            a3 = edges[i, 3]
+            j = i
+            while j > lo and edges[j - 1, 1] > a1:
+                edges[j, 0] = edges[j - 1, 0]
+                edges[j, 1] = edges[j - 1, 1]
+                edges[j, 2] = edges[j - 1, 2]
+                edges[j, 3] = edges[j - 1, 3]
+                j -= 1
+            edges[j, 0] = a0
+            edges[j, 1] = a1
+            edges[j, 2] = a2
+            edges[j, 3] = a3
+
+
+@dataclass(frozen=True)
+class RegionGrid:
+    """Regions burned into a uniform grid (see the module notes), ready for :func:`locate_in_grid`."""
+
+    is_circle: bool
+    n_regions: int
+    grid: np.ndarray  # int32, ny * nx (row-major)
+    nx: int
+    ny: int
+    x0: float
+    y0: float
+    inv_h: float
+    cand_start: np.ndarray  # int64, one more than the number of mixed cells
+    cand: np.ndarray  # int32 (k: exact test; ~k: region k covers the whole cell)
+    edge_start: np.ndarray  # int64 (n_regions + 1), polygons only (else [0])
+    edges: np.ndarray  # float64 (n_edges, 4): x0, y0, x1, y1 with y0 <= y1, sorted by y0 per polygon
+    circles: np.ndarray  # float64 (n_regions, 3): cx, cy, r**2 (negative: no disk); circles only
+
+    @property
+    def cell_size(self) -> float:
+        return 1.0 / self.inv_h
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.grid, self.cand_start, self.cand, self.edge_start, self.edges, self.circles)
+        return sum(a.nbytes for a in arrays)
+
+
+def polygon_edges(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of the rings (exteriors and holes of every part) of each (Multi)Polygon, grouped by geometry.
+
+    Returns ``edge_start`` (int64, ``n + 1`` offsets) and ``edges`` (float64, ``n_edges x 4``: ``x0, y0, x1,
+    y1``) with each edge's endpoints in canonical order (``y0 < y1``, or ``y0 == y1`` and ``x0 <= x1``) and each
+    geometry's edges sorted by ``y0``. Empty or missing geometries have no edges.
+    """
+    geoms = np.asarray(geometries, dtype=object)
+    n = len(geoms)
+    type_id = shapely.get_type_id(geoms)
+    if n and (type_id == 3).all() and not shapely.get_num_interior_rings(geoms).any():
+        # one ring per geometry: consecutive coordinates of the same geometry are edges
+        coords = shapely.get_coordinates(geoms)
+        ring = np.repeat(np.arange(n), shapely.get_num_coordinates(geoms))
+        owner_of_ring = np.arange(n)
+    else:
+        parts, part_of = shapely.get_parts(geoms, return_index=True)
+        rings, ring_part = shapely.get_rings(parts, return_index=True)
+        coords, ring = shapely.get_coordinates(rings, return_index=True)
+        owner_of_ring = part_of[ring_part]
+    same = ring[1:] == ring[:-1]
+    a = coords[:-1][same]
+    b = coords[1:][same]
+    owner = owner_of_ring[ring[:-1][same]]
+    swap = (a[:, 1] > b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 0] > b[:, 0]))
+    edges = np.empty((len(a), 4), dtype=np.float64)
+    edges[:, 0:2] = np.where(swap[:, None], b, a)
+    edges[:, 2:4] = np.where(swap[:, None], a, b)
+    edge_start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner, minlength=n), out=edge_start[1:])
+    _sort_edges_by_y(edge_start, edges)
+    return edge_start, edges
+
+
+def _grid_frame(
+    xmin: float,
+    ymin: float,
+    xmax: float,
+    ymax: float,
+    typical: float,
+    cell_size: float | None,
+    max_cells: int,
+) -> tuple[float, int, int, float]:
+    w = max(xmax - xmin, 0.0)
+    hgt = max(ymax - ymin, 0.0)
+    if cell_size is None:
+        cell_size = typical / CELLS_ACROSS if typical > 0 else max(w, hgt, 1.0) / 64.0
+        area = max(w, cell_size) * max(hgt, cell_size)
+        cell_size = max(cell_size, float(np.sqrt(area / max_cells)) * 1.001)
+    if not (cell_size > 0 and np.isfinite(cell_size)):
+        raise ValueError(f"grid cell size must be a positive finite number, got {cell_size!r}")
+    nx = int(np.floor(w / cell_size)) + 1
+    ny = int(np.floor(hgt / cell_size)) + 1
+    inv_h = 1.0 / cell_size
+    scale = max(abs(xmin), abs(xmax), abs(ymin), abs(ymax), 1e-300)
+    eps = 1e-7 + 64.0 * np.finfo(np.float64).eps * scale * inv_h
+    return inv_h, nx, ny, eps
+
+
+def _empty_grid(is_circle: bool, n: int, edge_start: np.ndarray, edges: np.ndarray, circles: np.ndarray):
+    return RegionGrid(
+        is_circle, n, np.full(1, -1, dtype=np.int32), 1, 1, 0.0, 0.0, 1.0, np.zeros(1, dtype=np.int64),
+        np.empty(0, dtype=np.int32), edge_start, edges, circles,
+    )  # fmt: skip
+
+
+def build_polygon_grid(
+    geometries: np.ndarray, *, cell_size: float | None = None, max_cells: int = MAX_GRID_CELLS
+) -> RegionGrid:
+    """Burn (Multi)Polygons (in the frame points will be located in) into a :class:`RegionGrid`.
+
+    ``cell_size`` defaults to the median polygon extent / 12, enlarged so the grid has at most ``max_cells``
+    cells. Region ``k`` is ``geometries[k]``. Polygons are expected valid (``shapely.make_valid``); the
+    even-odd rule is applied to all their rings.
+    """
+    edge_start, edges = polygon_edges(geometries)
+    n = len(edge_start) - 1
+    no_circles = np.empty((0, 3), dtype=np.float64)
+    if len(edges) == 0:
+        return _empty_grid(False, n, edge_start, edges, no_circles)
+    xmin = float(min(edges[:, 0].min(), edges[:, 2].min()))
+    xmax = float(max(edges[:, 0].max(), edges[:, 2].max()))
+    ymin = float(edges[:, 1].min())
+    ymax = float(edges[:, 3].max())
+    bounds = shapely.bounds(np.asarray(geometries, dtype=object))
+    extent = np.fmax(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
+    extent = extent[np.isfinite(extent)]
+    typical = float(np.median(extent)) if len(extent) else 0.0
+    inv_h, nx, ny, eps = _grid_frame(xmin, ymin, xmax, ymax, typical, cell_size, max_cells)
+    grid = np.full(nx * ny, -1, dtype=np.int32)
+    cand_start, cand = _burn_polygons(edge_start, edges, xmin, ymin, inv_h, nx, ny, eps, grid, n)
+    return RegionGrid(
+        False, n, grid, nx, ny, xmin, ymin, inv_h, cand_start, cand, edge_start, edges, no_circles
+    )
+
+
+def build_circle_grid(
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: np.ndarray,
+    *,
+    cell_size: float | None = None,
+    max_cells: int = MAX_GRID_CELLS,
+) -> RegionGrid:
+    """Burn circles (closed disks) into a :class:`RegionGrid`; ``cell_size`` defaults to the median diameter
+    / 12 (within ``max_cells``). Circles with a missing or negative radius contain nothing."""
+    cx = np.asarray(cx, dtype=np.float64)
+    cy = np.asarray(cy, dtype=np.float64)
+    radius = np.asarray(radius, dtype=np.float64)
+    n = len(cx)
+    ok = np.isfinite(cx) & np.isfinite(cy) & np.isfinite(radius) & (radius >= 0)
+    circles = np.empty((n, 3), dtype=np.float64)
+    circles[:, 0] = cx
+    circles[:, 1] = cy
+    circles[:, 2] = np.where(ok, radius * radius, -1.0)
+    no_edges = np.zeros(1, dtype=np.int64)
+    edges = np.empty((0, 4), dtype=np.float64)
+    if not ok.any():
+        return _empty_grid(True, n, no_edges, edges, circles)
+    xmin = float((cx - radius)[ok].min())
+    xmax = float((cx + radius)[ok].max())
+    ymin = float((cy - radius)[ok].min())
+    ymax = float((cy + radius)[ok].max())
+    typical = float(np.median(2 * radius[ok]))
+    inv_h, nx, ny, eps = _grid_frame(xmin, ymin, xmax, ymax, typical, cell_size, max_cells)
+    grid = np.full(nx * ny, -1, dtype=np.int32)
+    cand_start, cand = _burn_circles(circles, xmin, ymin, inv_h, nx, ny, eps, grid, n)
+    return RegionGrid(True, n, grid, nx, ny, xmin, ymin, inv_h, cand_start, cand, no_edges, edges, circles)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# locating points
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mapped(i, px, py, pz, m, affine, use_z):  # pragma: no cover - compiled
+    x = np.float64(px[i])
+    y = np.float64(py[i])
+    if affine:
+        xx = m[0, 0] * x + m[0, 1] * y + m[0, 3]
+        yy = m[1, 0] * x + m[1, 1] * y + m[1, 3]
+        if use_z:
+            z = np.float64(pz[i])
+            xx += m[0, 2] * z
+            yy += m[1, 2] * z
+        return xx, yy
+    return x, y
+
+
+@numba.njit(cache=True, nogil=True)
+def _locate(
+    px, py, pz, m, affine, use_z, grid, nx, ny, gx0, gy0, inv_h, cand_start, cand, is_circle, edge_start,
+    edges, circles, n_regions, out,
+):  # pragma: no cover - compiled  # fmt: skip
+    """Phase 1 resolves every point whose grid cell is decided (one lookup). Phase 2 tests the others in order
+    of their candidate region, so that the edges (or candidate lists) they read are close in memory."""
+    n = px.shape[0]
+    pend = np.empty(max(1024, n >> 3), dtype=np.int64)
+    pend_code = np.empty(pend.shape[0], dtype=np.int32)
+    n_pend = 0
+    for i in range(n):
+        x, y = _mapped(i, px, py, pz, m, affine, use_z)
+        u = (x - gx0) * inv_h
+        v = (y - gy0) * inv_h
+        if not (u >= 0.0 and u < nx and v >= 0.0 and v < ny):
+            out[i] = -1
+            continue
+        g = grid[int(v) * nx + int(u)]
+        if g >= -1:
+            out[i] = g
+            continue
+        out[i] = -1
+        if n_pend >= pend.shape[0]:
+            pend = _grow(pend, n_pend)
+            pend_code = _grow(pend_code, n_pend)
+        pend[n_pend] = i
+        pend_code[n_pend] = g
+        n_pend += 1
+    # counting sort of the pending points by (candidate region >> shift)
+    shift = 0
+    while (n_regions >> shift) > 65536:
+        shift += 1
+    n_buckets = (n_regions >> shift) + 1
+    key = np.empty(n_pend, dtype=np.int32)
+    start = np.zeros(n_buckets + 1, dtype=np.int64)
+    for k in range(n_pend):
+        g = pend_code[k]
+        s = -2 - g
+        if s >= n_regions:
+            c = cand[cand_start[s - n_regions]]
+            s = c if c >= 0 else ~c
+        key[k] = s >> shift
+        start[key[k] + 1] += 1
+    for b in range(n_buckets):
+        start[b + 1] += start[b]
+    order = np.empty(n_pend, dtype=np.int64)
+    for k in range(n_pend):
+        order[start[key[k]]] = k
+        start[key[k]] += 1
+    extra_pt = np.empty(256, dtype=np.int64)
+    extra_region = np.empty(256, dtype=np.int32)
+    n_extra = 0
+    for j in range(n_pend):
+        k = order[j]
+        i = pend[k]
+        s = -2 - pend_code[k]
+        x, y = _mapped(i, px, py, pz, m, affine, use_z)
+        if s < n_regions:  # a single candidate
+            if is_circle:
+                hit = _in_circle(s, x, y, circles)
+            else:
+                hit = _in_polygon(s, x, y, edge_start, edges)
+            if hit:
+                out[i] = s
+            continue
+        slot = s - n_regions
+        first = -1
+        for c in range(cand_start[slot], cand_start[slot + 1]):
+            r = cand[c]
+            if r < 0:
+                r = ~r
+                hit = True
+            elif is_circle:
+                hit = _in_circle(r, x, y, circles)
+            else:
+                hit = _in_polygon(r, x, y, edge_start, edges)
+            if hit:
+                if first < 0:
+                    first = r
+                else:
+                    if n_extra >= extra_pt.shape[0]:
+                        extra_pt = _grow(extra_pt, n_extra)
+                        extra_region = _grow(extra_region, n_extra)
+                    extra_pt[n_extra] = i
+                    extra_region[n_extra] = r
+                    n_extra += 1
+        out[i] = first
+    return extra_pt[:n_extra].copy(), extra_region[:n_extra].copy()
+
+
+def _coords(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return np.ascontiguousarray(a)
+
+
+def _affine_args(linear: np.ndarray | None, offset: np.ndarray | None) -> tuple[np.ndarray, bool, bool]:
+    """A 2 x 4 matrix ``[[a, b, c, tx], [d, e, f, ty]]`` mapping (x, y, z) to the 2-D frame, and flags."""
+    m = np.zeros((2, 4), dtype=np.float64)
+    m[0, 0] = m[1, 1] = 1.0
+    if linear is None:
+        return m, False, False
+    linear = np.asarray(linear, dtype=np.float64)
+    offset = np.zeros(linear.shape[0]) if offset is None else np.asarray(offset, dtype=np.float64)
+    if linear.shape[0] < 2 or linear.shape[1] not in (2, 3):
+        raise ValueError(f"expected a 2x2 or 2x3 linear map, got shape {linear.shape}")
+    m[:, :] = 0.0
+    m[:, : linear.shape[1]] = linear[:2]
+    m[:, 3] = offset[:2]
+    identity = np.array_equal(m, np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+    use_z = linear.shape[1] == 3 and bool(np.any(m[:, 2] != 0))
+    return m, not identity, use_z
+
+
+def locate_in_grid(
+    grid: RegionGrid,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray | None = None,
+    *,
+    linear: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The region of each point, and the extra (point, region) pairs of points in several regions.
+
+    Points ``(x, y[, z])`` are first mapped by ``linear @ p + offset`` (2 x 2 or 2 x 3; default identity) into
+    the grid's frame. Returns ``region`` (int32 per point: the first region containing it, ``-1`` for none) and
+    ``extra_points``, ``extra_regions`` (int64/int32) listing every further region of points inside overlapping
+    regions. NaN coordinates are in no region. Edge rules: see the module notes.
+    """
+    px = _coords(x)
+    py = _coords(y)
+    n = len(px)
+    if len(py) != n or (z is not None and len(z) != n):
+        raise ValueError("x, y (and z) must have the same length")
+    m, affine, use_z = _affine_args(linear, offset)
+    if use_z and z is None:
+        raise ValueError("the map depends on z but no z coordinates were given")
+    pz = _coords(z) if use_z else np.zeros(1, dtype=px.dtype)
+    pz = pz.astype(px.dtype, copy=False)
+    py = py.astype(px.dtype, copy=False)
+    out = np.empty(n, dtype=np.int32)
+    extra_pt, extra_region = _locate(
+        px, py, pz, m, affine, use_z, grid.grid, grid.nx, grid.ny, grid.x0, grid.y0, grid.inv_h,
+        grid.cand_start, grid.cand, grid.is_circle, grid.edge_start, grid.edges, grid.circles, grid.n_regions,
+        out,
+    )  # fmt: skip
+    return out, extra_pt, extra_region
+
+
+# ------------------------------------------------------------------------------------------------------------
+# labels
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup_labels(px, py, pz, m, labels, out):  # pragma: no cover - compiled
+    """``labels`` is (planes, rows, cols); ``m`` (3 x 4) maps (x, y, z) to (col, row, plane) coordinates."""
+    n = px.shape[0]
+    nz, nr, nc = labels.shape
+    for i in range(n):
+        x = np.float64(px[i])
+        y = np.float64(py[i])
+        z = np.float64(pz[i]) if pz.shape[0] == n else 0.0
+        u = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z + m[0, 3]
+        v = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z + m[1, 3]
+        w = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z + m[2, 3]
+        if not (u >= 0.0 and u < nc and v >= 0.0 and v < nr and w >= 0.0 and w < nz):
+            out[i] = 0
+            continue
+        out[i] = labels[int(w), int(v), int(u)]
+
+
+@numba.njit(cache=True, nogil=True)
+def _pixel_of(px, py, pz, m, nz, nr, nc, out):  # pragma: no cover - compiled
+    n = px.shape[0]
+    for i in range(n):
+        x = np.float64(px[i])
+        y = np.float64(py[i])
+        z = np.float64(pz[i]) if pz.shape[0] == n else 0.0
+        u = m[0, 0] * x + m[0, 1] * y + m[0, 2] * z + m[0, 3]
+        v = m[1, 0] * x + m[1, 1] * y + m[1, 2] * z + m[1, 3]
+        w = m[2, 0] * x + m[2, 1] * y + m[2, 2] * z + m[2, 3]
+        if not (u >= 0.0 and u < nc and v >= 0.0 and v < nr and w >= 0.0 and w < nz):
+            out[i, 0] = -1
+            continue
+        out[i, 0] = int(w)
+        out[i, 1] = int(v)
+        out[i, 2] = int(u)
+
+
+def _label_map(linear: np.ndarray | None, offset: np.ndarray | None, ndim: int) -> np.ndarray:
+    """A 3 x 4 matrix mapping (x, y, z) to (col, row, plane); the plane is 0 for a 2-D raster."""
+    m = np.zeros((3, 4), dtype=np.float64)
+    if linear is None:
+        m[0, 0] = m[1, 1] = 1.0
+        m[2, 2] = 1.0 if ndim == 3 else 0.0
+        return m
+    linear = np.asarray(linear, dtype=np.float64)
+    offset = np.zeros(linear.shape[0]) if offset is None else np.asarray(offset, dtype=np.float64)
+    if linear.shape[0] != ndim or linear.shape[1] not in (2, 3):
+        raise ValueError(f"expected a {ndim}x2 or {ndim}x3 linear map, got shape {linear.shape}")
+    m[:ndim, : linear.shape[1]] = linear
+    m[:ndim, 3] = offset
+    return m
+
+
+def lookup_labels(
+    labels: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray | None = None,
+    *,
+    linear: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """Label value under each point (0 outside the raster), for a 2-D ``(rows, cols)`` or 3-D
+    ``(planes, rows, cols)`` raster in memory.
+
+    Points are mapped by ``linear @ (x, y[, z]) + offset`` to raster coordinates ``(col, row[, plane])``
+    (default identity) and looked up with the floor rule (module notes).
+    """
+    arr = np.asarray(labels)
+    ndim = arr.ndim
+    if ndim not in (2, 3):
+        raise ValueError(f"labels must be 2-D or 3-D, got {ndim} dimensions")
+    vol = arr[None] if ndim == 2 else arr
+    if not vol.flags.c_contiguous:
+        vol = np.ascontiguousarray(vol)
+    px = _coords(x)
+    py = _coords(y).astype(px.dtype, copy=False)
+    n = len(px)
+    m = _label_map(linear, offset, ndim)
+    pz = _coords(z).astype(px.dtype, copy=False) if z is not None else np.zeros(0, dtype=px.dtype)
+    out = np.empty(n, dtype=vol.dtype)
+    _lookup_labels(px, py, pz, m, vol, out)
+    return out
+
+
+def pixel_indices(
+    shape: tuple[int, ...],
+    x: np.ndarray,
+    y: np.ndarray,
+    z: np.ndarray | None = None,
+    *,
+    linear: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(plane, row, col)`` (int64, ``N x 3``; ``plane`` is ``-1`` outside) of each point in a raster of
+    ``shape`` (2-D or 3-D), with the same mapping and floor rule as :func:`lookup_labels`."""
+    ndim = len(shape)
+    dims = (1, *shape) if ndim == 2 else tuple(shape)
+    px = _coords(x)
+    py = _coords(y).astype(px.dtype, copy=False)
+    n = len(px)
+    m = _label_map(linear, offset, ndim)
+    pz = _coords(z).astype(px.dtype, copy=False) if z is not None else np.zeros(0, dtype=px.dtype)
+    out = np.zeros((n, 3), dtype=np.int64)
+    _pixel_of(px, py, pz, m, dims[0], dims[1], dims[2], out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_lut(values, lut, out):  # pragma: no cover - compiled
+    top = lut.shape[0]
+    for i in range(values.shape[0]):
+        v = values[i]
+        out[i] = lut[v] if 0 <= v < top else -1
+
+
+def rows_of_labels(values: np.ndarray, ids: np.ndarray, lut: np.ndarray | None = None) -> np.ndarray:
+    """Row (position in the sorted ``ids``) of each label value, ``-1`` for values not in ``ids``.
+
+    ``lut`` (from :func:`labels_lut`) makes it one array lookup per point.
+    """
+    values = np.asarray(values)
+    if lut is not None:
+        out = np.empty(len(values), dtype=np.int32)
+        _rows_lut(values.astype(np.int64, copy=False), lut, out)
+        return out
+    pos = np.searchsorted(ids, values)
+    pos = np.minimum(pos, max(len(ids) - 1, 0))
+    ok = (ids[pos] == values) if len(ids) else np.zeros(len(values), dtype=bool)
+    return np.where(ok, pos, -1).astype(np.int32)
+
+
+def labels_lut(ids: np.ndarray, max_size: int = 1 << 26) -> np.ndarray | None:
+    """A dense value -> row table for non-negative integer ids up to ``max_size``, else ``None``."""
+    ids = np.asarray(ids)
+    if len(ids) == 0 or ids.dtype.kind not in "iu" or ids.min() < 0 or ids.max() >= max_size:
+        return None
+    lut = np.full(int(ids.max()) + 1, -1, dtype=np.int32)
+    lut[ids.astype(np.int64)] = np.arange(len(ids), dtype=np.int32)
+    return lut
+
+
+# ------------------------------------------------------------------------------------------------------------
+# accumulating per region
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_dense(rows, cols, extra_rows, extra_cols, n_cols, out):  # pragma: no cover - compiled
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = cols[i]
+        if r >= 0 and c >= 0:
+            out[r * n_cols + c] += 1
+    for i in range(extra_rows.shape[0]):
+        r = extra_rows[i]
+        c = extra_cols[i]
+        if r >= 0 and c >= 0:
+            out[r * n_cols + c] += 1
+
+
+def count_pairs_dense(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    extra_rows: np.ndarray | None = None,
+    extra_cols: np.ndarray | None = None,
+) -> np.ndarray:
+    """Dense ``n_rows x n_cols`` int64 counts of the pairs ``(rows[i], cols[i])`` (negative entries skipped)."""
+    out = np.zeros(n_rows * n_cols, dtype=np.int64)
+    er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows)
+    ec = np.empty(0, dtype=cols.dtype) if extra_cols is None else np.asarray(extra_cols, dtype=cols.dtype)
+    _count_dense(np.asarray(rows), np.asarray(cols), er, ec, n_cols, out)
+    return out.reshape(n_rows, n_cols)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_csr(rows, cols, extra_rows, extra_cols, n_rows, n_cols):  # pragma: no cover - compiled
+    start = np.zeros(n_rows + 1, dtype=np.int64)
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        if r >= 0 and cols[i] >= 0:
+            start[r + 1] += 1
+    for i in range(extra_rows.shape[0]):
+        r = extra_rows[i]
+        if r >= 0 and extra_cols[i] >= 0:
+            start[r + 1] += 1
+    for r in range(n_rows):
+        start[r + 1] += start[r]
+    total = start[n_rows]
+    grouped = np.empty(total, dtype=np.int32)
+    pos = start[:-1].copy()
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        c = cols[i]
+        if r >= 0 and c >= 0:
+            grouped[pos[r]] = c
+            pos[r] += 1
+    for i in range(extra_rows.shape[0]):
+        r = extra_rows[i]
+        c = extra_cols[i]
+        if r >= 0 and c >= 0:
+            grouped[pos[r]] = c
+            pos[r] += 1
+    scratch = np.zeros(n_cols, dtype=np.int64)
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    indices = np.empty(total, dtype=np.int32)
+    data = np.empty(total, dtype=np.int64)
+    nnz = 0
+    for r in range(n_rows):
+        a = start[r]
+        b = start[r + 1]
+        k0 = nnz
+        for j in range(a, b):
+            c = grouped[j]
+            if scratch[c] == 0:
+                indices[nnz] = c
+                nnz += 1
+            scratch[c] += 1
+        if nnz - k0 > 1:
+            indices[k0:nnz].sort()
+        for k in range(k0, nnz):
+            c = indices[k]
+            data[k] = scratch[c]
+            scratch[c] = 0
+        indptr[r + 1] = nnz
+    return indptr, indices[:nnz].copy(), data[:nnz].copy()
+
+
+def count_pairs_csr(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    n_rows: int,
+    n_cols: int,
+    extra_rows: np.ndarray | None = None,
+    extra_cols: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of the pairs ``(rows[i], cols[i])`` as CSR arrays ``(indptr, indices, data)`` with sorted column
+    indices, in O(n) (a counting sort by row, then a scratch counter per row). Negative entries are skipped."""
+    er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows)
+    ec = np.empty(0, dtype=cols.dtype) if extra_cols is None else np.asarray(extra_cols, dtype=cols.dtype)
+    return _count_csr(np.asarray(rows), np.asarray(cols), er, ec, n_rows, n_cols)
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce(rows, extra_pt, extra_rows, vals, with_m2, count, total, lo, hi, m2):  # pragma: no cover
+    n = rows.shape[0]
+    k = vals.shape[1]
+    n_extra = extra_pt.shape[0]
+    for i in range(n + n_extra):
+        if i < n:
+            r = rows[i]
+            p = i
+        else:
+            r = extra_rows[i - n]
+            p = extra_pt[i - n]
+        if r < 0:
+            continue
+        for j in range(k):
+            v = vals[p, j]
+            if v != v:
+                continue
+            count[r, j] += 1
+            total[r, j] += v
+            if v < lo[r, j]:
+                lo[r, j] = v
+            if v > hi[r, j]:
+                hi[r, j] = v
+    if with_m2:
+        for i in range(n + n_extra):
+            if i < n:
+                r = rows[i]
+                p = i
+            else:
+                r = extra_rows[i - n]
+                p = extra_pt[i - n]
+            if r < 0:
+                continue
+            for j in range(k):
+                v = vals[p, j]
+                if v != v:
+                    continue
+                d = v - total[r, j] / count[r, j]
+                m2[r, j] += d * d
+
+
+def reduce_values(
+    rows: np.ndarray,
+    values: np.ndarray,
+    n_rows: int,
+    extra_points: np.ndarray | None = None,
+    extra_rows: np.ndarray | None = None,
+    *,
+    with_m2: bool = False,
+) -> dict[str, np.ndarray]:
+    """Per-row statistics of ``values`` (``N x k``) over the points with ``rows[i] >= 0`` (plus the extra
+    (point, row) pairs): ``count`` (non-NaN values), ``sum``, ``min``, ``max`` and, with ``with_m2``, the sum of
+    squared deviations from each row's mean ``m2``. NaN values are skipped."""
+    vals = np.asarray(values, dtype=np.float64)
+    if vals.ndim == 1:
+        vals = vals[:, None]
+    k = vals.shape[1]
+    count = np.zeros((n_rows, k), dtype=np.int64)
+    total = np.zeros((n_rows, k), dtype=np.float64)
+    lo = np.full((n_rows, k), np.inf)
+    hi = np.full((n_rows, k), -np.inf)
+    m2 = np.zeros((n_rows, k) if with_m2 else (0, 0), dtype=np.float64)
+    ep = np.empty(0, dtype=np.int64) if extra_points is None else np.asarray(extra_points, dtype=np.int64)
+    er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows, dtype=np.int32)
+    _reduce(np.asarray(rows), ep, er, vals, with_m2, count, total, lo, hi, m2)
+    out = {"count": count, "sum": total, "min": lo, "max": hi}
+    if with_m2:
+        out["m2"] = m2
+    return out
