@@ -76,13 +76,13 @@ def lazy_frame(
     *,
     columns: list[str] | None = None,
     sep: str | None = None,
-    blocksize: int | str | None = "64MiB",
+    blocksize: int | str | None = "32MiB",
     **read_kwargs: Any,
 ):
     """A dask DataFrame over a CSV (optionally compressed) or Parquet file, reading nothing yet.
 
-    Compressed CSVs cannot be split, so they become one partition that is streamed when computed; Parquet files
-    keep one partition per row group (or file).
+    Compressed CSVs cannot be split, so they become one partition; Parquet files are split into partitions of
+    whole row groups of about ``blocksize`` bytes (at least one row group each).
     """
     import dask.dataframe as dd
 
@@ -90,7 +90,9 @@ def lazy_frame(
     fmt = tabular_format(p)
     try:
         if fmt == "parquet":
-            return dd.read_parquet(str(p), columns=columns, **read_kwargs)
+            # several row groups per partition up to ``blocksize``: a single big file is not one partition
+            read_kwargs.setdefault("split_row_groups", "infer")
+            return dd.read_parquet(str(p), columns=columns, blocksize=blocksize, **read_kwargs)
         compressed = p.name.lower().endswith((".gz", ".bz2", ".zst", ".xz"))
         return dd.read_csv(
             str(p),

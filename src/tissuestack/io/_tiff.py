@@ -309,6 +309,7 @@ def open_tiff(path: str | os.PathLike, *, series: int = 0, level: int = 0):
     (dask.array.Array, str)
     """
     import dask.array as da
+    from dask.base import tokenize
 
     p = Path(path)
     with _open(p) as tif:
@@ -321,7 +322,8 @@ def open_tiff(path: str | os.PathLike, *, series: int = 0, level: int = 0):
         byteorder = tif.byteorder
         _check_codec(lvl.keyframe, p)
         files_ok = offset is not None and not getattr(tif, "is_multifile", False)
-    name = f"tiff-{p.name}-s{series}-l{level}-{os.stat(p).st_mtime_ns}"
+    stat = os.stat(p)
+    name = f"tiff-{p.name}-" + tokenize(str(p.resolve()), series, level, stat.st_mtime_ns, stat.st_size)
     if files_ok and int(np.prod(shape)) > 0:
         source: Any = _MemmapSource(str(p.resolve()), int(offset), shape, dtype.newbyteorder(byteorder))
         native = tuple(1 if ax in "YX" else n for ax, n in zip(axes, shape, strict=True))
