@@ -81,7 +81,7 @@ def areas(cx, cy, r, polys):
         flat.ring_sign,
         flat.geom_ring_offsets,
     )
-    return a.reshape(len(cx), len(polys))
+    return a[0].reshape(len(cx), len(polys))
 
 
 # ----------------------------------------------------------------------------------------------- disc x polygon

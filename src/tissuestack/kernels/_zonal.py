@@ -156,9 +156,15 @@ def disc_polygon_areas(
     rings ``geom_ring_offsets[g]:geom_ring_offsets[g + 1]`` (every part of a multipolygon). Each ring
     contributes the signed sum over its edges of ``area(triangle(centre, a, b) ∩ disc)``, corrected by its
     orientation, so the rings may be oriented either way. Circles are exact (no polygon approximation).
+
+    Returns ``(area, overlaps, polygon_area)``: ``overlaps[k]`` tells whether the open disc meets the polygon
+    (an edge passes closer than the radius to the centre, or the centre is inside): the pair overlaps with
+    positive area. Pairs that only touch, or do not meet, get area 0.
     """
     n = disc_index.shape[0]
     out = np.zeros(n, dtype=np.float64)
+    overlaps = np.zeros(n, dtype=np.bool_)
+    poly_area = np.zeros(n, dtype=np.float64)
     for k in range(n):
         d = disc_index[k]
         g = poly_index[k]
@@ -166,6 +172,9 @@ def disc_polygon_areas(
         ccy = cy[d]
         r2 = radius[d] * radius[d]
         total = 0.0
+        area = 0.0
+        near = False
+        inside = False
         for q in range(geom_ring_offsets[g], geom_ring_offsets[g + 1]):
             s = 0.0
             shoelace = 0.0
@@ -176,11 +185,25 @@ def disc_polygon_areas(
                 by = y[i + 1] - ccy
                 shoelace += ax * by - ay * bx
                 s += _triangle_disc(ax, ay, bx, by, r2)
+                if not near:  # distance from the centre to the edge
+                    dx = bx - ax
+                    dy = by - ay
+                    dd = dx * dx + dy * dy
+                    t = 0.0 if dd == 0.0 else min(max(-(ax * dx + ay * dy) / dd, 0.0), 1.0)
+                    px = ax + t * dx
+                    py = ay + t * dy
+                    near = px * px + py * py < r2
+                if (ay > 0.0) != (by > 0.0) and 0.0 < ax + (0.0 - ay) * (bx - ax) / (by - ay):
+                    inside = not inside
             if shoelace < 0.0:
                 s = -s
             total += ring_sign[q] * s
-        out[k] = max(total, 0.0)
-    return out
+            area += ring_sign[q] * 0.5 * abs(shoelace)
+        poly_area[k] = area
+        if near or inside:
+            overlaps[k] = True
+            out[k] = max(total, 0.0)
+    return out, overlaps, poly_area
 
 
 # ============================================================================================ rasterisation

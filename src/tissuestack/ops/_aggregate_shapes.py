@@ -189,11 +189,14 @@ def _lens_area(d: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
     return out
 
 
-def _disc_polygon(discs: _Side, d_idx: np.ndarray, polys: _Side, p_idx: np.ndarray) -> np.ndarray:
+def _disc_polygon(
+    discs: _Side, d_idx: np.ndarray, polys: _Side, p_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(intersection area, overlaps with positive area, polygon area)`` of each disc/polygon pair."""
     from tissuestack.kernels._zonal import disc_polygon_areas, flatten_polygons
 
     if len(d_idx) == 0:
-        return np.zeros(0)
+        return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0)
     uniq, inv = np.unique(p_idx, return_inverse=True)
     flat = flatten_polygons(polys.geoms[uniq])
     return disc_polygon_areas(
@@ -210,6 +213,11 @@ def _disc_polygon(discs: _Side, d_idx: np.ndarray, polys: _Side, p_idx: np.ndarr
     )
 
 
+def _circle_boxes(side: _Side) -> np.ndarray:
+    x, y, r = shapely.get_x(side.geoms), shapely.get_y(side.geoms), side.radius
+    return shapely.box(x - r, y - r, x + r, y + r)
+
+
 def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(value index, region index, weight)`` of every member pair (weight 1, or the area fraction)."""
     if values.circles and by.circles:
@@ -224,17 +232,18 @@ def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.nda
         inter = _lens_area(d, values.radius[v], by.radius[b])
     elif values.circles or by.circles:
         discs, polys = (values, by) if values.circles else (by, values)
-        tree = shapely.STRtree(polys.geoms)
-        d_idx, p_idx = tree.query(discs.geoms, predicate="dwithin", distance=discs.radius)
-        if fractions:
-            inter = _disc_polygon(discs, d_idx, polys, p_idx)
-        else:
-            dist = shapely.distance(polys.geoms[p_idx], discs.geoms[d_idx])
-            keep = dist < discs.radius[d_idx]
-            d_idx, p_idx = d_idx[keep], p_idx[keep]
+        if len(discs.geoms) <= len(polys.geoms):  # few discs (spots): a tree of their boxes, bbox candidates
+            p_idx, d_idx = shapely.STRtree(_circle_boxes(discs)).query(polys.geoms)
+        else:  # few polygons: a tree of them, queried with the centres within each radius
+            d_idx, p_idx = shapely.STRtree(polys.geoms).query(
+                discs.geoms, predicate="dwithin", distance=discs.radius
+            )
+        inter, overlaps, poly_area = _disc_polygon(discs, d_idx, polys, p_idx)
         v, b = (d_idx, p_idx) if values.circles else (p_idx, d_idx)
         if not fractions:
-            return v, b, np.ones(len(v))
+            return v[overlaps], b[overlaps], np.ones(int(overlaps.sum()))
+        area = math.pi * discs.radius[d_idx] ** 2 if values.circles else poly_area
+        return _weights(v, b, inter, area)
     else:
         # the tree on the larger side, queried with the smaller one
         try:
@@ -255,7 +264,13 @@ def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.nda
             raise ValueError(
                 f"{what}: a geometry is invalid ({err}); repair the shapes first, e.g. with shapely.make_valid"
             ) from None
-    area = values.areas(v)
+    return _weights(v, b, inter, values.areas(v))
+
+
+def _weights(
+    v: np.ndarray, b: np.ndarray, inter: np.ndarray, area: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fractions ``inter / area`` (at most 1); pairs with no overlapping area are dropped."""
     with np.errstate(invalid="ignore", divide="ignore"):
         w = np.where(area > 0, np.minimum(inter / area, 1.0), 0.0)
     keep = w > 0
