@@ -235,6 +235,15 @@ def test_sr3_layout_projective_cytassist(tmp_path):
                 )
                 checked += 1
     assert checked > 20
+    # the row blocks of the resampling do not change the result
+    from tissuestack.io._visium_hd import _warp_projective
+
+    affine = projective.copy()
+    affine[2] = [0, 0, 1]
+    shift = np.linalg.solve(affine, projective)
+    one_block = _warp_projective(original.astype(np.uint8), shift, block_rows=10_000)
+    np.testing.assert_array_equal(one_block, warped)
+    np.testing.assert_array_equal(_warp_projective(original.astype(np.uint8), shift, block_rows=7), one_block)
     assert not np.allclose(to_microscope[2, :2], 1)  # an affine placement remains
 
 

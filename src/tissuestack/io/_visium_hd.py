@@ -551,9 +551,10 @@ def _as_array_of(index: pd.Index) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _warp_projective(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
+def _warp_projective(image: np.ndarray, shift: np.ndarray, block_rows: int = 256) -> np.ndarray:
     """Resample ``image`` (y, x, c) by the projective map ``shift`` (x, y homogeneous), bilinear, into the
-    bounding box of its positive image (negative coordinates are padding and dropped)."""
+    bounding box of its positive image (negative coordinates are padding and dropped). Output rows are done in
+    blocks, so the coordinate arrays stay small."""
     from scipy import ndimage
 
     h, w = image.shape[:2]
@@ -562,17 +563,22 @@ def _warp_projective(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
     mapped = mapped[:2] / mapped[2]
     out_w = max(1, math.ceil(mapped[0].max()))
     out_h = max(1, math.ceil(mapped[1].max()))
-    yy, xx = np.mgrid[0:out_h, 0:out_w]
-    target = np.stack([xx.ravel(), yy.ravel(), np.ones(xx.size)]).astype(np.float64)
-    source = np.linalg.solve(shift, target)
-    sx, sy = source[0] / source[2], source[1] / source[2]
+    inverse = np.linalg.inv(shift)
+    planes = [image[:, :, c].astype(np.float64) for c in range(image.shape[2])]
     out = np.empty((out_h, out_w, image.shape[2]), dtype=image.dtype)
-    for c in range(image.shape[2]):  # a few channels
-        values = ndimage.map_coordinates(image[:, :, c].astype(np.float64), [sy, sx], order=1, cval=0.0)
-        if np.issubdtype(image.dtype, np.integer):
-            info = np.iinfo(image.dtype)
-            values = np.clip(np.round(values), info.min, info.max)
-        out[:, :, c] = values.reshape(out_h, out_w).astype(image.dtype)
+    xs = np.arange(out_w, dtype=np.float64)
+    for start in range(0, out_h, block_rows):
+        stop = min(start + block_rows, out_h)
+        yy, xx = np.meshgrid(np.arange(start, stop, dtype=np.float64), xs, indexing="ij")
+        sw = inverse[2, 0] * xx + inverse[2, 1] * yy + inverse[2, 2]
+        sx = (inverse[0, 0] * xx + inverse[0, 1] * yy + inverse[0, 2]) / sw
+        sy = (inverse[1, 0] * xx + inverse[1, 1] * yy + inverse[1, 2]) / sw
+        for c, plane in enumerate(planes):  # a few channels
+            values = ndimage.map_coordinates(plane, [sy, sx], order=1, cval=0.0)
+            if np.issubdtype(image.dtype, np.integer):
+                info = np.iinfo(image.dtype)
+                values = np.clip(np.round(values), info.min, info.max)
+            out[start:stop, :, c] = values.astype(image.dtype)
     return out
 
 
