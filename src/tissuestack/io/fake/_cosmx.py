@@ -232,7 +232,7 @@ def write_cosmx(
             composite[..., 2] = np.linspace(0, 255, W, dtype=np.uint8)[None, :]
             (out / "CellComposite").mkdir(exist_ok=True)
             Image.fromarray(composite).save(
-                out / "CellComposite" / f"CellComposite_F{fov:03d}.jpg", quality=95
+                out / "CellComposite" / f"CellComposite_F{fov:03d}.jpg", quality=95, subsampling=0
             )
             labels_dir = out / "CellLabels"
         labels_dir.mkdir(parents=True, exist_ok=True)
