@@ -375,63 +375,70 @@ def test_registered_technology(bundle):
 
 
 # ------------------------------------------------------------------------------------------------ reference
+# One subprocess (importing the reference takes seconds) reads a MERSCOPE and a CosMx folder with spatialdata-io.
 _REFERENCE_SCRIPT = textwrap.dedent(
     """
     import json, sys, warnings
     import numpy as np
     warnings.filterwarnings("ignore")
-    from spatialdata_io import merscope
+    from spatialdata_io import cosmx, merscope
     from spatialdata.transformations import get_transformation
+
+    def tf(element):
+        return get_transformation(element, "global").to_affine_matrix(("x", "y"), ("x", "y")).tolist()
+
+    def level0(element):
+        return element["scale0"]["image"] if hasattr(element, "children") else element
+
     s = merscope(sys.argv[1], z_layers=[3])
     out = {}
     for name, img in s.images.items():
-        lvl = img["scale0"]["image"] if hasattr(img, "children") else img
-        out["image"] = [name, [str(c) for c in lvl.coords["c"].values], lvl.values.tolist()]
-        out["image_tf"] = get_transformation(img, "global").to_affine_matrix(("x", "y"), ("x", "y")).tolist()
+        lvl = level0(img)
+        out["image"] = [name, [str(c) for c in lvl.coords["c"].values], lvl.values.tolist(), tf(img)]
     for name, pts in s.points.items():
         df = pts.compute()
-        out["points"] = [name, df["x"].tolist(), df["y"].tolist(), df["gene"].astype(str).tolist()]
-        out["points_tf"] = get_transformation(pts, "global").to_affine_matrix(("x", "y"), ("x", "y")).tolist()
+        out["points"] = [name, df["x"].tolist(), df["y"].tolist(), df["gene"].astype(str).tolist(), tf(pts)]
     for name, shp in s.shapes.items():
         out["shapes"] = [name, shp.index.tolist(), shp.geometry.to_wkt().tolist()]
     t = s.tables["table"]
     out["table"] = [t.obs_names.tolist(), t.var_names.tolist(), np.asarray(t.X).tolist(),
                     dict(t.uns["spatialdata_attrs"])]
+
+    c = cosmx(sys.argv[2])
+    res = {"labels": {}, "images": {}, "points": {}}
+    for name, lab in c.labels.items():
+        res["labels"][name] = [level0(lab).values.tolist(), tf(lab)]
+    for name, img in c.images.items():
+        res["images"][name] = [level0(img).values.tolist(), tf(img)]
+    for name, pts in c.points.items():
+        df = pts.compute()
+        res["points"][name] = [df["x"].tolist(), df["y"].tolist(), df["target"].astype(str).tolist(), tf(pts)]
+    t = c.tables["table"]
+    attrs = dict(t.uns["spatialdata_attrs"])
+    res["table"] = [t.obs_names.tolist(), t.var_names.tolist(), t.X.toarray().tolist(), attrs,
+                    t.obs["cell_ID"].tolist(), t.obs["fov_labels"].astype(str).tolist()]
+    out["cosmx"] = res
     print(json.dumps(out))
     """
 )
 
 
-def test_matches_reference_reader(bundle):
-    """Same elements, ids, values and (up to the choice of global units) transformations as spatialdata-io's
-    MERSCOPE reader, run in its own environment (skipped when absent)."""
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip("the reference environment (spatialdata-io) is absent")
-    res = subprocess.run(
-        [str(REFERENCE_PYTHON), "-c", _REFERENCE_SCRIPT, str(bundle)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    ref = json.loads(res.stdout.strip().splitlines()[-1])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = merscope(bundle)
-    name, channels, values = ref["image"]
+def _compare_merscope(ours, ref: dict) -> None:
+    name, channels, values, image_tf = ref["image"]
     image = ours[name]
     # the reference stacks the stains in set order; compare by name
     for c, plane in zip(channels, np.asarray(values), strict=True):
         np.testing.assert_array_equal(raster_levels(image)[0].sel(c=c).values, plane)
     # reference: global = mosaic pixels (points Affine(µm -> px), image identity); ours: global = µm. The map
     # from transcripts to image pixels must be the same.
-    ref_points_to_px = np.asarray(ref["points_tf"]) @ np.linalg.inv(np.asarray(ref["image_tf"]))
-    ours_points_to_px = np.linalg.inv(matrix_xy(image)) @ matrix_xy(ours[ref["points"][0]])
+    points_name, x, y, genes, points_tf = ref["points"]
+    ref_points_to_px = np.linalg.inv(np.asarray(image_tf)) @ np.asarray(points_tf)
+    ours_points_to_px = np.linalg.inv(matrix_xy(image)) @ matrix_xy(ours[points_name])
     np.testing.assert_allclose(ours_points_to_px, ref_points_to_px, atol=1e-9)
-    pts = ours[ref["points"][0]].compute()
-    np.testing.assert_allclose(pts["x"].to_numpy(), ref["points"][1])
-    np.testing.assert_allclose(pts["y"].to_numpy(), ref["points"][2])
-    assert pts["gene"].astype(str).tolist() == ref["points"][3]
+    pts = ours[points_name].compute()
+    np.testing.assert_allclose(pts["x"].to_numpy(), x)
+    np.testing.assert_allclose(pts["y"].to_numpy(), y)
+    assert pts["gene"].astype(str).tolist() == genes
     shapes = ours[ref["shapes"][0]]
     assert shapes.index.tolist() == ref["shapes"][1]
     assert shapely.equals(shapes.geometry.to_numpy(), shapely.from_wkt(ref["shapes"][2])).all()
@@ -445,3 +452,60 @@ def test_matches_reference_reader(bundle):
         attrs["region_key"],
         attrs["instance_key"],
     )
+
+
+def _compare_cosmx(ours, ref: dict, pixel_size: float) -> None:
+    # the reference flips every FOV raster (a copy) and places it with an affine fitted to the metadata centres, in
+    # global pixels; we keep the pixels as stored and put the flip (and the µm scale) in the transformation
+    assert set(ours.labels) == set(ref["labels"]) and set(ours.images) == set(ref["images"])
+    for kind in ("labels", "images"):
+        for name, (values, tf) in ref[kind].items():
+            mine = raster_levels(ours[name])[0].values
+            theirs = np.asarray(values)
+            height = mine.shape[-2]
+            np.testing.assert_array_equal(np.flip(mine, axis=-2), theirs)
+            flip = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, height], [0.0, 0.0, 1.0]])
+            expected = np.diag([pixel_size, pixel_size, 1.0]) @ np.asarray(tf) @ flip
+            np.testing.assert_allclose(matrix_xy(ours[name]), expected, atol=1e-6)
+    # transcripts: the reference's per-FOV points (FOV-local pixels + fitted affine) land where ours do
+    got = ours["Lung5_Rep1_transcripts"].compute()
+    ours_um = apply(matrix_xy(ours["Lung5_Rep1_transcripts"]), got[["x", "y"]].to_numpy())
+    for name, (x, y, targets, tf) in ref["points"].items():
+        rows = got["fov"].to_numpy() == int(name.split("_")[0])
+        theirs = apply(np.asarray(tf), np.column_stack([x, y])) * pixel_size
+        np.testing.assert_allclose(ours_um[rows], theirs, atol=1e-6)
+        assert got.loc[rows, "target"].astype(str).tolist() == targets
+    obs_names, var_names, x, attrs, cell_ids, regions = ref["table"]
+    table = ours["table"]
+    assert sorted(table.obs_names) == sorted(obs_names) and table.var_names.tolist() == var_names
+    order = table.obs_names.get_indexer(obs_names)
+    np.testing.assert_array_equal(table.X.toarray()[order], np.asarray(x))
+    assert table.obs["cell_ID"].to_numpy()[order].tolist() == cell_ids
+    assert table.obs["fov_labels"].astype(str).to_numpy()[order].tolist() == regions
+    mine = table.uns["spatialdata_attrs"]
+    assert sorted(mine["region"]) == sorted(attrs["region"])
+    assert (mine["region_key"], mine["instance_key"]) == (attrs["region_key"], attrs["instance_key"])
+
+
+def test_matches_reference_readers(bundle, tmp_path):
+    """Same elements, ids, values and (up to the choice of global units and of flipping pixels vs. transforms)
+    placement as spatialdata-io's MERSCOPE and CosMx readers, run in their own environment (skipped when absent)."""
+    if not REFERENCE_PYTHON.exists():
+        pytest.skip("the reference environment (spatialdata-io) is absent")
+    from tissuestack.io import cosmx
+    from tissuestack.io.fake import write_cosmx
+    from tissuestack.io.fake._cosmx import PIXEL_SIZE_UM
+
+    cosmx_path = write_cosmx(tmp_path / "cosmx", seed=2)
+    res = subprocess.run(
+        [str(REFERENCE_PYTHON), "-c", _REFERENCE_SCRIPT, str(bundle), str(cosmx_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads(res.stdout.strip().splitlines()[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _compare_merscope(merscope(bundle), ref)
+        _compare_cosmx(cosmx(cosmx_path), ref["cosmx"], PIXEL_SIZE_UM)
