@@ -234,7 +234,17 @@ def _grow(arr, size):  # pragma: no cover - numba
     if new < size:
         new = size
     out = np.empty(new, dtype=np.int64)
-    out[: arr.shape[0]] = arr
+    for i in range(arr.shape[0]):  # an explicit loop: slice assignment costs seconds of compilation
+        out[i] = arr[i]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _head(arr, m):  # pragma: no cover - numba
+    """A copy of the first ``m`` items of an int64 array."""
+    out = np.empty(m, dtype=np.int64)
+    for i in range(m):
+        out[i] = arr[i]
     return out
 
 
@@ -305,7 +315,9 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 row_count[r - lo_row + 1] += 1
         for r in range(n_rows):
             row_count[r + 1] += row_count[r]
-        fill = row_count[:-1].copy()
+        fill = np.empty(n_rows, dtype=np.int64)
+        for r in range(n_rows):
+            fill[r] = row_count[r]
         xs = np.empty(n_cross, dtype=np.float64)
         for i in range(i0, i1):
             ax = x[i]
@@ -342,7 +354,7 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 o_c0[m] = c0
                 o_c1[m] = c1
                 m += 1
-    return o_shape[:m].copy(), o_row[:m].copy(), o_c0[:m].copy(), o_c1[:m].copy()
+    return _head(o_shape, m), _head(o_row, m), _head(o_c0, m), _head(o_c1, m)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -436,7 +448,7 @@ def circle_runs(cx, cy, radius, m, height, width):  # pragma: no cover - numba
             o_c0[cnt] = j0
             o_c1[cnt] = j1 + 1
             cnt += 1
-    return o_shape[:cnt].copy(), o_row[:cnt].copy(), o_c0[:cnt].copy(), o_c1[:cnt].copy()
+    return _head(o_shape, cnt), _head(o_row, cnt), _head(o_c0, cnt), _head(o_c1, cnt)
 
 
 # ============================================================================================ block statistics
@@ -497,9 +509,16 @@ def labels_block_stats(
             if 0 <= j < n_lut:
                 z = lut[j]
         elif n_sorted > 0:
-            p = np.searchsorted(sorted_ids, v)
-            if p < n_sorted and sorted_ids[p] == v:
-                z = sorted_rows[p]
+            lo = 0
+            hi = n_sorted
+            while lo < hi:  # binary search (np.searchsorted is slow to compile)
+                mid = (lo + hi) >> 1
+                if sorted_ids[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < n_sorted and sorted_ids[lo] == v:
+                z = sorted_rows[lo]
         if z < 0:
             codes[i] = -1
             continue
@@ -535,7 +554,7 @@ def labels_block_stats(
                     continue
                 d = x - total[ch, s] / count[ch, s]
                 m2[ch, s] += d * d
-    return ids[:k].copy(), count, total, mn, mx, m2
+    return _head(ids, k), count, total, mn, mx, m2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -608,7 +627,7 @@ def runs_block_stats(
                             continue
                         d = x - total[ch, s] / count[ch, s]
                         m2[ch, s] += d * d
-    return ids[:k].copy(), count, total, mn, mx, m2
+    return _head(ids, k), count, total, mn, mx, m2
 
 
 @numba.njit(cache=True, nogil=True)
@@ -651,7 +670,7 @@ def runs_label_counts(run_shape, run_row, run_c0, run_c1, labels, row0, col0):  
                     o_n[m] = e - j
                     m += 1
                 j = e
-    return o_s[:m].copy(), o_l[:m].copy(), o_n[:m].copy()
+    return _head(o_s, m), _head(o_l, m), _head(o_n, m)
 
 
 # ============================================================================================ merging (numpy)

@@ -283,6 +283,8 @@ def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[np.
         raise ValueError(f"{what}: the transformation between the raster and the shapes is singular on x/y")
     gdf = inp.by
     geoms = np.asarray(gdf.geometry.array)
+    if len(geoms) == 0:
+        return tuple(np.zeros(0, dtype=np.int64) for _ in range(4)), abs(det)
     if shapes_type(gdf) == "circles":
         m = np.hstack([lin, off[:, None]])
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)

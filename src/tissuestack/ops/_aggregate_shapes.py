@@ -120,7 +120,7 @@ class _Side:
 
 def _side(gdf: Any) -> _Side:
     geoms = np.asarray(gdf.geometry.array)
-    if shapes_type(gdf) == "circles":
+    if len(geoms) and shapes_type(gdf) == "circles":
         return _Side(geoms, gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64))
     return _Side(geoms, None)
 
@@ -220,6 +220,9 @@ def _circle_boxes(side: _Side) -> np.ndarray:
 
 def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(value index, region index, weight)`` of every member pair (weight 1, or the area fraction)."""
+    if len(values.geoms) == 0 or len(by.geoms) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0)
     if values.circles and by.circles:
         tree = shapely.STRtree(by.geoms)
         reach = values.radius + float(by.radius.max())
