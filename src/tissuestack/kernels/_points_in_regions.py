@@ -113,65 +113,77 @@ def _grow2(a, n):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions):  # pragma: no cover - compiled
-    """Group the (slot, code) pairs by slot; re-encode the grid (module notes): a mixed cell with a single
-    candidate to test holds ``-2 - k``; the others get a compact candidate list (``-2 - n_regions - m``)."""
-    start = np.zeros(n_mixed + 1, dtype=np.int64)
+def _group_pairs(pairs, n_pairs, n_multi):  # pragma: no cover - compiled
+    """Candidate lists of the multi cells from their (slot, code) pairs (a counting sort by slot)."""
+    start = np.zeros(n_multi + 1, dtype=np.int64)
     for i in range(n_pairs):
         start[pairs[i, 0] + 1] += 1
-    for k in range(n_mixed):
+    for k in range(n_multi):
         start[k + 1] += start[k]
-    grouped = np.empty(n_pairs, dtype=np.int32)
+    cand = np.empty(n_pairs, dtype=np.int32)
     pos = start[:-1].copy()
     for i in range(n_pairs):
         k = pairs[i, 0]
-        grouped[pos[k]] = pairs[i, 1]
+        cand[pos[k]] = pairs[i, 1]
         pos[k] += 1
-    n_multi = 0
-    n_cand = 0
-    for k in range(n_mixed):
-        a = start[k]
-        b = start[k + 1]
-        if b - a == 1:
-            c = grouped[a]
-            grid[slot_cell[k]] = -2 - c if c >= 0 else ~c
-        else:
-            n_multi += 1
-            n_cand += b - a
-    cand_start = np.zeros(n_multi + 1, dtype=np.int64)
-    cand = np.empty(n_cand, dtype=np.int32)
-    m = 0
-    for k in range(n_mixed):
-        a = start[k]
-        b = start[k + 1]
-        if b - a == 1:
-            continue
-        grid[slot_cell[k]] = -2 - n_regions - m
-        o = cand_start[m]
-        for j in range(a, b):
-            cand[o + j - a] = grouped[j]
-        cand_start[m + 1] = o + b - a
-        m += 1
-    return cand_start, cand
+    return start, cand
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _decided(g, s, n_regions, last):  # pragma: no cover - compiled
+    """Whether region ``s`` has already been recorded in a cell whose grid value is ``g``."""
+    if g == -2 - s:
+        return True
+    if g <= -2 - n_regions:
+        return last[-2 - n_regions - g] == s or last[-2 - n_regions - g] == ~s
+    return False
+
+
+# The burn kernels share one state machine per grid cell, for a visit of region ``s`` that either crosses the
+# cell (``code = s``: its points need the exact test) or covers it whole (``code = ~s``):
+#
+#   -1                        -> s if covering, else -2 - s (one candidate to test)
+#   t >= 0 (covered by t)     -> new multi slot m with candidates ~t, code
+#   -2 - t (test t)           -> new multi slot m with candidates t, code
+#   multi slot m              -> append code
+#
+# Multi slots are numbered in creation order and stored as -2 - n_regions - m; their (slot, code) pairs are
+# grouped once at the end. ``last[m]`` (the last code appended) keeps a region from being recorded twice.
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _visit(grid, cell, code, n_regions, pairs, last, n_pairs, n_multi):  # pragma: no cover - compiled
+    """One visit of the cell state machine (above); ``pairs`` and ``last`` have room for 2 pairs
+    and 1 slot. Returns the new ``(n_pairs, n_multi)``."""
+    g = grid[cell]
+    if g == -1:
+        grid[cell] = ~code if code < 0 else -2 - code
+        return n_pairs, n_multi
+    if g <= -2 - n_regions:
+        m = -2 - n_regions - g
+    else:
+        m = n_multi
+        n_multi += 1
+        grid[cell] = -2 - n_regions - m
+        pairs[n_pairs, 0] = m
+        pairs[n_pairs, 1] = ~g if g >= 0 else -2 - g
+        n_pairs += 1
+    pairs[n_pairs, 0] = m
+    pairs[n_pairs, 1] = code
+    last[m] = code
+    return n_pairs + 1, n_multi
 
 
 @numba.njit(cache=True, nogil=True)
-def _burn_polygons(
-    edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions
-):  # pragma: no cover - compiled
-    """Burn each polygon: crossed cells (supercover of each edge) and interior runs (scanline at row centres).
-
-    ``grid`` starts at -1; a cell visited once as interior keeps that polygon; any other visit makes the cell
-    mixed (``-2 - slot``) and records ``(slot, k)`` for a crossed visit or ``(slot, ~k)`` for an interior one.
-    """
+def _burn_polygons(edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pragma: no cover
+    """Burn each polygon: the cells its edges cross (supercover, dilated by ``eps``), then the cells between
+    crossings of each row's centre line (the same half-open rule as the exact test)."""
     n_shapes = edge_start.shape[0] - 1
     h = 1.0 / inv_h
     pairs = np.empty((1 << 16, 2), dtype=np.int32)
-    slot_cell = np.empty(1 << 16, dtype=np.int64)
+    last = np.empty(1 << 15, dtype=np.int32)
     n_pairs = 0
-    n_mixed = 0
-    touch = np.zeros(1024, dtype=np.uint8)
-    tlist = np.empty(1024, dtype=np.int64)
+    n_multi = 0
     row_n = np.zeros(64, dtype=np.int64)
     row_c = np.zeros(64, dtype=np.int64)
     xs = np.empty(256, dtype=np.float64)
@@ -197,12 +209,8 @@ def _burn_polygons(
         r1 = min(int(np.floor(vmax + eps)), ny - 1)
         if c1 < c0 or r1 < r0:
             continue
-        bw = c1 - c0 + 1
         bh = r1 - r0 + 1
-        if touch.shape[0] < bw * bh:
-            touch = np.zeros(2 * bw * bh, dtype=np.uint8)
-        n_touch = 0
-        # 1. cells crossed by an edge (dilated by eps)
+        # 1. cells crossed by an edge
         for e in range(e_lo, e_hi):
             ua = (edges[e, 0] - gx0) * inv_h
             va = (edges[e, 1] - gy0) * inv_h
@@ -227,39 +235,16 @@ def _burn_polygons(
                 rl = max(int(np.floor(min(v_a, v_b) - eps)), r0)
                 rh = min(int(np.floor(max(v_a, v_b) + eps)), r1)
                 for r in range(rl, rh + 1):
-                    li = (r - r0) * bw + (c - c0)
-                    if touch[li] == 0:
-                        touch[li] = 1
-                        if n_touch >= tlist.shape[0]:
-                            tlist = _grow(tlist, n_touch)
-                        tlist[n_touch] = li
-                        n_touch += 1
-        for j in range(n_touch):
-            li = tlist[j]
-            cell = (r0 + li // bw) * nx + c0 + li % bw
-            g = grid[cell]
-            if g >= -1:
-                slot = n_mixed
-                if n_mixed >= slot_cell.shape[0]:
-                    slot_cell = _grow(slot_cell, n_mixed)
-                slot_cell[slot] = cell
-                n_mixed += 1
-                grid[cell] = -2 - slot
-                if g >= 0:
-                    if n_pairs >= pairs.shape[0]:
-                        pairs = _grow2(pairs, n_pairs)
-                    pairs[n_pairs, 0] = slot
-                    pairs[n_pairs, 1] = ~g
-                    n_pairs += 1
-            else:
-                slot = -2 - g
-            if n_pairs >= pairs.shape[0]:
-                pairs = _grow2(pairs, n_pairs)
-            pairs[n_pairs, 0] = slot
-            pairs[n_pairs, 1] = s
-            n_pairs += 1
-        # 2. crossings of the edges with each row's centre line (same half-open rule as the exact test),
-        #    counted per row, then filled into each row's segment of xs and kept sorted (insertion)
+                    cell = r * nx + c
+                    if _decided(grid[cell], s, n_regions, last):
+                        continue
+                    if n_pairs + 2 > pairs.shape[0]:
+                        pairs = _grow2(pairs, n_pairs + 2)
+                    if n_multi + 1 > last.shape[0]:
+                        last = _grow(last, n_multi + 1)
+                    n_pairs, n_multi = _visit(grid, cell, s, n_regions, pairs, last, n_pairs, n_multi)
+        # 2. crossings of the edges with each row's centre line, counted per row, then filled into each row's
+        #    segment of xs, kept sorted (insertion)
         if row_n.shape[0] < bh + 1:
             row_n = np.zeros(2 * (bh + 1), dtype=np.int64)
             row_c = np.zeros(2 * (bh + 1), dtype=np.int64)
@@ -301,53 +286,35 @@ def _burn_polygons(
                         k -= 1
                     xs[k] = xint
                     row_c[j] += 1
-        # interior runs: cells whose centre lies between crossings 2k and 2k + 1
+        # 3. covered cells: centre between crossings 2k and 2k + 1, not crossed by an edge of this polygon
         for r in range(r0, r1 + 1):
             j = r - r0
-            begin = row_n[j]
-            end = row_n[j + 1]
             base = r * nx
-            for k in range(begin, end - 1, 2):
+            for k in range(row_n[j], row_n[j + 1] - 1, 2):
                 ca = max(int(np.ceil((xs[k] - gx0) * inv_h - 0.5)), c0)
                 cb = min(int(np.floor((xs[k + 1] - gx0) * inv_h - 0.5)), c1)
                 for c in range(ca, cb + 1):
-                    if touch[j * bw + c - c0]:
-                        continue
                     cell = base + c
                     g = grid[cell]
                     if g == -1:
                         grid[cell] = s
                         continue
-                    if g >= 0:
-                        slot = n_mixed
-                        if n_mixed >= slot_cell.shape[0]:
-                            slot_cell = _grow(slot_cell, n_mixed)
-                        slot_cell[slot] = cell
-                        n_mixed += 1
-                        grid[cell] = -2 - slot
-                        if n_pairs >= pairs.shape[0]:
-                            pairs = _grow2(pairs, n_pairs)
-                        pairs[n_pairs, 0] = slot
-                        pairs[n_pairs, 1] = ~g
-                        n_pairs += 1
-                    else:
-                        slot = -2 - g
-                    if n_pairs >= pairs.shape[0]:
-                        pairs = _grow2(pairs, n_pairs)
-                    pairs[n_pairs, 0] = slot
-                    pairs[n_pairs, 1] = ~s
-                    n_pairs += 1
-        for j in range(n_touch):
-            touch[tlist[j]] = 0
-    return _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions)
+                    if _decided(g, s, n_regions, last):
+                        continue
+                    if n_pairs + 2 > pairs.shape[0]:
+                        pairs = _grow2(pairs, n_pairs + 2)
+                    if n_multi + 1 > last.shape[0]:
+                        last = _grow(last, n_multi + 1)
+                    n_pairs, n_multi = _visit(grid, cell, ~s, n_regions, pairs, last, n_pairs, n_multi)
+    return _group_pairs(pairs, n_pairs, n_multi)
 
 
 @numba.njit(cache=True, nogil=True)
 def _burn_circles(circles, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pragma: no cover - compiled
     pairs = np.empty((1 << 16, 2), dtype=np.int32)
-    slot_cell = np.empty(1 << 16, dtype=np.int64)
+    last = np.empty(1 << 15, dtype=np.int32)
     n_pairs = 0
-    n_mixed = 0
+    n_multi = 0
     for s in range(circles.shape[0]):
         if not (circles[s, 2] >= 0.0):
             continue
@@ -369,32 +336,41 @@ def _burn_circles(circles, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pr
                     continue
                 dx_far = max(abs(c - cu), abs(c + 1.0 - cu))
                 crossed = dx_far * dx_far + dy_far * dy_far >= rr - margin
-                cell = r * nx + c
-                g = grid[cell]
-                if g == -1 and not crossed:
-                    grid[cell] = s
-                    continue
-                if g >= -1:
-                    slot = n_mixed
-                    if n_mixed >= slot_cell.shape[0]:
-                        slot_cell = _grow(slot_cell, n_mixed)
-                    slot_cell[slot] = cell
-                    n_mixed += 1
-                    grid[cell] = -2 - slot
-                    if g >= 0:
-                        if n_pairs >= pairs.shape[0]:
-                            pairs = _grow2(pairs, n_pairs)
-                        pairs[n_pairs, 0] = slot
-                        pairs[n_pairs, 1] = ~g
-                        n_pairs += 1
-                else:
-                    slot = -2 - g
-                if n_pairs >= pairs.shape[0]:
-                    pairs = _grow2(pairs, n_pairs)
-                pairs[n_pairs, 0] = slot
-                pairs[n_pairs, 1] = s if crossed else ~s
-                n_pairs += 1
-    return _finalize(grid, slot_cell, pairs, n_pairs, n_mixed, n_regions)
+                if n_pairs + 2 > pairs.shape[0]:
+                    pairs = _grow2(pairs, n_pairs + 2)
+                if n_multi + 1 > last.shape[0]:
+                    last = _grow(last, n_multi + 1)
+                code = s if crossed else ~s
+                n_pairs, n_multi = _visit(grid, r * nx + c, code, n_regions, pairs, last, n_pairs, n_multi)
+    return _group_pairs(pairs, n_pairs, n_multi)
+
+
+@numba.njit(cache=True, nogil=True)
+def _edges_from_coords(coords, ring, owner_of_ring, n):  # pragma: no cover - compiled
+    """Consecutive coordinates of the same ring are edges; endpoints in canonical order (y0 < y1, or equal y
+    and x0 <= x1). Rings come grouped by geometry, so edges come out grouped by geometry."""
+    m = coords.shape[0]
+    edges = np.empty((max(m - 1, 0), 4), dtype=np.float64)
+    edge_start = np.zeros(n + 1, dtype=np.int64)
+    k = 0
+    for i in range(m - 1):
+        if ring[i] != ring[i + 1]:
+            continue
+        ax = coords[i, 0]
+        ay = coords[i, 1]
+        bx = coords[i + 1, 0]
+        by = coords[i + 1, 1]
+        if ay > by or (ay == by and ax > bx):
+            ax, ay, bx, by = bx, by, ax, ay
+        edges[k, 0] = ax
+        edges[k, 1] = ay
+        edges[k, 2] = bx
+        edges[k, 3] = by
+        edge_start[owner_of_ring[ring[i]] + 1] += 1
+        k += 1
+    for j in range(n):
+        edge_start[j + 1] += edge_start[j]
+    return edge_start, edges[:k].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -473,16 +449,7 @@ def polygon_edges(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rings, ring_part = shapely.get_rings(parts, return_index=True)
         coords, ring = shapely.get_coordinates(rings, return_index=True)
         owner_of_ring = part_of[ring_part]
-    same = ring[1:] == ring[:-1]
-    a = coords[:-1][same]
-    b = coords[1:][same]
-    owner = owner_of_ring[ring[:-1][same]]
-    swap = (a[:, 1] > b[:, 1]) | ((a[:, 1] == b[:, 1]) & (a[:, 0] > b[:, 0]))
-    edges = np.empty((len(a), 4), dtype=np.float64)
-    edges[:, 0:2] = np.where(swap[:, None], b, a)
-    edges[:, 2:4] = np.where(swap[:, None], a, b)
-    edge_start = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(owner, minlength=n), out=edge_start[1:])
+    edge_start, edges = _edges_from_coords(coords, ring, owner_of_ring, n)
     _sort_edges_by_y(edge_start, edges)
     return edge_start, edges
 

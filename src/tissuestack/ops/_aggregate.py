@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
+    SPATIAL_KINDS,
     TableModel,
     get_axes,
     get_kind,
@@ -60,7 +61,7 @@ def _resolve(
     if isinstance(element, str):
         name: str | None = element
         if sdata is not None and name not in sdata:
-            known = ", ".join(repr(n) for n, _ in sdata.spatial_items())
+            known = ", ".join(repr(n) for kind in SPATIAL_KINDS for n in getattr(sdata, kind))
             raise KeyError(f"{role}={name!r}: no such element in sdata (spatial elements: {known})")
     elif sdata is not None:
         try:
@@ -88,8 +89,7 @@ def _spatial_axes(element: Any, kind: str) -> tuple[str, ...]:
 def _value_columns(element: Any, kind: str) -> pd.Series | None:
     """Column name -> dtype of the columns a value key may name (``None``: the kind has no columns)."""
     if kind == "points":
-        dtypes = element.dtypes
-        return dtypes.drop([a for a in ("x", "y", "z") if a in dtypes.index])
+        return element.dtypes  # coordinates too (e.g. the mean x per region)
     if kind == "shapes":
         return element.dtypes.drop(element.geometry.name)
     return None

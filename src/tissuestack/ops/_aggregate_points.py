@@ -272,7 +272,7 @@ def points_by_shapes(req: PairInput) -> PairResult:
     linear, offset, use_z = _map_linear(req, 2)
     ctx = _ShapesContext(grid, linear, offset, use_z)
     plan = _plan(req, points)
-    columns = ["x", "y", *(["z"] if use_z else []), *plan.keys]
+    columns = list(dict.fromkeys(["x", "y", *(["z"] if use_z else []), *plan.keys]))
     total = _run(points, columns, _locate_shapes, ctx, plan, fan_in)
     return _finish(plan, total, req.agg_func)
 
@@ -360,6 +360,6 @@ def points_by_labels(req: PairInput) -> PairResult:
     lut = K.labels_lut(ids)
     ctx = _LabelsContext(data, linear, offset, use_z, ids, lut)
     plan = _plan(req, points)
-    columns = ["x", "y", *(["z"] if use_z else []), *plan.keys]
+    columns = list(dict.fromkeys(["x", "y", *(["z"] if use_z else []), *plan.keys]))
     total = _run(points, columns, _locate_labels, ctx, plan, fan_in)
     return _finish(plan, total, req.agg_func)
