@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +117,19 @@ def test_table_values_equal_the_csvs(legacy, legacy_sdata):
     np.testing.assert_array_equal(brute.to_numpy(), table.X.toarray())
 
 
-@pytest.mark.parametrize("variant", ["legacy", "atomx", "atomx-shifted"])
+@pytest.mark.parametrize("variant", ["legacy", "legacy-rows-down", "atomx", "atomx-shifted"])
 def test_label_pixels_map_to_the_metadata_centroid(tmp_path, variant):
-    """Through the labels' transformation, a cell's label pixels average to its global centre in the metadata."""
+    """Through the labels' transformation, a cell's label pixels average to its global centre in the metadata
+    (the y flip and the one-FOV shift are detected from the data)."""
     path = write_cosmx(
-        tmp_path, version="legacy" if variant == "legacy" else "atomx", fov_shift=variant.endswith("shifted")
+        tmp_path,
+        version=variant.split("-")[0],
+        fov_shift=variant.endswith("shifted"),
+        flip_y=not variant.endswith("rows-down"),
     )
-    s = cosmx(path, transcripts=False, images=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a placement fits: no warning
+        s = cosmx(path, transcripts=False, images=False)
     meta = flat(path, "metadata_file")
     for fov in (1, 2):
         labels = raster_levels(s[f"{fov}_labels"])[0].values
@@ -136,8 +143,20 @@ def test_label_pixels_map_to_the_metadata_centroid(tmp_path, variant):
         np.testing.assert_allclose(
             centre, expected[["CenterX_global_px", "CenterY_global_px"]].to_numpy() * S, rtol=0, atol=1e-9
         )
-        # the y axis is flipped: row 0 is the top of the FOV, at the largest global y
-        assert m[1, 1] == pytest.approx(-S)
+        # row 0 is the top of the FOV, at the largest global y (unless the export runs y with the rows)
+        assert m[1, 1] == pytest.approx(S if variant.endswith("rows-down") else -S)
+
+
+def test_placement_mismatch_warns(tmp_path):
+    path = write_cosmx(tmp_path)
+    meta = pd.read_csv(path / f"{ID}_metadata_file.csv")
+    meta["CenterX_global_px"] += 40  # the centres no longer sit on the labels
+    meta.to_csv(path / f"{ID}_metadata_file.csv", index=False)
+    with pytest.warns(UserWarning, match="no placement of FOV 1 puts its cells on the metadata centres"):
+        cosmx(path, transcripts=False, images=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # explicit choices skip the check
+        cosmx(path, transcripts=False, images=False, flip_y=True, fov_shift=False)
 
 
 def test_transcripts_values_and_cells(legacy, legacy_sdata):
@@ -228,7 +247,7 @@ def test_atomx_export(atomx, atomx_sdata):
 def test_fov_shift_detection(tmp_path):
     path = write_cosmx(tmp_path, version="atomx", fov_shift=True)
     auto = cosmx(path, transcripts=False, images=False)
-    forced = cosmx(path, transcripts=False, images=False, fov_shift=False)
+    forced = cosmx(path, transcripts=False, images=False, flip_y=True, fov_shift=False)
     shift = matrix_xy(forced["1_labels"])[1, 2] - matrix_xy(auto["1_labels"])[1, 2]
     assert shift == pytest.approx(64 * S)
     shifted = cosmx(path, transcripts=False, images=False, fov_shift=True)
@@ -244,7 +263,7 @@ def test_options(legacy):
     assert (s[f"{ID}_transcripts"].compute()["fov"] == 2).all()
     with pytest.raises(ReaderError, match=r"FOV\(s\) \[7\] are not listed; the export has \[1, 2\]"):
         cosmx(legacy, fovs=[7])
-    up = cosmx(legacy, flip_y=False, transcripts=False, table=False, images=False)
+    up = cosmx(legacy, flip_y=False, fov_shift=False, transcripts=False, table=False, images=False)
     m = matrix_xy(up["1_labels"])
     assert m[1, 1] == pytest.approx(S) and m[1, 2] == pytest.approx(fov_origin(1, 64)[1] * S)
     other = cosmx(legacy, pixel_size_um=0.2, transcripts=False, table=False, images=False)

@@ -31,11 +31,14 @@ Elements (FOV numbers without leading zeros, as the reference reader names them)
 
 Coordinates: pixels are ``pixel_size_um`` (0.120280945) µm. Transcripts and polygons are in global pixels
 (``Scale(pixel_size_um)`` to ``global``). The y of global (and FOV-local) pixel coordinates runs bottom-up while
-image rows run top-down, so with ``flip_y=True`` (the default, as the reference reader and Sopa do) image pixel
+image rows run top-down, so with ``flip_y=True`` (what the reference reader and Sopa do) image pixel
 ``(column c, row r)`` of a FOV of height ``H`` at origin ``(X0, Y0)`` lands at global pixel ``(X0 + c, Y0 + H - r)``:
 an affine with a negative y scale instead of a flipped copy of the pixels. Some AtoMx exports list FOV origins
-one FOV height too high (the "one-FOV shift"): ``fov_shift=None`` detects it from the metadata (cells lying below
-their FOV's listed origin) and then places images at ``Y0 - H``.
+one FOV height too high (the "one-FOV shift"); then images go to ``Y0 - H``. Left to ``None``, ``flip_y`` and
+``fov_shift`` are decided from the data: one FOV's label image is read and the placement that puts its cells'
+pixel centroids on the metadata's global centres is taken (a warning when none fits within 3 px); without labels
+or metadata, ``flip_y`` defaults to ``True`` and the shift is detected from the metadata alone (cells lying below
+their FOV's listed origin).
 """
 
 from __future__ import annotations
@@ -269,6 +272,54 @@ def detect_fov_shift(meta: pd.DataFrame | None, positions: pd.DataFrame) -> bool
         return False
     below = med.to_numpy() < positions.loc[med.index, "y"].to_numpy()
     return bool(below.mean() > 0.5)
+
+
+def placement_from_labels(
+    file: Path,
+    fov: int,
+    meta: pd.DataFrame,
+    origin: tuple[float, float],
+    *,
+    flip_y: bool | None,
+    shift: bool | None,
+) -> tuple[bool, bool, float] | None:
+    """Which placement (``flip_y``, ``fov_shift``) puts the cells of one FOV's labels on their metadata centres.
+
+    Reads that one label image, takes each cell's pixel centroid, maps it under every candidate placement (the
+    unset options are tried both ways) and returns the best one with its median error in pixels; ``None`` when
+    the FOV has fewer than 3 cells in both the labels and the metadata.
+    """
+    from tissuestack.io._tiff import open_tiff
+
+    rows_meta = meta[meta[FOV_KEY] == fov]
+    arr, axes = open_tiff(file)
+    arr = arr[tuple(slice(None) if ax in "YX" else 0 for ax in axes)]
+    labels = np.asarray(arr.compute())
+    height = labels.shape[0]
+    rows, cols = np.nonzero(labels)
+    ids = labels[rows, cols].astype(np.int64)
+    if len(ids) == 0:
+        return None
+    n = np.bincount(ids)
+    cx = np.bincount(ids, cols + 0.5) / np.maximum(n, 1)
+    cy = np.bincount(ids, rows + 0.5) / np.maximum(n, 1)
+    cell = rows_meta[INSTANCE_KEY].to_numpy(np.int64)
+    ok = (cell > 0) & (cell < len(n))
+    ok[ok] = n[cell[ok]] > 0
+    if ok.sum() < 3:
+        return None
+    cell = cell[ok]
+    gx = rows_meta["CenterX_global_px"].to_numpy(np.float64)[ok]
+    gy = rows_meta["CenterY_global_px"].to_numpy(np.float64)[ok]
+    best: tuple[bool, bool, float] | None = None
+    for flip in (True, False) if flip_y is None else (bool(flip_y),):
+        for sh in (False, True) if shift is None else (bool(shift),):
+            base = origin[1] - (height if sh else 0)
+            py = base + (height - cy[cell] if flip else cy[cell])
+            error = float(np.median(np.hypot(origin[0] + cx[cell] - gx, py - gy)))
+            if best is None or error < best[2] - 1e-9:
+                best = (flip, sh, error)
+    return best
 
 
 def _table(
@@ -576,6 +627,44 @@ def _polygons_element(file: Path, fovs: set[int], pixel_size_um: float, name: st
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _choose_placement(
+    path: Path,
+    meta: pd.DataFrame | None,
+    positions: pd.DataFrame,
+    fovs: set[int],
+    label_files: dict[int, Path],
+    flip_y: bool | None,
+    fov_shift: bool | None,
+) -> tuple[bool, bool]:
+    """Resolve ``flip_y`` / ``fov_shift`` left to ``None``: from one FOV's labels against the metadata centres when
+    both exist (a warning when no candidate fits), else the defaults (flip; shift from the metadata alone)."""
+    default = (
+        True if flip_y is None else bool(flip_y),
+        detect_fov_shift(meta, positions) if fov_shift is None else bool(fov_shift),
+    )
+    if meta is None or not {"CenterX_global_px", "CenterY_global_px"} <= set(meta.columns):
+        return default
+    if not label_files:
+        label_files = _label_files(path)
+    counts = meta[FOV_KEY].value_counts()
+    for fov in sorted(f for f in fovs if f in label_files and f in positions.index and counts.get(f, 0) >= 3):
+        origin = (float(positions.loc[fov, "x"]), float(positions.loc[fov, "y"]))
+        found = placement_from_labels(label_files[fov], fov, meta, origin, flip_y=flip_y, shift=fov_shift)
+        if found is None:
+            continue
+        flip, shift, error = found
+        if error > 3.0:
+            warnings.warn(
+                f"{label_files[fov]}: no placement of FOV {fov} puts its cells on the metadata centres (best: "
+                f"flip_y={flip}, fov_shift={shift}, median error {error:.1f} px); check the export, or pass flip_y "
+                "and fov_shift",
+                UserWarning,
+                stacklevel=3,
+            )
+        return flip, shift
+    return default
+
+
 def iter_cosmx(
     path: str | Path,
     *,
@@ -589,7 +678,7 @@ def iter_cosmx(
     fovs: int | Sequence[int] | None = None,
     image_source: str = "auto",
     pixel_size_um: float = PIXEL_SIZE_UM,
-    flip_y: bool = True,
+    flip_y: bool | None = None,
     fov_shift: bool | None = None,
     scan_features: bool = False,
     pyramid: bool = True,
@@ -631,13 +720,12 @@ def iter_cosmx(
         wanted = requested
 
     meta = None
-    if table or fov_shift is None:
+    if table or fov_shift is None or flip_y is None:
         metadata_file = files[METADATA_SUFFIX]
         if metadata_file is None and table:
             need(METADATA_SUFFIX, "the cell table (pass table=False to skip it)")
         if metadata_file is not None:
             meta = _read_metadata(metadata_file)
-    shift = detect_fov_shift(meta, positions) if fov_shift is None else bool(fov_shift)
 
     counts_file = (
         need(COUNTS_SUFFIX, "the cell table (pass table=False to skip it)") if table else files[COUNTS_SUFFIX]
@@ -663,6 +751,9 @@ def iter_cosmx(
             UserWarning,
             stacklevel=2,
         )
+    flip, shift = (True if flip_y is None else bool(flip_y)), bool(fov_shift)
+    if (flip_y is None or fov_shift is None) and (images or labels):
+        flip, shift = _choose_placement(path, meta, positions, wanted, label_files, flip_y, fov_shift)
     unplaced = sorted((set(image_files) | set(label_files)) - set(positions.index))
     if unplaced:
         warnings.warn(
@@ -684,14 +775,14 @@ def iter_cosmx(
         if fov in image_files:
             file = image_files[fov]
             height, _ = _raster_size(file)
-            transform = fov_affine(x0, y0, height, pixel_size_um=pixel_size_um, flip_y=flip_y, shift=shift)
+            transform = fov_affine(x0, y0, height, pixel_size_um=pixel_size_um, flip_y=flip, shift=shift)
             yield f"{fov}_image", _image_element(file, image_kind, transform, f"{fov}_image", pyramid)
     for fov in sorted(wanted):
         x0, y0 = positions.loc[fov, "x"], positions.loc[fov, "y"]
         if fov in label_files:
             file = label_files[fov]
             height, _ = _raster_size(file)
-            transform = fov_affine(x0, y0, height, pixel_size_um=pixel_size_um, flip_y=flip_y, shift=shift)
+            transform = fov_affine(x0, y0, height, pixel_size_um=pixel_size_um, flip_y=flip, shift=shift)
             yield f"{fov}_labels", _labels_element(file, transform, f"{fov}_labels", pyramid)
 
     if tx_file is not None:
@@ -731,7 +822,7 @@ def cosmx(
     fovs: int | Sequence[int] | None = None,
     image_source: str = "auto",
     pixel_size_um: float = PIXEL_SIZE_UM,
-    flip_y: bool = True,
+    flip_y: bool | None = None,
     fov_shift: bool | None = None,
     scan_features: bool = False,
     pyramid: bool = True,
@@ -759,11 +850,11 @@ def cosmx(
     pixel_size_um
         µm per pixel (CosMx: 0.120280945).
     flip_y
-        Image rows run top-down while CosMx y runs bottom-up (legacy and AtoMx exports alike): place image row ``r``
-        at local ``y = H - r``. ``False`` places rows top-down.
+        Whether image rows run against CosMx y (row ``r`` at local ``y = H - r``; true of the legacy and AtoMx
+        exports seen so far). ``None``: decided from one FOV's labels against the cell metadata.
     fov_shift
-        FOV origins listed one FOV height too high in y (some AtoMx exports). ``None`` detects it from the cell
-        metadata.
+        FOV origins listed one FOV height too high in y (some AtoMx exports). ``None``: decided like ``flip_y``
+        (or from the metadata alone when there are no labels).
     scan_features
         Collect the transcript target categories with a pass over the file instead of taking them from the
         expression matrix header.
@@ -820,7 +911,9 @@ TECHNOLOGY = Technology(
         Option("fovs", tuple, None, "read only these FOVs"),
         Option("image_source", str, "auto", "FOV images", choices=("auto", "morphology", "composite")),
         Option("pixel_size_um", float, PIXEL_SIZE_UM, "µm per pixel"),
-        Option("flip_y", bool, True, "image rows run against CosMx y (place row r at y = H - r)"),
+        Option(
+            "flip_y", bool, None, "image rows run against CosMx y (row r at y = H - r); default: detected"
+        ),
         Option("fov_shift", bool, None, "FOV origins listed one FOV too high (default: detected)"),
         Option("scan_features", bool, False, "collect the transcript targets with a pass over the file"),
         Option("pyramid", bool, True, "build pyramids for the FOV images and labels"),

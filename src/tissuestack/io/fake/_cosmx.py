@@ -16,7 +16,7 @@ release shape)::
 Geometry (what a reader must reproduce; ``H`` is the FOV height in pixels): image pixel (column ``c``, row
 ``r``), as continuous coordinates, is FOV-local ``(x, y) = (c, H - r)`` (local y runs bottom-up) and global
 ``(X0 + c, Y0 + H - r)`` pixels, ``(X0, Y0)`` being the FOV origin of the positions file, pixels of
-``PIXEL_SIZE_UM`` µm. With ``fov_shift=True`` the positions file lists ``Y0 + H`` instead (the one-FOV shift of
+``PIXEL_SIZE_UM`` µm (with ``flip_y=False``: ``y = r`` and ``Y0 + r``). With ``fov_shift=True`` the positions file lists ``Y0 + H`` instead (the one-FOV shift of
 some AtoMx exports). A cell's metadata centre is the mean of its label pixels' centres in those coordinates; a
 transcript's ``cell_ID`` is the label under it; ``exprMat`` holds the per-cell target counts of the transcripts
 (plus one ``cell_ID`` 0 background row per FOV).
@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,7 @@ def write_cosmx(
     version: str = "legacy",
     dataset_id: str = DATASET_ID,
     fov_shift: bool = False,
+    flip_y: bool = True,
     seed: int = 0,
 ) -> Path:
     """Write a synthetic CosMx flat-file export into ``path`` and return it.
@@ -101,6 +103,9 @@ def write_cosmx(
         File name prefix.
     fov_shift
         List every FOV origin one FOV height too high in y (the AtoMx one-FOV shift quirk).
+    flip_y
+        Local / global y runs bottom-up against the image rows (``y = H - r``, as in real exports); ``False``
+        makes it run with the rows (``y = r``), to test a reader's detection.
     seed
         Random seed.
     """
@@ -116,6 +121,10 @@ def write_cosmx(
     atomx = version == "atomx"
     H = W = int(fov_size)
     boxes = _cell_boxes(fov_size, cells_per_fov)
+
+    def local_y(row: Any) -> Any:
+        return H - row if flip_y else row
+
     meta_rows, count_rows, tx_rows, poly_rows, pos_rows = [], [], [], [], []
 
     for fov in range(1, n_fovs + 1):
@@ -136,9 +145,9 @@ def write_cosmx(
             "Area": n_px,
             "AspectRatio": np.ones(cells_per_fov),
             "CenterX_local_px": cx,
-            "CenterY_local_px": H - cy_img,
+            "CenterY_local_px": local_y(cy_img),
             "CenterX_global_px": x0 + cx,
-            "CenterY_global_px": y0 + H - cy_img,
+            "CenterY_global_px": y0 + local_y(cy_img),
             "Width": side,
             "Height": side,
         }
@@ -163,9 +172,9 @@ def write_cosmx(
             "fov": np.full(transcripts_per_fov, fov),
             "cell_ID": cell,
             "x_global_px": x0 + col,
-            "y_global_px": y0 + H - row,
+            "y_global_px": y0 + local_y(row),
             "x_local_px": col,
-            "y_local_px": H - row,
+            "y_local_px": local_y(row),
             "z": rng.integers(0, 9, transcripts_per_fov),
             "target": np.asarray(TARGETS, dtype=object)[target],
             "CellComp": comp,
@@ -195,10 +204,10 @@ def write_cosmx(
         else:
             pos_rows.append({"fov": fov, "x_global_px": x0, "y_global_px": pos_y})
 
-        # polygons: the squares' corners, in global pixels (image row r -> y = y0 + H - r)
+        # polygons: the squares' corners, in global pixels (image row r -> y = y0 + local_y(r))
         for k, (r0, c0, r1, c1) in enumerate(boxes.tolist(), start=1):
             for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1)):
-                poly_rows.append((fov, k, c, H - r, x0 + c, y0 + H - r))
+                poly_rows.append((fov, k, c, local_y(r), x0 + c, y0 + local_y(r)))
 
         # images and labels
         if atomx:
