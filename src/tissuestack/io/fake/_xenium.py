@@ -58,7 +58,7 @@ SEGMENTATION_METHODS = (
     "Segmented by nucleus expansion of 5.0µm",
 )
 _TRANSCRIPT_ID_BASE = 281_474_976_710_656  # real ids are large uint64 values
-_BAND_ROWS = 1024  # rows of the rasters generated at a time
+_BAND_ROWS = 256  # rows of the rasters generated at a time (bounded temporaries)
 
 
 # ------------------------------------------------------------------------------------------------ ids
