@@ -396,3 +396,15 @@ def test_registered_technology(legacy):
     assert tech.iter_elements is iter_cosmx
     names = [name for name, _ in tech.iter_elements(legacy)]
     assert names == ["1_image", "2_image", "1_labels", "2_labels", f"{ID}_transcripts", "table"]
+
+
+def test_nested_morphology_folder(tmp_path, atomx):
+    path = tmp_path / "export"
+    shutil.copytree(atomx, path)
+    (path / "RawFiles" / "Run1" / "CellStatsDir").mkdir(parents=True)
+    shutil.move(path / "Morphology2D", path / "RawFiles" / "Run1" / "CellStatsDir" / "Morphology2D")
+    s = cosmx(path, transcripts=False, table=False, labels=False)
+    assert s["1_image"].coords["c"].values.tolist() == [t for _, t in MORPHOLOGY_CHANNELS]
+    (path / "Other" / "Morphology2D").mkdir(parents=True)
+    with pytest.raises(ReaderError, match="several Morphology2D folders"):
+        cosmx(path, transcripts=False, table=False, labels=False)

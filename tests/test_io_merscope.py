@@ -509,3 +509,14 @@ def test_matches_reference_readers(bundle, tmp_path):
         warnings.simplefilter("ignore")
         _compare_merscope(merscope(bundle), ref)
         _compare_cosmx(cosmx(cosmx_path), ref["cosmx"], PIXEL_SIZE_UM)
+
+
+def test_parquet_transcripts(copy):
+    """Newer instruments also write detected_transcripts.parquet; it is read (lazily) when the CSV is absent."""
+    tx = pd.read_csv(copy / "detected_transcripts.csv", index_col=0)
+    tx.to_parquet(copy / "detected_transcripts.parquet", row_group_size=30)
+    (copy / "detected_transcripts.csv").unlink()
+    points = merscope(copy, mosaic_images=False)[f"{ID}_transcripts"]
+    got = points.compute()
+    np.testing.assert_allclose(got["x"].to_numpy(), tx["global_x"].to_numpy())
+    assert got["gene"].astype(str).tolist() == tx["gene"].tolist()

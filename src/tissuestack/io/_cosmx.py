@@ -160,7 +160,15 @@ def _image_files(path: Path, source: str) -> tuple[str, dict[int, Path]]:
     """('morphology' | 'composite' | 'none', fov -> file)."""
     wanted = ("morphology", "composite") if source == "auto" else (source,)
     for kind in wanted:
-        folder = path / (MORPHOLOGY_DIR if kind == "morphology" else COMPOSITE_DIR)
+        name = MORPHOLOGY_DIR if kind == "morphology" else COMPOSITE_DIR
+        folder = path / name
+        if not folder.is_dir():  # AtoMx raw-file exports nest it (e.g. <run>/CellStatsDir/Morphology2D)
+            nested = sorted(p for p in path.rglob(name) if p.is_dir())
+            if len(nested) > 1:
+                raise ReaderError(
+                    f"{path}: several {name} folders ({', '.join(str(p) for p in nested[:5])}); expected one"
+                )
+            folder = nested[0] if nested else folder
         if folder.is_dir():
             files = [f for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
             return kind, _fov_files(files, f"{folder.name} image")

@@ -327,7 +327,9 @@ def _transcripts_element(file: Path, categories: Sequence[str] | None, blocksize
             f"(the file has {columns})"
         )
     # the unnamed row index and the FOV-local pixel x/y (they would collide with the µm coordinates) are dropped
-    keep = [c for c in columns if c and not c.startswith("Unnamed:") and c not in ("x", "y")]
+    keep = [
+        c for c in columns if c and not c.startswith(("Unnamed:", "__index_level_")) and c not in ("x", "y")
+    ]
     if tabular_format(file) == "csv":
         check_csv_tail(file, "transcripts file")
         dtype = {c: t for c, t in _TRANSCRIPT_DTYPES.items() if c in keep}
