@@ -274,11 +274,6 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
     exclusive and runs are clipped to the grid.
     """
     n_geoms = geom_ring_offsets.shape[0] - 1
-    cap = 1024
-    o_shape = np.empty(cap, dtype=np.int64)
-    o_row = np.empty(cap, dtype=np.int64)
-    o_c0 = np.empty(cap, dtype=np.int64)
-    o_c1 = np.empty(cap, dtype=np.int64)
     m = 0
     hf = float(height)
     wf = float(width)
@@ -294,6 +289,30 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 continue
             e_r0[i] = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
             e_r1[i] = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+    # scratch buffers sized for the largest geometry, reused (allocating per geometry dominates otherwise)
+    max_rows = 1
+    max_cross = 1
+    total_cross = 0
+    for g in range(n_geoms):
+        lo_row = height
+        hi_row = -1
+        n_cross = 0
+        for i in range(ring_offsets[geom_ring_offsets[g]], ring_offsets[geom_ring_offsets[g + 1]]):
+            if e_r1[i] > e_r0[i]:
+                n_cross += e_r1[i] - e_r0[i]
+                lo_row = min(lo_row, e_r0[i])
+                hi_row = max(hi_row, e_r1[i] - 1)
+        max_rows = max(max_rows, hi_row - lo_row + 1)
+        max_cross = max(max_cross, n_cross)
+        total_cross += n_cross
+    # every run uses two crossings: the outputs never grow
+    o_shape = np.empty(total_cross // 2, dtype=np.int64)
+    o_row = np.empty(total_cross // 2, dtype=np.int64)
+    o_c0 = np.empty(total_cross // 2, dtype=np.int64)
+    o_c1 = np.empty(total_cross // 2, dtype=np.int64)
+    row_count = np.empty(max_rows + 1, dtype=np.int64)
+    fill = np.empty(max_rows, dtype=np.int64)
+    xs = np.empty(max_cross, dtype=np.float64)
     for g in range(n_geoms):
         i0 = ring_offsets[geom_ring_offsets[g]]
         i1 = ring_offsets[geom_ring_offsets[g + 1]]
@@ -309,16 +328,15 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
             continue
         n_rows = hi_row - lo_row + 1
         # counting sort of the crossings by row
-        row_count = np.zeros(n_rows + 1, dtype=np.int64)
+        for r in range(n_rows + 1):
+            row_count[r] = 0
         for i in range(i0, i1):
             for r in range(e_r0[i], e_r1[i]):
                 row_count[r - lo_row + 1] += 1
         for r in range(n_rows):
             row_count[r + 1] += row_count[r]
-        fill = np.empty(n_rows, dtype=np.int64)
         for r in range(n_rows):
             fill[r] = row_count[r]
-        xs = np.empty(n_cross, dtype=np.float64)
         for i in range(i0, i1):
             ax = x[i]
             ay = y[i]
@@ -344,17 +362,12 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 c1 = min(_first_index_at_or_after(_clip(x1, -1.0, wf + 1.0)), width)
                 if c1 <= c0:
                     continue
-                if m == o_shape.shape[0]:
-                    o_shape = _grow(o_shape, m + 1)
-                    o_row = _grow(o_row, m + 1)
-                    o_c0 = _grow(o_c0, m + 1)
-                    o_c1 = _grow(o_c1, m + 1)
                 o_shape[m] = g
                 o_row[m] = r + lo_row
                 o_c0[m] = c0
                 o_c1[m] = c1
                 m += 1
-    return _head(o_shape, m), _head(o_row, m), _head(o_c0, m), _head(o_c1, m)
+    return o_shape[:m], o_row[:m], o_c0[:m], o_c1[:m]
 
 
 @numba.njit(cache=True, nogil=True)

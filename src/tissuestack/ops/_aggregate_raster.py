@@ -56,7 +56,7 @@ from tissuestack.ops._aggregate_shapes import xy_map
 __all__ = ["image_by_labels", "image_by_shapes", "labels_by_shapes"]
 
 _FANIN = 8  # partial results merged per reduction task
-_LUT_MAX = 1 << 24  # label ids spanning at most this range are looked up in a table, else binary search
+_LUT_MAX = 1 << 22  # label ids spanning at most this range (or 4x their number) use a lookup table (<= 32 MB)
 _SPATIAL = ("z", "y", "x")
 
 
@@ -273,8 +273,8 @@ def image_by_labels(inp: PairInput) -> PairResult:
 
 
 # ============================================================================================ shapes as runs
-def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[np.ndarray, ...]:
-    """Row runs of the ``by`` shapes on the ``values`` raster grid, sorted by row."""
+def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[tuple[np.ndarray, ...], float]:
+    """Row runs of the ``by`` shapes on the ``values`` raster grid (grouped by row) and the pixel area."""
     from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
 
     lin, off = xy_map(inp.values_to_by, what)  # raster pixel -> shapes frame
@@ -290,13 +290,18 @@ def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[np.
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)
         runs = circle_runs(shapely.get_x(geoms), shapely.get_y(geoms), radius, m, height, width)
     else:
-        inv = np.linalg.inv(lin)
-        if not (np.array_equal(lin, np.eye(2)) and not off.any()):
-            coords = shapely.get_coordinates(geoms)
-            geoms = shapely.set_coordinates(geoms.copy(), (coords - off) @ inv.T)
         flat = flatten_polygons(geoms)
-        runs = polygon_runs(flat.x, flat.y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
-    order = np.argsort(runs[1], kind="stable")
+        x, y = flat.x, flat.y
+        if not (np.array_equal(lin, np.eye(2)) and not off.any()):  # shapes -> pixel coordinates
+            inv = np.linalg.inv(lin)
+            x, y = (
+                inv[0, 0] * (flat.x - off[0]) + inv[0, 1] * (flat.y - off[1]),
+                inv[1, 0] * (flat.x - off[0]) + inv[1, 1] * (flat.y - off[1]),
+            )
+        runs = polygon_runs(x, y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+    # grouped by row (radix sort on 16-bit rows when they fit)
+    rows = runs[1].astype(np.uint16) if height <= 65536 else runs[1]
+    order = np.argsort(rows, kind="stable")
     return tuple(r[order] for r in runs), abs(det)
 
 
