@@ -232,7 +232,7 @@ def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.nda
         v, b, d = v[keep], b[keep], d[keep]
         if not fractions:
             return v, b, np.ones(len(v))
-        inter = _lens_area(d, values.radius[v], by.radius[b])
+        return _weights(v, b, _lens_area(d, values.radius[v], by.radius[b]), values.areas(v))
     elif values.circles or by.circles:
         discs, polys = (values, by) if values.circles else (by, values)
         if len(discs.geoms) <= len(polys.geoms):  # few discs (spots): a tree of their boxes, bbox candidates
@@ -254,20 +254,26 @@ def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.nda
                 b, v = shapely.STRtree(values.geoms).query(by.geoms, predicate="intersects")
             else:
                 v, b = shapely.STRtree(by.geoms).query(values.geoms, predicate="intersects")
-            gv, gb = values.geoms[v], by.geoms[b]
-            if not fractions:
-                keep = ~shapely.touches(gv, gb)
-                return v[keep], b[keep], np.ones(int(keep.sum()))
-            inter = np.empty(len(v))
-            covered = shapely.covers(gb, gv)  # the value lies in the region: its whole area
-            inter[covered] = shapely.area(gv[covered])
-            rest = ~covered
-            inter[rest] = shapely.area(shapely.intersection(gv[rest], gb[rest]))
+            # few regions, each tested against many values: prepare them for the predicates
+            few = len(by.geoms) <= len(values.geoms)
+            unprepared = by.geoms[~shapely.is_prepared(by.geoms)] if few else by.geoms[:0]
+            shapely.prepare(unprepared)
+            try:
+                gv, gb = values.geoms[v], by.geoms[b]
+                if not fractions:
+                    keep = ~shapely.touches(gb, gv)
+                    return v[keep], b[keep], np.ones(int(keep.sum()))
+                area = shapely.area(gv)
+                inter = area.copy()  # values inside their region count whole
+                rest = ~shapely.covers(gb, gv)
+                inter[rest] = shapely.area(shapely.intersection(gv[rest], gb[rest]))
+            finally:
+                shapely.destroy_prepared(unprepared)
         except GEOSException as err:
             raise ValueError(
                 f"{what}: a geometry is invalid ({err}); repair the shapes first, e.g. with shapely.make_valid"
             ) from None
-    return _weights(v, b, inter, values.areas(v))
+        return _weights(v, b, inter, area)
 
 
 def _weights(
