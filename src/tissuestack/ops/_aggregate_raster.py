@@ -36,7 +36,9 @@ bounded fan-in); a raster is never loaded whole.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import dask
@@ -50,14 +52,28 @@ import xarray as xr
 from tissuestack._compute import scheduler
 from tissuestack.elements import raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
+from tissuestack.kernels._zonal import (
+    STATISTICS,
+    ZonalPartial,
+    circle_runs,
+    empty_partial,
+    finalize,
+    flatten_polygons,
+    labels_block_stats,
+    merge_partials,
+    polygon_runs,
+    reduce_pairs,
+    runs_block_stats,
+    runs_label_counts,
+)
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 from tissuestack.ops._aggregate_shapes import xy_map
+from tissuestack.transforms import AffineMap
 
 __all__ = ["image_by_labels", "image_by_shapes", "labels_by_shapes"]
 
 _FANIN = 8  # partial results merged per reduction task
 _LUT_MAX = 1 << 22  # label ids spanning at most this range (or 4x their number) use a lookup table (<= 32 MB)
-_SPATIAL = ("z", "y", "x")
 
 
 # ============================================================================================ helpers
@@ -86,7 +102,6 @@ def _channel_selection(
 
 
 def _check_statistic(agg: str, what: str) -> None:
-    from tissuestack.kernels._zonal import STATISTICS
 
     if agg not in STATISTICS:
         raise ValueError(f"{what}: agg_func must be one of {STATISTICS}, got {agg!r}")
@@ -125,19 +140,13 @@ def _zone_lookup(ids: pd.Index, what: str) -> tuple[np.ndarray, int, np.ndarray,
 
 
 def _partial_merge(n_channels: int) -> Callable[[list[Any]], Any]:
-    from tissuestack.kernels._zonal import merge_partials
-
-    def merge(parts: list[Any]) -> Any:
-        return merge_partials(parts, n_channels)
-
-    return merge
+    return functools.partial(merge_partials, n_channels=n_channels)
 
 
 def _statistics_result(
     partials_by_chunk: list[tuple[Any, int]], n_zones: int, agg: str, names: list[str], uns: dict
 ) -> PairResult:
     """Compute the delayed per-channel-chunk partials and finalise the statistic (zones x channels)."""
-    from tissuestack.kernels._zonal import empty_partial, finalize
 
     todo = [(i, p) for i, (p, _) in enumerate(partials_by_chunk) if p is not None]
     computed = dask.compute(*[p for _, p in todo], scheduler=scheduler()) if todo else ()
@@ -151,9 +160,7 @@ def _statistics_result(
     return PairResult(X, names, uns=uns)
 
 
-def _as_partial(t: tuple) -> Any:
-    from tissuestack.kernels._zonal import ZonalPartial
-
+def _as_partial(t: tuple) -> ZonalPartial:
     return ZonalPartial(*t)
 
 
@@ -212,7 +219,6 @@ def _take(arr: da.Array, axis: int, idx: np.ndarray) -> da.Array:
 
 
 def _labels_block(img: np.ndarray, lab: np.ndarray, lut, lut_start, sorted_ids, sorted_rows, n, want_m2):
-    from tissuestack.kernels._zonal import labels_block_stats
 
     values = np.asarray(img, dtype=np.float64).reshape(img.shape[0], -1)
     labels = np.asarray(lab).astype(np.int64, copy=False).ravel()
@@ -275,7 +281,6 @@ def image_by_labels(inp: PairInput) -> PairResult:
 # ============================================================================================ shapes as runs
 def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[tuple[np.ndarray, ...], float]:
     """Row runs of the ``by`` shapes on the ``values`` raster grid (grouped by row) and the pixel area."""
-    from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
 
     lin, off = xy_map(inp.values_to_by, what)  # raster pixel -> shapes frame
     det = float(np.linalg.det(lin))
@@ -333,7 +338,6 @@ def _block_grid(arr: da.Array, spatial: tuple[str, ...]):
 
 
 def _runs_block(img: np.ndarray, runs: tuple, y0: int, x0: int, n: int, want_m2: bool):
-    from tissuestack.kernels._zonal import runs_block_stats
 
     values = np.asarray(img, dtype=np.float64)
     if values.ndim == 3:
@@ -353,10 +357,6 @@ def _level_map(inp: PairInput, element: Any, level: int) -> PairInput:
     """``inp`` with ``values_to_by`` starting from pyramid level ``level`` instead of level 0."""
     if level == 0:
         return inp
-    from dataclasses import replace
-
-    from tissuestack.transforms import AffineMap
-
     levels = raster_levels(element)
     m = inp.values_to_by
     f = np.array(
@@ -399,7 +399,6 @@ def image_by_shapes(inp: PairInput) -> PairResult:
 
 # ============================================================================================ labels by shapes
 def _count_block(lab: np.ndarray, runs: tuple, y0: int, x0: int) -> tuple[np.ndarray, ...]:
-    from tissuestack.kernels._zonal import reduce_pairs, runs_label_counts
 
     arr = np.asarray(lab).astype(np.int64, copy=False)
     if arr.ndim == 2:
@@ -408,7 +407,6 @@ def _count_block(lab: np.ndarray, runs: tuple, y0: int, x0: int) -> tuple[np.nda
 
 
 def _merge_counts(parts: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
-    from tissuestack.kernels._zonal import reduce_pairs
 
     return reduce_pairs(*(np.concatenate([p[i] for p in parts]) for i in range(3)))
 

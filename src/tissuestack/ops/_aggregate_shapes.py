@@ -52,6 +52,7 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from shapely.errors import GEOSException
 
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
+from tissuestack.kernels._zonal import disc_polygon_areas, flatten_polygons
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 from tissuestack.transforms import AffineMap
 
@@ -193,7 +194,6 @@ def _disc_polygon(
     discs: _Side, d_idx: np.ndarray, polys: _Side, p_idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(intersection area, overlaps with positive area, polygon area)`` of each disc/polygon pair."""
-    from tissuestack.kernels._zonal import disc_polygon_areas, flatten_polygons
 
     if len(d_idx) == 0:
         return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0)
