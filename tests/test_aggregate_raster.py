@@ -243,3 +243,16 @@ def test_labels_by_shapes_areas(rng):
     np.testing.assert_allclose(table.X.toarray(), expected)
     with pytest.raises(ValueError, match="agg_func"):
         labels_by_shapes(raster_pair(labels, shapes, agg="mean"))
+
+
+def test_image_by_shapes_at_a_pyramid_level(rng):
+    img = rng.random((1, 64, 64))
+    image = Image2DModel.parse(img, scale_factors=[2], chunks=16)
+    shapes = polygons(rng, 5, 64.0)
+    res = image_by_shapes(raster_pair(image, shapes, agg="sum", options={"level": 1}))
+    assert res.uns["image_level"] == 1
+    level1 = ts.elements.raster_levels(image)[1].values
+    masks = centre_masks(shapes, 32, 32, 2.0)  # level-1 pixels are 2 x 2 level-0 pixels
+    np.testing.assert_allclose(res.X[:, 0], [level1[0][m].sum() for m in masks])
+    with pytest.raises(ValueError, match="level"):
+        image_by_shapes(raster_pair(image, shapes, options={"level": 2}))
