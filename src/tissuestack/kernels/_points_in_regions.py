@@ -575,66 +575,71 @@ def _locate(
     px, py, pz, m, affine, use_z, grid, nx, ny, gx0, gy0, inv_h, cand_start, cand, is_circle, edge_start,
     edges, circles, n_regions, out,
 ):  # pragma: no cover - compiled  # fmt: skip
-    """Phase 1 resolves every point whose grid cell is decided (one lookup). Phase 2 tests the others in order
-    of their candidate region, so that the edges (or candidate lists) they read are close in memory."""
+    """1. one grid lookup per point (a tight gather loop: the memory accesses of many points overlap);
+    2. the undecided points are bucketed by candidate region (a counting sort that also gathers their mapped
+    coordinates), 3. then tested in that order, so the edges or candidate lists they read are close in memory.
+    """
     n = px.shape[0]
-    pend = np.empty(max(1024, n >> 3), dtype=np.int64)
-    pend_code = np.empty(pend.shape[0], dtype=np.int32)
-    n_pend = 0
     for i in range(n):
         x, y = _mapped(i, px, py, pz, m, affine, use_z)
         u = (x - gx0) * inv_h
         v = (y - gy0) * inv_h
-        if not (u >= 0.0 and u < nx and v >= 0.0 and v < ny):
+        if u >= 0.0 and u < nx and v >= 0.0 and v < ny:
+            out[i] = grid[int(v) * nx + int(u)]
+        else:
             out[i] = -1
-            continue
-        g = grid[int(v) * nx + int(u)]
-        if g >= -1:
-            out[i] = g
-            continue
-        out[i] = -1
-        if n_pend >= pend.shape[0]:
-            pend = _grow(pend, n_pend)
-            pend_code = _grow(pend_code, n_pend)
-        pend[n_pend] = i
-        pend_code[n_pend] = g
-        n_pend += 1
-    # counting sort of the pending points by (candidate region >> shift)
+    # 2. bucket the undecided points (out < -1) by (candidate region >> shift)
     shift = 0
     while (n_regions >> shift) > 65536:
         shift += 1
     n_buckets = (n_regions >> shift) + 1
-    key = np.empty(n_pend, dtype=np.int32)
     start = np.zeros(n_buckets + 1, dtype=np.int64)
-    for k in range(n_pend):
-        g = pend_code[k]
-        s = -2 - g
-        if s >= n_regions:
-            c = cand[cand_start[s - n_regions]]
-            s = c if c >= 0 else ~c
-        key[k] = s >> shift
-        start[key[k] + 1] += 1
+    n_pend = 0
+    for i in range(n):
+        g = out[i]
+        if g < -1:
+            s = -2 - g
+            if s >= n_regions:
+                c = cand[cand_start[s - n_regions]]
+                s = c if c >= 0 else ~c
+            start[(s >> shift) + 1] += 1
+            n_pend += 1
     for b in range(n_buckets):
         start[b + 1] += start[b]
-    order = np.empty(n_pend, dtype=np.int64)
-    for k in range(n_pend):
-        order[start[key[k]]] = k
-        start[key[k]] += 1
+    idx = np.empty(n_pend, dtype=np.int64)
+    code = np.empty(n_pend, dtype=np.int32)
+    xs = np.empty(n_pend, dtype=np.float64)
+    ys = np.empty(n_pend, dtype=np.float64)
+    for i in range(n):
+        g = out[i]
+        if g < -1:
+            s = -2 - g
+            if s >= n_regions:
+                c = cand[cand_start[s - n_regions]]
+                s = c if c >= 0 else ~c
+            b = s >> shift
+            k = start[b]
+            start[b] = k + 1
+            x, y = _mapped(i, px, py, pz, m, affine, use_z)
+            idx[k] = i
+            code[k] = g
+            xs[k] = x
+            ys[k] = y
+    # 3. exact tests in bucket order
     extra_pt = np.empty(256, dtype=np.int64)
     extra_region = np.empty(256, dtype=np.int32)
     n_extra = 0
-    for j in range(n_pend):
-        k = order[j]
-        i = pend[k]
-        s = -2 - pend_code[k]
-        x, y = _mapped(i, px, py, pz, m, affine, use_z)
+    for k in range(n_pend):
+        i = idx[k]
+        s = -2 - code[k]
+        x = xs[k]
+        y = ys[k]
         if s < n_regions:  # a single candidate
             if is_circle:
                 hit = _in_circle(s, x, y, circles)
             else:
                 hit = _in_polygon(s, x, y, edge_start, edges)
-            if hit:
-                out[i] = s
+            out[i] = s if hit else -1
             continue
         slot = s - n_regions
         first = -1
