@@ -221,7 +221,7 @@ def test_transformations_similarity_and_shear(rng):
         dense(shapes_by_shapes(pair(c, placed, keys=["cell_type"], fractions=True)).X),
         atol=1e-9,
     )
-    # a shear: the spots become ellipses in the cells' frame (circles polygonised with their exact area)
+    # a shear: the spots are ellipses in the cells' frame; the cells are mapped into the spots' frame instead
     shear = Affine(np.array([[1.0, 0.3, 2.0], [0.0, 0.8, 1.0], [0, 0, 1]]), ("x", "y"), ("x", "y"))
     res = shapes_by_shapes(pair(c, s_local, shear.inverse(), keys=["cell_type"], fractions=True))
     ellipses = shapely.transform(
@@ -246,3 +246,20 @@ def test_through_the_front_end(rng):
     expected = shapes_by_shapes(pair(c, s, keys=["cell_type"], fractions=True))
     np.testing.assert_allclose(dense(table.X), dense(expected.X), atol=1e-9)
     assert math.isclose(float(table.X.sum()), float(expected.X.sum()), rel_tol=1e-12)
+
+
+def test_circles_by_circles_through_a_shear(rng):
+    dots = ShapesModel.parse(
+        pd.DataFrame(
+            {"x": rng.uniform(0, 60, 40), "y": rng.uniform(0, 60, 40), "radius": rng.uniform(1, 6, 40)}
+        )
+    )
+    big = spots(80, 20, 8.0)
+    shear = np.array([[1.0, 0.4], [0.1, 0.7]])
+    t = Affine(np.array([[1.0, 0.4, 3.0], [0.1, 0.7, -2.0], [0, 0, 1]]), ("x", "y"), ("x", "y"))
+    res = shapes_by_shapes(pair(dots, big, t, fractions=True))  # the dots become 512-gons of the same area
+    ellipses = shapely.transform(fine(dots), lambda xy: xy @ shear.T + [3.0, -2.0])
+    inter = shapely.area(shapely.intersection(ellipses[:, None], fine(big)[None, :]))
+    expected = (inter / shapely.area(ellipses)[:, None]).sum(axis=0)
+    np.testing.assert_allclose(res.X[:, 0], expected, atol=3e-4)
+    assert res.X.sum() > 3
