@@ -314,7 +314,7 @@ def _write_boundaries_hdf5(folder: Path, parts: list, entity: np.ndarray, boxes:
     folder.mkdir(exist_ok=True)
     fov = (boxes[:, 1] >= FOV_SPLIT_COLUMN).astype(int)
     for f in np.unique(fov).tolist():
-        with h5py.File(folder / f"feature_data_{f}.hdf5", "w") as h5:
+        with h5py.File(folder / f"feature_data_{f}.hdf5", "w", libver="latest") as h5:
             root = h5.create_group("featuredata")
             for k in np.flatnonzero(fov == f).tolist():
                 cell = root.create_group(str(int(entity[k])))
