@@ -373,10 +373,13 @@ def test_protein_if_image_and_missing_boundary(bundles, read):
     assert cb.index.tolist() == [ids[i] for i in (0, 2, 3, 4, 5)]
 
 
-def test_feature_types_option_and_all_features(bundles):
+@pytest.mark.parametrize("feature_types", [(), None])
+def test_feature_types_option_and_all_features(bundles, feature_types):
     path = bundles["3.1.0"]
     _, names, _, dense, _ = h5_dense(path / "cell_feature_matrix.h5")
-    sd = xenium(path, feature_types=(), transcripts=False, morphology_focus=False, aligned_images=False)
+    sd = xenium(
+        path, feature_types=feature_types, transcripts=False, morphology_focus=False, aligned_images=False
+    )
     assert sd["table"].var_names.tolist() == names
     assert "Genomic Control" in set(sd["table"].var["feature_types"])
     np.testing.assert_array_equal(np.asarray(sd["table"].X.todense()), dense)
@@ -619,6 +622,39 @@ def test_streaming_convert(bundles, tmp_path):
     back = read_zarr(out)
     assert {"cell_labels", "morphology_mip", "transcripts", "table"} <= set(back)
     assert back["table"].uns["spatialdata_attrs"]["instance_key"] == "cell_id"
+
+
+def test_computes_from_worker_threads_use_one_thread_per_core():
+    """Elements are written from worker threads; dask's own default there would be cores + 4 threads (each
+    holding a transcripts partition), which oversubscribed the cores and raised the conversion's peak memory."""
+    import threading
+    import time
+
+    import dask
+    import dask.system
+
+    from tissuestack._compute import scheduler
+
+    lock = threading.Lock()
+    running, peak = [0], [0]
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        return i
+
+    def compute():
+        tasks = [dask.delayed(task)(i) for i in range(4 * dask.system.CPU_COUNT + 8)]
+        dask.compute(*tasks, scheduler=scheduler())
+
+    worker = threading.Thread(target=compute)
+    worker.start()
+    worker.join()
+    assert 1 <= peak[0] <= dask.system.CPU_COUNT
 
 
 # ------------------------------------------------------------------------------------------------ reference

@@ -892,25 +892,31 @@ class _TranscriptsSource:
 
 
 def _column_categories(folder: Path, columns: Sequence[str]) -> dict[str, list[str]]:
-    """Every value of low-cardinality string columns: one pass over those columns only, read as Parquet
-    dictionaries (the data pages hold dictionary indices, so this is cheap)."""
+    """Every value of low-cardinality string columns: one pass over those columns only, row group by row group,
+    read as Parquet dictionaries (the data pages hold dictionary indices, so this is cheap and bounded)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = folder / TRANSCRIPTS_FILE
+    values: dict[str, set[str]] = {name: set() for name in columns}
     try:
-        table = pq.read_table(path, columns=list(columns), read_dictionary=list(columns))
+        pf = pq.ParquetFile(path, read_dictionary=list(columns))
+        for i in range(pf.metadata.num_row_groups):
+            table = pf.read_row_group(i, columns=list(columns))
+            for name in columns:
+                for chunk in table.column(name).chunks:
+                    dictionary = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk.unique()
+                    values[name].update(_to_str(dictionary.drop_null()).tolist())
+            del table
+    except ReaderError:
+        raise
     except Exception as err:
         raise ReaderError(
             f"{_rel(folder, path)}: cannot read column(s) {list(columns)} (truncated?): {err}"
         ) from err
-    out: dict[str, list[str]] = {}
-    for name in columns:
-        values: set[str] = set()
-        for chunk in table.column(name).chunks:
-            dictionary = chunk.dictionary if hasattr(chunk, "dictionary") else chunk.unique()
-            values.update(v for v in _to_str(dictionary.drop_null()).tolist())
-        out[name] = sorted(values)
-    return out
+    finally:
+        pa.default_memory_pool().release_unused()  # the allocator would keep the pages otherwise
+    return {name: sorted(v) for name, v in values.items()}
 
 
 def _string_dtype():
@@ -1272,10 +1278,7 @@ def iter_xenium(path: str | os.PathLike, **options: Any) -> Iterator[tuple[str, 
     unknown = set(options) - set(_DEFAULTS)
     if unknown:
         raise TypeError(f"xenium: unknown option(s) {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
-    opts = {
-        **_DEFAULTS,
-        **{k: v for k, v in options.items() if v is not None or k == "pixel_coordinate_system"},
-    }
+    opts = {**_DEFAULTS, **options}
     if isinstance(opts["feature_types"], str):
         opts["feature_types"] = (opts["feature_types"],)
     folder = Path(path)
