@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import dask
+import dask.system
 import dask.threaded
 
 __all__ = ["scheduler"]
@@ -27,6 +29,21 @@ def scheduler() -> Callable[..., Any] | None:
         try:
             dist.default_client()
         except ValueError:  # imported, but no Client: dask would use the local scheduler anyway
-            return dask.threaded.get
+            return _local_threaded()
         return None
-    return dask.threaded.get
+    return _local_threaded()
+
+
+def _local_threaded() -> Callable[..., Any]:
+    # from a worker thread (e.g. an element written concurrently with others) dask.threaded.get would build a
+    # pool of min(32, cores + 4) threads: oversubscribed cores and that many partitions in memory at once
+    if threading.current_thread() is threading.main_thread():
+        return dask.threaded.get
+    return _threaded_get_per_core
+
+
+def _threaded_get_per_core(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    """dask's threaded scheduler with one thread per core (or ``num_workers``), from any thread."""
+    if kwargs.get("num_workers") is None:
+        kwargs["num_workers"] = dask.config.get("num_workers", None) or dask.system.CPU_COUNT
+    return dask.threaded.get(dsk, keys, **kwargs)
