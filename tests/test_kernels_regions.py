@@ -266,3 +266,14 @@ def test_reduce_values_matches_pandas_groupby():
     np.testing.assert_allclose(stats["max"], g.max().reindex(range(40)).to_numpy())
     var = stats["m2"] / (stats["count"] - 1)
     np.testing.assert_allclose(var, g.var().reindex(range(40)).to_numpy(), rtol=1e-10)
+
+
+def test_unique_labels_matches_numpy():
+    rng = np.random.default_rng(19)
+    for dtype in (np.uint8, np.uint16, np.int32, np.uint32, np.int64):
+        block = rng.integers(0, 120, (70, 90)).astype(dtype)
+        got = K.unique_labels(block)
+        assert np.array_equal(got, np.unique(block)) and got.dtype == block.dtype
+    assert K.unique_labels(np.array([5, -3, 7, 5], dtype=np.int32)).tolist() == [-3, 5, 7]
+    assert K.unique_labels(np.array([0, 1 << 40, 3], dtype=np.int64)).tolist() == [0, 3, 1 << 40]  # wide span
+    assert K.union_labels(np.array([1, 4]), np.array([2, 4, 9])).tolist() == [1, 2, 4, 9]

@@ -1046,3 +1046,33 @@ def reduce_values(
     if with_m2:
         out["m2"] = m2
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# distinct label values
+# ------------------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _mark_present(flat, lo, present):  # pragma: no cover - compiled
+    for i in range(flat.shape[0]):
+        present[np.int64(flat[i]) - lo] = True
+
+
+def unique_labels(block: np.ndarray, max_span: int = 1 << 27) -> np.ndarray:
+    """Sorted distinct values of an integer array in O(n) (a presence table) when their span ``max - min`` is at
+    most ``max_span``; otherwise ``np.unique``."""
+    flat = np.ascontiguousarray(block).reshape(-1)
+    if flat.size == 0 or flat.dtype.kind not in "iu":
+        return np.unique(flat)
+    lo, hi = int(flat.min()), int(flat.max())
+    if hi - lo > max_span or hi >= 1 << 63:
+        return np.unique(flat)
+    present = np.zeros(hi - lo + 1, dtype=np.bool_)
+    _mark_present(flat, lo, present)
+    return (np.flatnonzero(present) + lo).astype(flat.dtype)
+
+
+def union_labels(*parts: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of several arrays of sorted distinct values."""
+    return unique_labels(np.concatenate(parts)) if len(parts) > 1 else parts[0]

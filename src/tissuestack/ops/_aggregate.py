@@ -16,10 +16,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import anndata as ad
+import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     SPATIAL_KINDS,
@@ -266,12 +269,26 @@ def _values_to_by(
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _labels_ids(by: Any) -> pd.Index:
+    """Sorted distinct values of a labels raster (full resolution), chunk by chunk in O(n) each."""
+    from tissuestack.kernels._points_in_regions import union_labels, unique_labels
+
+    data = raster_levels(by)[0].data
+    if not isinstance(data, da.Array):
+        return pd.Index(unique_labels(np.asarray(data)))
+    parts = [dask.delayed(unique_labels)(block) for block in data.to_delayed().ravel()]
+    while len(parts) > 1:
+        parts = [dask.delayed(union_labels)(*parts[i : i + 16]) for i in range(0, len(parts), 16)]
+    (ids,) = dask.compute(parts[0], scheduler=scheduler())
+    return pd.Index(ids)
+
+
 def _by_instances(by: Any, kind: str, name: str | None) -> pd.Index:
     """Instance ids of ``by`` in the order of ``by``; for labels the sorted values without the background 0."""
-    ids = element_instances(by, name=name)
     if kind == "labels":
-        ids = ids[ids != 0]
-    return ids
+        ids = _labels_ids(by)
+        return ids[ids != 0]
+    return element_instances(by, name=name)
 
 
 def _assemble(
