@@ -193,24 +193,44 @@ def _lens_area(d: np.ndarray, r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
 def _disc_polygon(
     discs: _Side, d_idx: np.ndarray, polys: _Side, p_idx: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(intersection area, overlaps with positive area, polygon area)`` of each disc/polygon pair."""
+    """``(intersection area, overlaps with positive area, polygon area)`` of each disc/polygon pair.
 
-    if len(d_idx) == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0)
+    A polygon whose bounding box lies in the disc is inside it (the disc is convex): its own area, no kernel.
+    """
+    n = len(d_idx)
+    inter, overlaps, poly_area = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n)
+    if n == 0:
+        return inter, overlaps, poly_area
+    cx, cy, r = shapely.get_x(discs.geoms), shapely.get_y(discs.geoms), discs.radius
     uniq, inv = np.unique(p_idx, return_inverse=True)
-    flat = flatten_polygons(polys.geoms[uniq])
-    return disc_polygon_areas(
-        shapely.get_x(discs.geoms),
-        shapely.get_y(discs.geoms),
-        discs.radius,
-        d_idx.astype(np.int64),
-        inv.astype(np.int64),
-        flat.x,
-        flat.y,
-        flat.ring_offsets,
-        flat.ring_sign,
-        flat.geom_ring_offsets,
-    )
+    geoms = polys.geoms[uniq]
+    x0, y0, x1, y1 = shapely.bounds(geoms).T
+    pcx, pcy = cx[d_idx], cy[d_idx]
+    far_x = np.maximum(np.abs(x0[inv] - pcx), np.abs(x1[inv] - pcx))
+    far_y = np.maximum(np.abs(y0[inv] - pcy), np.abs(y1[inv] - pcy))
+    inside = far_x * far_x + far_y * far_y <= r[d_idx] ** 2
+    if inside.any():
+        used, where = np.unique(inv[inside], return_inverse=True)
+        poly_area[inside] = shapely.area(geoms[used])[where]
+        inter[inside] = poly_area[inside]
+        overlaps[inside] = poly_area[inside] > 0
+    rest = np.flatnonzero(~inside)
+    if len(rest):
+        used, where = np.unique(inv[rest], return_inverse=True)
+        flat = flatten_polygons(geoms[used])
+        inter[rest], overlaps[rest], poly_area[rest] = disc_polygon_areas(
+            cx,
+            cy,
+            r,
+            d_idx[rest].astype(np.int64),
+            where.astype(np.int64),
+            flat.x,
+            flat.y,
+            flat.ring_offsets,
+            flat.ring_sign,
+            flat.geom_ring_offsets,
+        )
+    return inter, overlaps, poly_area
 
 
 def _circle_boxes(side: _Side) -> np.ndarray:
