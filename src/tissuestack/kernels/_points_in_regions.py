@@ -375,30 +375,32 @@ def _edges_from_coords(coords, ring, owner_of_ring, n):  # pragma: no cover - co
 
 @numba.njit(cache=True, nogil=True)
 def _sort_edges_by_y(edge_start, edges):  # pragma: no cover - compiled
-    """Sort each polygon's edges by their lower y (insertion sort per polygon; most polygons are small)."""
+    """Sort each polygon's edges by their lower y: a Shell sort (gaps 1, 4, 13, ...) per polygon, insertion
+    sort for the usual small polygons, O(n^1.5) for huge ones."""
     for s in range(edge_start.shape[0] - 1):
         lo = edge_start[s]
-        hi = edge_start[s + 1]
-        if hi - lo > 64:
-            order = np.argsort(edges[lo:hi, 1], kind="mergesort")
-            edges[lo:hi] = edges[lo:hi][order]
-            continue
-        for i in range(lo + 1, hi):
-            a0 = edges[i, 0]
-            a1 = edges[i, 1]
-            a2 = edges[i, 2]
-            a3 = edges[i, 3]
-            j = i
-            while j > lo and edges[j - 1, 1] > a1:
-                edges[j, 0] = edges[j - 1, 0]
-                edges[j, 1] = edges[j - 1, 1]
-                edges[j, 2] = edges[j - 1, 2]
-                edges[j, 3] = edges[j - 1, 3]
-                j -= 1
-            edges[j, 0] = a0
-            edges[j, 1] = a1
-            edges[j, 2] = a2
-            edges[j, 3] = a3
+        n = edge_start[s + 1] - lo
+        gap = 1
+        while gap < n // 3:
+            gap = 3 * gap + 1
+        while gap >= 1:
+            for i in range(lo + gap, lo + n):
+                a0 = edges[i, 0]
+                a1 = edges[i, 1]
+                a2 = edges[i, 2]
+                a3 = edges[i, 3]
+                j = i
+                while j >= lo + gap and edges[j - gap, 1] > a1:
+                    edges[j, 0] = edges[j - gap, 0]
+                    edges[j, 1] = edges[j - gap, 1]
+                    edges[j, 2] = edges[j - gap, 2]
+                    edges[j, 3] = edges[j - gap, 3]
+                    j -= gap
+                edges[j, 0] = a0
+                edges[j, 1] = a1
+                edges[j, 2] = a2
+                edges[j, 3] = a3
+            gap //= 3
 
 
 @dataclass(frozen=True)
@@ -667,10 +669,8 @@ def _locate(
 
 
 def _coords(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype not in (np.float32, np.float64):
-        a = a.astype(np.float64)
-    return np.ascontiguousarray(a)
+    # one compiled signature: float64 (float32 columns cost one conversion pass, far less than a second compile)
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 def _affine_args(linear: np.ndarray | None, offset: np.ndarray | None) -> tuple[np.ndarray, bool, bool]:
@@ -806,11 +806,11 @@ def lookup_labels(
     vol = arr[None] if ndim == 2 else arr
     if not vol.flags.c_contiguous:
         vol = np.ascontiguousarray(vol)
-    px = _coords(x)
-    py = _coords(y).astype(px.dtype, copy=False)
+    px = np.ascontiguousarray(x, dtype=np.float64)
+    py = np.ascontiguousarray(y, dtype=np.float64)
     n = len(px)
     m = _label_map(linear, offset, ndim)
-    pz = _coords(z).astype(px.dtype, copy=False) if z is not None else np.zeros(0, dtype=px.dtype)
+    pz = np.ascontiguousarray(z, dtype=np.float64) if z is not None else np.zeros(0, dtype=np.float64)
     out = np.empty(n, dtype=vol.dtype)
     _lookup_labels(px, py, pz, m, vol, out)
     return out
@@ -829,11 +829,11 @@ def pixel_indices(
     ``shape`` (2-D or 3-D), with the same mapping and floor rule as :func:`lookup_labels`."""
     ndim = len(shape)
     dims = (1, *shape) if ndim == 2 else tuple(shape)
-    px = _coords(x)
-    py = _coords(y).astype(px.dtype, copy=False)
+    px = np.ascontiguousarray(x, dtype=np.float64)
+    py = np.ascontiguousarray(y, dtype=np.float64)
     n = len(px)
     m = _label_map(linear, offset, ndim)
-    pz = _coords(z).astype(px.dtype, copy=False) if z is not None else np.zeros(0, dtype=px.dtype)
+    pz = np.ascontiguousarray(z, dtype=np.float64) if z is not None else np.zeros(0, dtype=np.float64)
     out = np.zeros((n, 3), dtype=np.int64)
     _pixel_of(px, py, pz, m, dims[0], dims[1], dims[2], out)
     return out
@@ -878,6 +878,14 @@ def labels_lut(ids: np.ndarray, max_size: int = 1 << 26) -> np.ndarray | None:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _pair_arrays(rows, cols, extra_rows, extra_cols) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """int32 arrays for the count kernels (one compiled signature whatever the category code width)."""
+    i32 = np.int32
+    er = np.empty(0, dtype=i32) if extra_rows is None else np.ascontiguousarray(extra_rows, dtype=i32)
+    ec = np.empty(0, dtype=i32) if extra_cols is None else np.ascontiguousarray(extra_cols, dtype=i32)
+    return np.ascontiguousarray(rows, dtype=i32), np.ascontiguousarray(cols, dtype=i32), er, ec
+
+
 @numba.njit(cache=True, nogil=True)
 def _count_dense(rows, cols, extra_rows, extra_cols, n_cols, out):  # pragma: no cover - compiled
     for i in range(rows.shape[0]):
@@ -902,9 +910,8 @@ def count_pairs_dense(
 ) -> np.ndarray:
     """Dense ``n_rows x n_cols`` int64 counts of the pairs ``(rows[i], cols[i])`` (negative entries skipped)."""
     out = np.zeros(n_rows * n_cols, dtype=np.int64)
-    er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows)
-    ec = np.empty(0, dtype=cols.dtype) if extra_cols is None else np.asarray(extra_cols, dtype=cols.dtype)
-    _count_dense(np.asarray(rows), np.asarray(cols), er, ec, n_cols, out)
+    r, c, er, ec = _pair_arrays(rows, cols, extra_rows, extra_cols)
+    _count_dense(r, c, er, ec, n_cols, out)
     return out.reshape(n_rows, n_cols)
 
 
@@ -951,8 +958,6 @@ def _count_csr(rows, cols, extra_rows, extra_cols, n_rows, n_cols):  # pragma: n
                 indices[nnz] = c
                 nnz += 1
             scratch[c] += 1
-        if nnz - k0 > 1:
-            indices[k0:nnz].sort()
         for k in range(k0, nnz):
             c = indices[k]
             data[k] = scratch[c]
@@ -969,11 +974,11 @@ def count_pairs_csr(
     extra_rows: np.ndarray | None = None,
     extra_cols: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts of the pairs ``(rows[i], cols[i])`` as CSR arrays ``(indptr, indices, data)`` with sorted column
-    indices, in O(n) (a counting sort by row, then a scratch counter per row). Negative entries are skipped."""
-    er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows)
-    ec = np.empty(0, dtype=cols.dtype) if extra_cols is None else np.asarray(extra_cols, dtype=cols.dtype)
-    return _count_csr(np.asarray(rows), np.asarray(cols), er, ec, n_rows, n_cols)
+    """Counts of the pairs ``(rows[i], cols[i])`` as CSR arrays ``(indptr, indices, data)`` (column indices in
+    order of first appearance within each row, no duplicates), in O(n): a counting sort by row, then a scratch
+    counter per row. Negative entries are skipped."""
+    r, c, er, ec = _pair_arrays(rows, cols, extra_rows, extra_cols)
+    return _count_csr(r, c, er, ec, n_rows, n_cols)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1041,7 +1046,7 @@ def reduce_values(
     m2 = np.zeros((n_rows, k) if with_m2 else (0, 0), dtype=np.float64)
     ep = np.empty(0, dtype=np.int64) if extra_points is None else np.asarray(extra_points, dtype=np.int64)
     er = np.empty(0, dtype=np.int32) if extra_rows is None else np.asarray(extra_rows, dtype=np.int32)
-    _reduce(np.asarray(rows), ep, er, vals, with_m2, count, total, lo, hi, m2)
+    _reduce(np.ascontiguousarray(rows, dtype=np.int32), ep, er, vals, with_m2, count, total, lo, hi, m2)
     out = {"count": count, "sum": total, "min": lo, "max": hi}
     if with_m2:
         out["m2"] = m2

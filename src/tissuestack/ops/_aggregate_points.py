@@ -144,6 +144,7 @@ def _finish(plan: _Plan, total: Any, agg_func: str) -> PairResult:
     if plan.mode == "categories":
         X = sp.csr_matrix(total) if not sp.issparse(total) else total.tocsr()
         X.sum_duplicates()
+        X.sort_indices()
         X.eliminate_zeros()
         return PairResult(X=X.astype(np.int32), columns=[str(c) for c in plan.categories])
     count, s = total["count"], total["sum"]
