@@ -808,7 +808,6 @@ def _polygons(folder: Path, name: str, cells: _Cells | None, specs: _Specs, opti
         return ShapesModel.parse(gdf, transformations=transformations, name=element)
 
     # several closed rings under one cell id: the nuclei of a multinucleate cell in early 2.0.0 builds
-    ring_ends = np.append(ring_starts[1:], n)
     polygons = shapely.from_ragged_array(
         shapely.GeometryType.POLYGON,
         coords,
@@ -825,7 +824,7 @@ def _polygons(folder: Path, name: str, cells: _Cells | None, specs: _Specs, opti
             return ShapesModel.parse(gdf, transformations=transformations, name=element)
     warnings.warn(
         f"{_rel(folder, path)}: some cell ids own several closed rings and no label_id column maps them to "
-        f"the label masks; reading one MultiPolygon per cell id ({int(np.sum(ring_ends > 0))} rings)",
+        f"the label masks; reading one MultiPolygon per cell id ({len(ring_starts)} rings, {len(starts)} ids)",
         UserWarning,
         stacklevel=3,
     )
