@@ -413,6 +413,27 @@ def test_table_falls_back_to_the_boundaries_without_labels(bundles):
     assert set(sd["table"].obs["cell_id"]) == set(sd["cell_boundaries"].index)
 
 
+def test_without_cells_zarr_the_table_annotates_the_boundaries(bundles, tmp_path):
+    path = tmp_path / "nozarr"
+    shutil.copytree(bundles["1.7.1"], path)
+    (path / "cells.zarr.zip").unlink()
+    sd = xenium(path, cell_labels=False, nucleus_labels=False, transcripts=False, aligned_images=False)
+    attrs = sd["table"].uns["spatialdata_attrs"]
+    assert attrs["region"] == "cell_boundaries" and attrs["instance_key"] == "cell_id"
+    assert "cell_labels" not in sd["table"].obs.columns
+    assert sd["cell_boundaries"].index.tolist() == sd["table"].obs["cell_id"].tolist()
+
+
+def test_macos_metadata_files_are_ignored(bundles, tmp_path):
+    path = tmp_path / "mac"
+    shutil.copytree(bundles["4.0.0"], path)
+    (path / "morphology_focus" / "._ch0000_dapi.ome.tif").write_bytes(b"AppleDouble")
+    (path / "._Synthetic_he_image.ome.tif").write_bytes(b"AppleDouble")
+    sd = xenium(path, transcripts=False, cells_table=False)
+    assert list(raster_levels(sd["morphology_focus"])[0].coords["c"].values) == FOCUS_4
+    assert set(sd.images) == {"morphology_focus", "he_image"}
+
+
 def test_min_qv_filters_rows_while_reading(bundles):
     path = bundles["4.0.0"]
     tx = pq.read_table(path / "transcripts.parquet").to_pandas()
