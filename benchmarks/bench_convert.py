@@ -109,7 +109,9 @@ def du_mb(path: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cells", type=int, default=100_000)
     parser.add_argument("--tx", type=int, default=20_000_000)
     parser.add_argument("--genes", type=int, default=300)
@@ -139,7 +141,9 @@ def main() -> None:
 
     ours, ref = results.get("tissuestack"), results.get("reference")
     print()
-    print(f"Xenium bundle: {args.cells:,} cells, {args.tx:,} transcripts, {args.genes} genes ({du_mb(bundle)} MB)")
+    print(
+        f"Xenium bundle: {args.cells:,} cells, {args.tx:,} transcripts, {args.genes} genes ({du_mb(bundle)} MB)"
+    )
     print("| metric | tissuestack | reference | ratio |")
     print("|---|---|---|---|")
     for key, label, better in (
