@@ -424,6 +424,18 @@ def test_without_cells_zarr_the_table_annotates_the_boundaries(bundles, tmp_path
     assert sd["cell_boundaries"].index.tolist() == sd["table"].obs["cell_id"].tolist()
 
 
+def test_label_id_without_cells_zarr_keeps_one_polygon_per_nucleus(bundles, tmp_path):
+    path = tmp_path / "nozarr2"
+    shutil.copytree(bundles["2.0.0"], path)
+    (path / "cells.zarr.zip").unlink()
+    sd = xenium(path, cell_labels=False, nucleus_labels=False, transcripts=False, morphology_focus=False)
+    nb = sd["nucleus_boundaries"]
+    ids = sd["table"].obs_names.tolist()
+    assert nb.index.tolist() == [1, 2, 3, 4, 5, 6]
+    assert nb["cell_id"].tolist() == [ids[i] for i in (0, 1, 2, 2, 3, 5)]
+    assert sd["cell_boundaries"].index.tolist() == ids
+
+
 def test_macos_metadata_files_are_ignored(bundles, tmp_path):
     path = tmp_path / "mac"
     shutil.copytree(bundles["4.0.0"], path)

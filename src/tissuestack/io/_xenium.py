@@ -734,8 +734,17 @@ def _polygons(folder: Path, name: str, cells: _Cells | None, specs: _Specs, opti
             f"{_rel(folder, path)}: no polygon id column; expected 'label_id' (XOA >= 2.0) or 'cell_id', found "
             f"{list(names)}"
         )
-    by_label = has_label and cells is not None and cells.mapping == "polygon_sets"
-    columns = ["vertex_x", "vertex_y"] + (["label_id"] if by_label else [CELL_ID])
+    # label_id (>= 2.0) identifies each polygon; the cell ids then come from the zarr when it maps labels to
+    # cells, else from the parquet's own cell_id column
+    zarr_ids = has_label and cells is not None and cells.mapping == "polygon_sets"
+    columns = ["vertex_x", "vertex_y", "label_id" if has_label else CELL_ID]
+    if has_label and not zarr_ids:
+        if CELL_ID not in names:
+            raise ReaderError(
+                f"{_rel(folder, path)}: no 'cell_id' column and no {CELLS_ZARR} mapping label_id to cells; "
+                f"expected a cell_id column, found {list(names)}"
+            )
+        columns.append(CELL_ID)
     try:
         table = pf.read(columns=columns)
     except Exception as err:
@@ -750,7 +759,7 @@ def _polygons(folder: Path, name: str, cells: _Cells | None, specs: _Specs, opti
     key = table.column(columns[2])
     if n == 0:
         starts = np.zeros(0, dtype=np.int64)
-    elif by_label:
+    elif has_label:
         labels = key.to_numpy().astype(np.int64)
         starts = np.flatnonzero(np.concatenate([[True], labels[1:] != labels[:-1]]))
         n_unique = len(np.unique(labels))
@@ -772,30 +781,32 @@ def _polygons(folder: Path, name: str, cells: _Cells | None, specs: _Specs, opti
     pixel_cs = options["pixel_coordinate_system"]
     transformations = specs.transformations("vector", pixel_cs)
 
-    if by_label:
-        assert cells is not None
-        group_labels = labels[starts]
-        owner_of = cells.nucleus_owner if nucleus else None
-        n_polygons = len(owner_of) if owner_of is not None else cells.n
-        if len(group_labels) and (group_labels.min() < 1 or group_labels.max() > n_polygons):
-            raise ReaderError(
-                f"{_rel(folder, path)}: label_id values outside 1..{n_polygons} (the polygons of {CELLS_ZARR})"
-            )
-        if nucleus:
-            rows = owner_of[group_labels - 1]  # type: ignore[index]
+    if has_label:
+        group_labels = labels[starts] if n else np.zeros(0, dtype=np.int64)
+        if zarr_ids:
+            assert cells is not None
+            owner_of = cells.nucleus_owner if nucleus else None
+            n_polygons = len(owner_of) if owner_of is not None else cells.n
+            if len(group_labels) and (group_labels.min() < 1 or group_labels.max() > n_polygons):
+                raise ReaderError(
+                    f"{_rel(folder, path)}: label_id values outside 1..{n_polygons} (the polygons of {CELLS_ZARR})"
+                )
+            if nucleus:
+                rows = owner_of[group_labels - 1]  # type: ignore[index]
+            else:
+                rows = np.empty(cells.n, dtype=np.int64)
+                rows[cells.cell_labels - 1] = np.arange(cells.n)
+                rows = rows[group_labels - 1]
+            ids = cells.ids[rows]
         else:
-            rows = np.empty(cells.n, dtype=np.int64)
-            rows[cells.cell_labels - 1] = np.arange(cells.n)
-            rows = rows[group_labels - 1]
+            ids = _ids_column(table.column(CELL_ID).take(starts)) if n else np.zeros(0, dtype=str)
         geoms = shapely.from_ragged_array(
             shapely.GeometryType.POLYGON, coords, offsets=(np.append(starts, n), np.arange(len(starts) + 1))
         )
         if nucleus:
-            gdf = gpd.GeoDataFrame(
-                {"geometry": geoms, CELL_ID: cells.ids[rows]}, index=pd.Index(group_labels, name=None)
-            )
+            gdf = gpd.GeoDataFrame({"geometry": geoms, CELL_ID: ids}, index=pd.Index(group_labels, name=None))
         else:
-            gdf = gpd.GeoDataFrame({"geometry": geoms}, index=pd.Index(cells.ids[rows], name=CELL_ID))
+            gdf = gpd.GeoDataFrame({"geometry": geoms}, index=pd.Index(ids, name=CELL_ID))
         return ShapesModel.parse(gdf, transformations=transformations, name=element)
 
     ids = _ids_column(key.take(starts)) if n else np.zeros(0, dtype=str)
