@@ -573,16 +573,10 @@ def _mapped(i, px, py, pz, m, affine, use_z):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def _locate(
-    px, py, pz, m, affine, use_z, grid, nx, ny, gx0, gy0, inv_h, cand_start, cand, is_circle, edge_start,
-    edges, circles, n_regions, out,
-):  # pragma: no cover - compiled  # fmt: skip
-    """1. one grid lookup per point (a tight gather loop: the memory accesses of many points overlap);
-    2. the undecided points are bucketed by candidate region (a counting sort that also gathers their mapped
-    coordinates), 3. then tested in that order, so the edges or candidate lists they read are close in memory.
-    """
-    n = px.shape[0]
-    for i in range(n):
+def _grid_values(px, py, pz, m, affine, use_z, grid, nx, ny, gx0, gy0, inv_h, out):  # pragma: no cover
+    """1. The grid value under each point: a tight gather loop whose memory accesses overlap across points.
+    (A separate function: inside a larger one LLVM compiles this loop 2-3x slower.)"""
+    for i in range(px.shape[0]):
         x, y = _mapped(i, px, py, pz, m, affine, use_z)
         u = (x - gx0) * inv_h
         v = (y - gy0) * inv_h
@@ -590,7 +584,13 @@ def _locate(
             out[i] = grid[int(v) * nx + int(u)]
         else:
             out[i] = -1
-    # 2. bucket the undecided points (out < -1) by (candidate region >> shift)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bucket_undecided(px, py, pz, m, affine, use_z, cand_start, cand, n_regions, out):  # pragma: no cover
+    """2. The points whose cell is undecided (``out < -1``), bucketed by candidate region (a counting sort that
+    also gathers their mapped coordinates), so the exact tests read each region's edges close together."""
+    n = out.shape[0]
     shift = 0
     while (n_regions >> shift) > 65536:
         shift += 1
@@ -627,11 +627,18 @@ def _locate(
             code[k] = g
             xs[k] = x
             ys[k] = y
-    # 3. exact tests in bucket order
+    return idx, code, xs, ys
+
+
+@numba.njit(cache=True, nogil=True)
+def _test_undecided(
+    idx, code, xs, ys, cand_start, cand, is_circle, edge_start, edges, circles, n_regions, out
+):  # pragma: no cover - compiled
+    """3. Exact tests of the bucketed points; returns the extra (point, region) pairs of overlapping regions."""
     extra_pt = np.empty(256, dtype=np.int64)
     extra_region = np.empty(256, dtype=np.int32)
     n_extra = 0
-    for k in range(n_pend):
+    for k in range(idx.shape[0]):
         i = idx[k]
         s = -2 - code[k]
         x = xs[k]
@@ -719,11 +726,25 @@ def locate_in_grid(
     pz = pz.astype(px.dtype, copy=False)
     py = py.astype(px.dtype, copy=False)
     out = np.empty(n, dtype=np.int32)
-    extra_pt, extra_region = _locate(
-        px, py, pz, m, affine, use_z, grid.grid, grid.nx, grid.ny, grid.x0, grid.y0, grid.inv_h,
-        grid.cand_start, grid.cand, grid.is_circle, grid.edge_start, grid.edges, grid.circles, grid.n_regions,
+    g = grid
+    _grid_values(px, py, pz, m, affine, use_z, g.grid, g.nx, g.ny, g.x0, g.y0, g.inv_h, out)
+    idx, code, xs, ys = _bucket_undecided(
+        px, py, pz, m, affine, use_z, g.cand_start, g.cand, g.n_regions, out
+    )
+    extra_pt, extra_region = _test_undecided(
+        idx,
+        code,
+        xs,
+        ys,
+        g.cand_start,
+        g.cand,
+        g.is_circle,
+        g.edge_start,
+        g.edges,
+        g.circles,
+        g.n_regions,
         out,
-    )  # fmt: skip
+    )
     return out, extra_pt, extra_region
 
 

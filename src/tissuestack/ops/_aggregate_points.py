@@ -37,7 +37,7 @@ import scipy.sparse as sp
 import shapely
 
 from tissuestack._compute import scheduler
-from tissuestack.elements import raster_levels, shapes_type
+from tissuestack.elements import get_meta, raster_levels, shapes_type
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 
 __all__ = ["points_by_labels", "points_by_shapes"]
@@ -46,6 +46,8 @@ __all__ = ["points_by_labels", "points_by_shapes"]
 _DENSE_COUNTS = 1 << 21
 _LABELS_IN_MEMORY = 512 << 20
 _FAN_IN = 8
+# rows located and reduced at a time within a partition
+_CHUNK = 1 << 20
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -179,9 +181,22 @@ def _empty_partial(plan: _Plan) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _project(points: Any, columns: list[str]) -> Any:
+    """``points[columns]``, unless that would drop at most one column of a frame not read from a store.
+
+    A projection is pushed down to the reader of a stored frame (only those columns are decoded), but on a frame
+    held in memory it copies every partition; dropping one column (typically ``z``) is not worth that copy.
+    """
+    dropped = [c for c in points.columns if c not in columns]
+    if get_meta(points).source is None and len(dropped) <= 1:
+        return points
+    return points[columns]
+
+
 def _run(points: Any, columns: list[str], locate: Callable, context: Any, plan: _Plan, fan_in: int) -> Any:
-    """Map ``locate`` + partial reduction over the partitions of ``points[columns]``; tree-combine; compute."""
-    frame = points[columns]
+    """Map ``locate`` + partial reduction over the partitions of ``points`` (only ``columns`` are read);
+    tree-combine the partials; compute once."""
+    frame = _project(points, columns)
     parts = frame.to_delayed()
     if not parts:
         return _empty_partial(plan)
@@ -197,8 +212,14 @@ def _run(points: Any, columns: list[str], locate: Callable, context: Any, plan: 
 
 
 def _map_partition(part: pd.DataFrame, context: Any, locate: Callable, plan: _Plan) -> Any:
-    rows, extra_pt, extra_rows = locate(context, part)
-    return _partial(plan, part, rows, extra_pt, extra_rows)
+    """The partial result of one partition, computed in slices of ``_CHUNK`` rows: every temporary array stays
+    a few MB, so the allocator reuses memory instead of mapping (and page-faulting) fresh pages per array."""
+    partials = []
+    for a in range(0, max(len(part), 1), _CHUNK):
+        sub = part.iloc[a : a + _CHUNK]
+        rows, extra_pt, extra_rows = locate(context, sub)
+        partials.append(_partial(plan, sub, rows, extra_pt, extra_rows))
+    return _combine(*partials)
 
 
 def _column(part: pd.DataFrame, name: str) -> np.ndarray:
