@@ -17,7 +17,7 @@ from PIL import Image
 from tissuestack import io as tio
 from tissuestack.elements import get_meta, get_transformation, raster_levels
 from tissuestack.errors import ReaderError
-from tissuestack.io import _generic
+from tissuestack.io import _common, _generic
 from tissuestack.io._technology import get_technology
 from tissuestack.transforms import Identity, Scale
 
@@ -215,7 +215,7 @@ def test_read_points_formats(tmp_path, suffix, monkeypatch):
         df.to_csv(path, index=False, sep="\t")
     else:
         df.to_csv(path, index=False)  # pandas compresses .gz from the name
-    monkeypatch.setattr(_generic, "CSV_SPILL_ROWS", 1500)  # several chunks for the gz stream
+    monkeypatch.setattr(_common, "CSV_SPILL_ROWS", 1500)  # several chunks for the gz stream
     pts = tio.read_points(
         path,
         coordinates={"x": "global_x", "y": "global_y", "z": "global_z"},
@@ -265,7 +265,7 @@ def test_read_points_column_errors_name_file_and_columns(tmp_path):
 
 
 def test_read_points_gz_type_change_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(_generic, "CSV_SPILL_ROWS", 2)
+    monkeypatch.setattr(_common, "CSV_SPILL_ROWS", 2)
     path = tmp_path / "t.csv.gz"
     with gzip.open(path, "wt") as fh:
         fh.write("x,y,cell\n1,2,1\n3,4,2\n5,6,abc\n")

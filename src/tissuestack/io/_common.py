@@ -1,14 +1,28 @@
-"""Small helpers shared by the readers: file checks and lazy tabular sources."""
+"""Small helpers shared by the readers: file checks, lazy tabular sources and compressed-CSV spilling."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tissuestack.errors import ReaderError
 
-__all__ = ["frame_columns", "lazy_frame", "require_dir", "require_file", "tabular_format"]
+__all__ = [
+    "frame_columns",
+    "lazy_frame",
+    "require_dir",
+    "require_file",
+    "spill_csv_to_parquet",
+    "tabular_format",
+]
+
+#: rows per chunk when a compressed CSV is streamed into a temporary Parquet file
+CSV_SPILL_ROWS = 1_000_000
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:
@@ -106,3 +120,92 @@ def lazy_frame(
         raise
     except Exception as err:
         raise ReaderError(f"{str(p)!r}: cannot open as {fmt} ({err})") from err
+
+
+_SPILL_DIRS: list[str] = []
+
+
+def _cleanup_spills() -> None:
+    for folder in _SPILL_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+atexit.register(_cleanup_spills)
+
+
+def spill_csv_to_parquet(path: Path, *, columns: list[str] | None, dtype: Mapping[str, Any], sep: str | None):
+    """Stream a compressed CSV (which cannot be split) into a temporary Parquet file, chunk by chunk.
+
+    Compressed text can only be read from the start, so a lazy frame over it would be one partition that has to
+    fit in memory. Instead the file is decoded once, ``CSV_SPILL_ROWS`` rows at a time, into a Parquet file of
+    one row group per chunk, removed when the process exits.
+
+    Parameters
+    ----------
+    path
+        The (compressed) CSV file.
+    columns
+        The columns to keep (``None``: all).
+    dtype
+        pandas dtypes by column, applied to every chunk.
+    sep
+        The field separator; default a tab for ``.tsv`` files, else a comma.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+        A lazy frame over the temporary Parquet file, one partition per chunk.
+
+    Raises
+    ------
+    ReaderError
+        The file cannot be decoded or parsed, or a later chunk's column types differ from the first chunk's
+        (the message names the rows and suggests ``dtype=``).
+    """
+    import dask.dataframe as dd
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tempfile.mkdtemp(prefix="tissuestack-csv-")
+    _SPILL_DIRS.append(folder)
+    target = os.path.join(folder, "points.parquet")
+    writer = None
+    schema = None
+    try:
+        reader = pd.read_csv(
+            path,
+            usecols=columns,
+            dtype=dict(dtype),
+            sep=sep if sep is not None else ("\t" if ".tsv" in path.name.lower() else ","),
+            chunksize=CSV_SPILL_ROWS,
+            compression="infer",
+        )
+        for k, chunk in enumerate(reader):
+            if schema is None:
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                schema = table.schema
+                writer = pq.ParquetWriter(target, schema)
+            else:
+                try:
+                    table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+                except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+                    raise ReaderError(
+                        f"{str(path)!r}: rows {k * CSV_SPILL_ROWS}-{(k + 1) * CSV_SPILL_ROWS} do not match the "
+                        f"column types of the first rows ({err}); pass dtype={{column: type}} for that column"
+                    ) from err
+            writer.write_table(table)
+        if writer is None:  # no rows at all
+            pd.read_csv(path, usecols=columns, dtype=dict(dtype), nrows=0, compression="infer").to_parquet(
+                target
+            )
+    except ReaderError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    except Exception as err:  # decompression / parse errors
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ReaderError(f"{str(path)!r}: cannot read the CSV: {err}") from err
+    finally:
+        if writer is not None:
+            writer.close()
+    return dd.read_parquet(target, split_row_groups=True)

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
-from tissuestack.io._common import frame_columns, lazy_frame
+from tissuestack.io._common import frame_columns, lazy_frame, spill_csv_to_parquet
 from tissuestack.io._merscope import (
     categorical_with,
     check_csv_tail,
@@ -550,9 +550,7 @@ def _transcripts_frame(file: Path) -> tuple[Any, list[str]]:
     dtype = {c: t for c, t in _TX_DTYPES.items() if c in columns}
     if file.name.lower().endswith(".gz"):
         # a compressed CSV cannot be split: decode it once, in chunks, into a temporary Parquet file
-        from tissuestack.io._generic import _spill_csv
-
-        ddf = _spill_csv(file, columns=None, dtype=dtype, sep=",")
+        ddf = spill_csv_to_parquet(file, columns=None, dtype=dtype, sep=",")
     else:
         check_csv_tail(file, "transcripts file")
         ddf = lazy_frame(file, dtype=dtype)

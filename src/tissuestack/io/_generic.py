@@ -9,11 +9,8 @@ Each is also registered as a technology (``image``, ``shapes``, ``points``) for 
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from tissuestack.errors import ReaderError, ValidationError
-from tissuestack.io._common import frame_columns, lazy_frame, require_file, tabular_format
+from tissuestack.io._common import (
+    frame_columns,
+    lazy_frame,
+    require_file,
+    spill_csv_to_parquet,
+    tabular_format,
+)
 from tissuestack.io._technology import Option, Technology
 
 __all__ = [
@@ -41,8 +44,6 @@ PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 GEOJSON_SUFFIXES = (".geojson", ".json")
 #: a PNG / JPEG is decoded whole; refuse to decode more than this many bytes of pixels
 MAX_DECODED_BYTES = 4 * 1024**3
-#: rows per chunk when a compressed CSV is streamed into a temporary Parquet file
-CSV_SPILL_ROWS = 1_000_000
 
 _COMPRESSED = (".gz", ".bz2", ".zst", ".xz", ".zip")
 _STRIP_SUFFIXES = (
@@ -506,72 +507,6 @@ SHAPES_TECHNOLOGY = Technology(
 
 # ================================================================================================== points
 
-_SPILL_DIRS: list[str] = []
-
-
-def _cleanup_spills() -> None:
-    for folder in _SPILL_DIRS:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-atexit.register(_cleanup_spills)
-
-
-def _spill_csv(path: Path, *, columns: list[str] | None, dtype: Mapping[str, Any], sep: str | None):
-    """Stream a compressed CSV (which cannot be split) into a temporary Parquet file, chunk by chunk.
-
-    Compressed text can only be read from the start, so a lazy frame over it would be one partition that has to
-    fit in memory. Instead the file is decoded once, ``CSV_SPILL_ROWS`` rows at a time, into a Parquet file of
-    one row group per chunk, removed when the process exits.
-    """
-    import dask.dataframe as dd
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = tempfile.mkdtemp(prefix="tissuestack-csv-")
-    _SPILL_DIRS.append(folder)
-    target = os.path.join(folder, "points.parquet")
-    writer = None
-    schema = None
-    try:
-        reader = pd.read_csv(
-            path,
-            usecols=columns,
-            dtype=dict(dtype),
-            sep=sep if sep is not None else ("\t" if ".tsv" in path.name.lower() else ","),
-            chunksize=CSV_SPILL_ROWS,
-            compression="infer",
-        )
-        for k, chunk in enumerate(reader):
-            if schema is None:
-                table = pa.Table.from_pandas(chunk, preserve_index=False)
-                schema = table.schema
-                writer = pq.ParquetWriter(target, schema)
-            else:
-                try:
-                    table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
-                except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-                    raise ReaderError(
-                        f"{str(path)!r}: rows {k * CSV_SPILL_ROWS}-{(k + 1) * CSV_SPILL_ROWS} do not match the "
-                        f"column types of the first rows ({err}); pass dtype={{column: type}} for that column"
-                    ) from err
-            writer.write_table(table)
-        if writer is None:  # no rows at all
-            pd.read_csv(path, usecols=columns, dtype=dict(dtype), nrows=0, compression="infer").to_parquet(
-                target
-            )
-    except ReaderError:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    except Exception as err:  # decompression / parse errors
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ReaderError(f"{str(path)!r}: cannot read the CSV: {err}") from err
-    finally:
-        if writer is not None:
-            writer.close()
-    return dd.read_parquet(target, split_row_groups=True)
-
 
 def read_points(
     path: str | os.PathLike,
@@ -658,7 +593,7 @@ def read_points(
     csv_dtype.update(dtype or {})
     fmt = tabular_format(p)
     if fmt == "csv" and p.name.lower().endswith(_COMPRESSED):
-        frame = _spill_csv(p, columns=usecols, dtype=csv_dtype, sep=sep)
+        frame = spill_csv_to_parquet(p, columns=usecols, dtype=csv_dtype, sep=sep)
     elif fmt == "csv":
         frame = lazy_frame(p, columns=usecols, sep=sep, dtype=csv_dtype)
     else:
