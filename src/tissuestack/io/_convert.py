@@ -21,26 +21,6 @@ from tissuestack.io._technology import Technology, get_technology
 __all__ = ["convert"]
 
 
-def _is_zarr_root(root: Any) -> bool:
-    return root.exists("zarr.json") or root.exists(".zgroup")
-
-
-def _swap_into_place(target: Any, tmp: Any) -> None:
-    """Move the finished ``tmp`` store to ``target``; an existing target is moved aside first, deleted last."""
-    old = None
-    if target.fs.exists(target.path):
-        old = target.sibling("old")
-        target.move(target.path, old.path)
-    try:
-        target.move(tmp.path, target.path)
-    except BaseException:
-        if old is not None:
-            target.move(old.path, target.path)
-        raise
-    if old is not None:
-        old.rm()
-
-
 def convert(
     technology: str | Technology,
     input: str | os.PathLike,
@@ -90,7 +70,7 @@ def convert(
     from tqdm.auto import tqdm
 
     from tissuestack.elements import check_name, get_kind
-    from tissuestack.store._io import consolidate, write_element, write_store
+    from tissuestack.store._io import _is_zarr_root, _swap, consolidate, write_element, write_store
     from tissuestack.store._root import StoreRoot
 
     tech = get_technology(technology) if isinstance(technology, str) else technology
@@ -136,7 +116,7 @@ def convert(
                 del element  # the next element may be large: hold one at a time
                 bar.update(1)
         consolidate(tmp)
-        _swap_into_place(root, tmp)
+        _swap(root, tmp)  # an existing store is moved aside first, deleted last
     except BaseException:
         if stream is not None:
             with contextlib.suppress(Exception):
