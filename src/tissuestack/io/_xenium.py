@@ -477,17 +477,11 @@ def _slug_names(files: Sequence[Path]) -> list[str]:
 
 
 def _focus_element(folder: Path, specs: _Specs, options: dict[str, Any]):
-    tiff = _tiff()
     transformations = specs.transformations("raster", options["pixel_coordinate_system"])
     if (folder / FOCUS_DIR).is_dir():
         files, names, label = _focus_files(folder)
         first = files[0]
-        try:
-            meta = tiff.tiff_metadata(first)
-        except ReaderError:
-            raise
-        except Exception as err:
-            raise ReaderError(f"{_rel(folder, first)}: not a readable OME-TIFF (truncated?): {err}") from err
+        meta = _ome_metadata(folder, first)
         n_channels = _channel_count(meta)
         if n_channels != len(files):
             raise ReaderError(
@@ -497,14 +491,7 @@ def _focus_element(folder: Path, specs: _Specs, options: dict[str, Any]):
         if names is None:
             ome = meta.channel_names
             names = list(ome) if ome and len(ome) == len(files) else _focus_default_names(files, label)
-        return tiff.tiff_to_element(
-            first,
-            kind="image",
-            channel_names=names,
-            transformations=transformations,
-            scale_factors=_scale_factors(options["scale_factors"], meta.shape),
-            name="morphology_focus",
-        )
+        return _image_element(first, meta, names, transformations, options, "morphology_focus")
     path = folder / FOCUS_FILE
     if not path.is_file():
         raise ReaderError(
@@ -525,19 +512,26 @@ def _channel_count(meta: Any) -> int:
     return int(meta.shape[axes.index("C")]) if "C" in axes else 1
 
 
-def _single_image(folder: Path, path: Path, name: str, transformations: dict, options: dict[str, Any]):
-    tiff = _tiff()
+def _ome_metadata(folder: Path, path: Path) -> Any:
+    """The TIFF metadata of ``path``; a :class:`ReaderError` naming the file when it cannot be read."""
     try:
-        meta = tiff.tiff_metadata(path)
+        return _tiff().tiff_metadata(path)
     except ReaderError:
         raise
     except Exception as err:
         raise ReaderError(f"{_rel(folder, path)}: not a readable OME-TIFF (truncated?): {err}") from err
-    n = _channel_count(meta)
-    names = meta.channel_names if meta.channel_names and len(meta.channel_names) == n else None
-    if names is None and n == 1:
-        names = ["DAPI"]
-    return tiff.tiff_to_element(
+
+
+def _image_element(
+    path: Path,
+    meta: Any,
+    names: Sequence[str] | None,
+    transformations: dict,
+    options: dict[str, Any],
+    name: str,
+):
+    """The lazy image element of the OME-TIFF ``path`` (pyramid per the ``scale_factors`` option)."""
+    return _tiff().tiff_to_element(
         path,
         kind="image",
         channel_names=names,
@@ -545,6 +539,15 @@ def _single_image(folder: Path, path: Path, name: str, transformations: dict, op
         scale_factors=_scale_factors(options["scale_factors"], meta.shape),
         name=name,
     )
+
+
+def _single_image(folder: Path, path: Path, name: str, transformations: dict, options: dict[str, Any]):
+    meta = _ome_metadata(folder, path)
+    n = _channel_count(meta)
+    names = meta.channel_names if meta.channel_names and len(meta.channel_names) == n else None
+    if names is None and n == 1:
+        names = ["DAPI"]
+    return _image_element(path, meta, names, transformations, options, name)
 
 
 def _read_alignment(folder: Path, path: Path) -> np.ndarray:
@@ -576,7 +579,6 @@ def _aligned_images(folder: Path, specs: _Specs, options: dict[str, Any]) -> Ite
     counts: dict[str, int] = {}
     for suffix, _ in found:
         counts[suffix] = counts.get(suffix, 0) + 1
-    tiff = _tiff()
     pixel_cs = options["pixel_coordinate_system"]
     for suffix, path in found:
         base = suffix.removesuffix(".ome.tif")
@@ -599,29 +601,14 @@ def _aligned_images(folder: Path, specs: _Specs, options: dict[str, Any]) -> Ite
                 if np.array_equal(to_pixels, np.eye(3))
                 else Affine(to_pixels, input_axes=("x", "y"), output_axes=("x", "y"))
             )
-        try:
-            meta = tiff.tiff_metadata(path)
-        except ReaderError:
-            raise
-        except Exception as err:
-            raise ReaderError(f"{_rel(folder, path)}: not a readable OME-TIFF (truncated?): {err}") from err
+        meta = _ome_metadata(folder, path)
         n = _channel_count(meta) if "S" not in str(meta.axes) else int(meta.shape[str(meta.axes).index("S")])
         names: list[str] | None
         if suffix == HE_SUFFIX and n in (3, 4):
             names = ["r", "g", "b", "a"][:n]
         else:
             names = meta.channel_names if meta.channel_names and len(meta.channel_names) == n else None
-        yield (
-            name,
-            tiff.tiff_to_element(
-                path,
-                kind="image",
-                channel_names=names,
-                transformations=transformations,
-                scale_factors=_scale_factors(options["scale_factors"], meta.shape),
-                name=name,
-            ),
-        )
+        yield name, _image_element(path, meta, names, transformations, options, name)
 
 
 def _sanitize(name: str) -> str:
