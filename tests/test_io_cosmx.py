@@ -15,8 +15,9 @@ import shapely
 import tifffile
 from PIL import Image
 
+from io_helpers import affine_xy, apply
 from tissuestack import read_zarr
-from tissuestack.elements import get_meta, get_transformation, raster_levels
+from tissuestack.elements import get_meta, raster_levels
 from tissuestack.errors import ReaderError
 from tissuestack.io import cosmx, get_technology
 from tissuestack.io._cosmx import iter_cosmx, morphology_channel_names
@@ -31,14 +32,6 @@ from tissuestack.io.fake._cosmx import (
 
 ID = "Lung5_Rep1"
 S = PIXEL_SIZE_UM
-
-
-def matrix_xy(element, cs: str = "global") -> np.ndarray:
-    return get_transformation(element, cs).to_affine_matrix(("x", "y"), ("x", "y"))
-
-
-def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return np.atleast_2d(xy) @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 def flat(path: Path, suffix: str) -> pd.DataFrame:
@@ -133,7 +126,7 @@ def test_label_pixels_map_to_the_metadata_centroid(tmp_path, variant):
     meta = flat(path, "metadata_file")
     for fov in (1, 2):
         labels = raster_levels(s[f"{fov}_labels"])[0].values
-        m = matrix_xy(s[f"{fov}_labels"])
+        m = affine_xy(s[f"{fov}_labels"])
         rows, cols = np.nonzero(labels)
         um = apply(m, np.column_stack([cols + 0.5, rows + 0.5]))  # pixel centres -> µm
         ids = labels[rows, cols]
@@ -165,7 +158,7 @@ def test_transcripts_values_and_cells(legacy, legacy_sdata):
     tx = flat(legacy, "tx_file")
     got = points.compute()
     np.testing.assert_allclose(got[["x", "y"]].to_numpy(), tx[["x_global_px", "y_global_px"]].to_numpy())
-    np.testing.assert_allclose(matrix_xy(points)[:2, :2], np.eye(2) * S)
+    np.testing.assert_allclose(affine_xy(points)[:2, :2], np.eye(2) * S)
     assert isinstance(got["target"].dtype, pd.CategoricalDtype)
     assert got["target"].astype(str).tolist() == tx["target"].tolist()
     assert (
@@ -174,11 +167,11 @@ def test_transcripts_values_and_cells(legacy, legacy_sdata):
     np.testing.assert_array_equal(got["z_raw"].to_numpy(), tx["z"].to_numpy())
     assert "z" not in got.columns  # points stay 2D
     # cross-modal: the label under each transcript (through both transformations) is its cell_ID
-    um = apply(matrix_xy(points), got[["x", "y"]].to_numpy())
+    um = apply(affine_xy(points), got[["x", "y"]].to_numpy())
     for fov in (1, 2):
         rows = got["fov"].to_numpy() == fov
         labels = raster_levels(s[f"{fov}_labels"])[0].values
-        px = apply(np.linalg.inv(matrix_xy(s[f"{fov}_labels"])), um[rows])
+        px = apply(np.linalg.inv(affine_xy(s[f"{fov}_labels"])), um[rows])
         under = labels[np.floor(px[:, 1]).astype(int), np.floor(px[:, 0]).astype(int)]
         np.testing.assert_array_equal(under, got.loc[rows, "cell_ID"].to_numpy())
 
@@ -205,7 +198,7 @@ def test_composite_images(legacy, legacy_sdata):
         red = level.values[0].astype(int)
         assert np.abs(np.median(red[labels > 0]) - COMPOSITE_INSIDE) < 10  # (JPEG)
         assert np.median(red[labels == 0]) < 60
-        np.testing.assert_allclose(matrix_xy(image), matrix_xy(legacy_sdata[f"{fov}_labels"]))
+        np.testing.assert_allclose(affine_xy(image), affine_xy(legacy_sdata[f"{fov}_labels"]))
 
 
 def test_atomx_export(atomx, atomx_sdata):
@@ -223,7 +216,7 @@ def test_atomx_export(atomx, atomx_sdata):
         np.testing.assert_array_equal(dapi[labels > 0], 1000 + labels[labels > 0])
     # mm positions converted to pixels: the same placement as the legacy export of the same geometry
     x0, y0 = fov_origin(2, 64)
-    np.testing.assert_allclose(matrix_xy(s["2_labels"])[:2, 2], [x0 * S, (y0 + 64) * S], atol=1e-9)
+    np.testing.assert_allclose(affine_xy(s["2_labels"])[:2, 2], [x0 * S, (y0 + 64) * S], atol=1e-9)
     table = s["table"]
     assert {"cell", "atomx_cell_id", "Area.um2"} <= set(
         table.obs.columns
@@ -232,7 +225,7 @@ def test_atomx_export(atomx, atomx_sdata):
     polygons = s[f"{ID}_polygons"]
     assert sorted(polygons.index) == sorted(table.obs_names)
     centroids = shapely.centroid(polygons.geometry.to_numpy())
-    um = apply(matrix_xy(polygons), np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)]))
+    um = apply(affine_xy(polygons), np.column_stack([shapely.get_x(centroids), shapely.get_y(centroids)]))
     expected = pd.DataFrame(table.obsm["spatial"], index=table.obs_names).loc[polygons.index].to_numpy()
     np.testing.assert_allclose(um, expected, atol=1e-9)
     # transcripts from the gzipped file, with the AtoMx cell key as the instance column
@@ -248,10 +241,10 @@ def test_fov_shift_detection(tmp_path):
     path = write_cosmx(tmp_path, version="atomx", fov_shift=True)
     auto = cosmx(path, transcripts=False, images=False)
     forced = cosmx(path, transcripts=False, images=False, flip_y=True, fov_shift=False)
-    shift = matrix_xy(forced["1_labels"])[1, 2] - matrix_xy(auto["1_labels"])[1, 2]
+    shift = affine_xy(forced["1_labels"])[1, 2] - affine_xy(auto["1_labels"])[1, 2]
     assert shift == pytest.approx(64 * S)
     shifted = cosmx(path, transcripts=False, images=False, fov_shift=True)
-    np.testing.assert_allclose(matrix_xy(shifted["1_labels"]), matrix_xy(auto["1_labels"]))
+    np.testing.assert_allclose(affine_xy(shifted["1_labels"]), affine_xy(auto["1_labels"]))
 
 
 def test_options(legacy):
@@ -264,10 +257,10 @@ def test_options(legacy):
     with pytest.raises(ReaderError, match=r"FOV\(s\) \[7\] are not listed; the export has \[1, 2\]"):
         cosmx(legacy, fovs=[7])
     up = cosmx(legacy, flip_y=False, fov_shift=False, transcripts=False, table=False, images=False)
-    m = matrix_xy(up["1_labels"])
+    m = affine_xy(up["1_labels"])
     assert m[1, 1] == pytest.approx(S) and m[1, 2] == pytest.approx(fov_origin(1, 64)[1] * S)
     other = cosmx(legacy, pixel_size_um=0.2, transcripts=False, table=False, images=False)
-    assert matrix_xy(other["1_labels"])[0, 0] == pytest.approx(0.2)
+    assert affine_xy(other["1_labels"])[0, 0] == pytest.approx(0.2)
 
 
 def test_morphology_channel_names():
@@ -378,7 +371,7 @@ def test_write_read_zarr_round_trip(tmp_path, which, legacy_sdata, atomx_sdata):
     assert set(back.images) == set(sdata.images) and set(back.labels) == set(sdata.labels)
     assert set(back.points) == set(sdata.points) and set(back.shapes) == set(sdata.shapes)
     for name in ("1_labels", "2_image"):
-        np.testing.assert_allclose(matrix_xy(back[name]), matrix_xy(sdata[name]))
+        np.testing.assert_allclose(affine_xy(back[name]), affine_xy(sdata[name]))
         np.testing.assert_array_equal(
             raster_levels(back[name])[0].values, raster_levels(sdata[name])[0].values
         )

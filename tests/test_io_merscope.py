@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
-import subprocess
 import textwrap
 import warnings
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 import shapely
 import tifffile
 
+from io_helpers import affine_xy, apply, needs_reference, run_reference
 from tissuestack import read_zarr
 from tissuestack.elements import get_transformation, raster_levels
 from tissuestack.errors import ReaderError
@@ -34,15 +33,6 @@ from tissuestack.io.fake._merscope import (
 )
 
 ID = f"{SLIDE}_{REGION}"
-REFERENCE_PYTHON = Path("/root/.cache/tissuestack-reference/bin/python")
-
-
-def matrix_xy(element, cs: str = "global") -> np.ndarray:
-    return get_transformation(element, cs).to_affine_matrix(("x", "y"), ("x", "y"))
-
-
-def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return np.atleast_2d(xy) @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +114,7 @@ def test_transforms_numerically(bundle, sdata):
     tx = pd.read_csv(bundle / "detected_transcripts.csv")
     image = sdata[f"{ID}_z3"]
     assert image.coords["c"].values.tolist() == ["DAPI", "PolyT", "Cellbound1"]
-    m = matrix_xy(image)  # mosaic pixel -> µm
+    m = affine_xy(image)  # mosaic pixel -> µm
     expected = np.array([[1, 0, ORIGIN_UM[0]], [0, 1, ORIGIN_UM[1]]], dtype=float)
     expected[:, :2] *= MICRONS_PER_PIXEL
     np.testing.assert_allclose(m[:2], expected, atol=1e-9)
@@ -245,11 +235,11 @@ def test_invalid_geometry_dropped(tmp_path):
 def test_manifest_fallback_for_the_transform(tmp_path, bundle):
     path = tmp_path / SLIDE / REGION
     shutil.copytree(bundle, path)
-    expected = matrix_xy(
+    expected = affine_xy(
         merscope(path, transcripts=False, cells_table=False, cell_boundaries=False)[f"{ID}_z3"]
     )
     (path / "images" / "micron_to_mosaic_pixel_transform.csv").unlink()
-    got = matrix_xy(merscope(path, transcripts=False, cells_table=False, cell_boundaries=False)[f"{ID}_z3"])
+    got = affine_xy(merscope(path, transcripts=False, cells_table=False, cell_boundaries=False)[f"{ID}_z3"])
     np.testing.assert_allclose(got, expected, atol=1e-9)
     (path / "images" / "manifest.json").unlink()
     with pytest.raises(
@@ -355,7 +345,7 @@ def test_write_read_zarr_round_trip(tmp_path, sdata):
     np.testing.assert_array_equal(t1.X.toarray(), t0.X.toarray())
     assert t1.obs["EntityID"].tolist() == t0.obs["EntityID"].tolist()
     assert back[f"{ID}_polygons"].index.tolist() == sdata[f"{ID}_polygons"].index.tolist()
-    np.testing.assert_allclose(matrix_xy(back[f"{ID}_z3"]), matrix_xy(sdata[f"{ID}_z3"]))
+    np.testing.assert_allclose(affine_xy(back[f"{ID}_z3"]), affine_xy(sdata[f"{ID}_z3"]))
     p0 = sdata[f"{ID}_transcripts"].compute().sort_values(["x", "y"])
     p1 = back[f"{ID}_transcripts"].compute().sort_values(["x", "y"])
     np.testing.assert_allclose(p1[["x", "y"]].to_numpy(), p0[["x", "y"]].to_numpy())
@@ -433,7 +423,7 @@ def _compare_merscope(ours, ref: dict) -> None:
     # from transcripts to image pixels must be the same.
     points_name, x, y, genes, points_tf = ref["points"]
     ref_points_to_px = np.linalg.inv(np.asarray(image_tf)) @ np.asarray(points_tf)
-    ours_points_to_px = np.linalg.inv(matrix_xy(image)) @ matrix_xy(ours[points_name])
+    ours_points_to_px = np.linalg.inv(affine_xy(image)) @ affine_xy(ours[points_name])
     np.testing.assert_allclose(ours_points_to_px, ref_points_to_px, atol=1e-9)
     pts = ours[points_name].compute()
     np.testing.assert_allclose(pts["x"].to_numpy(), x)
@@ -466,10 +456,10 @@ def _compare_cosmx(ours, ref: dict, pixel_size: float) -> None:
             np.testing.assert_array_equal(np.flip(mine, axis=-2), theirs)
             flip = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, height], [0.0, 0.0, 1.0]])
             expected = np.diag([pixel_size, pixel_size, 1.0]) @ np.asarray(tf) @ flip
-            np.testing.assert_allclose(matrix_xy(ours[name]), expected, atol=1e-6)
+            np.testing.assert_allclose(affine_xy(ours[name]), expected, atol=1e-6)
     # transcripts: the reference's per-FOV points (FOV-local pixels + fitted affine) land where ours do
     got = ours["Lung5_Rep1_transcripts"].compute()
-    ours_um = apply(matrix_xy(ours["Lung5_Rep1_transcripts"]), got[["x", "y"]].to_numpy())
+    ours_um = apply(affine_xy(ours["Lung5_Rep1_transcripts"]), got[["x", "y"]].to_numpy())
     for name, (x, y, targets, tf) in ref["points"].items():
         rows = got["fov"].to_numpy() == int(name.split("_")[0])
         theirs = apply(np.asarray(tf), np.column_stack([x, y])) * pixel_size
@@ -487,24 +477,16 @@ def _compare_cosmx(ours, ref: dict, pixel_size: float) -> None:
     assert (mine["region_key"], mine["instance_key"]) == (attrs["region_key"], attrs["instance_key"])
 
 
+@needs_reference
 def test_matches_reference_readers(bundle, tmp_path):
     """Same elements, ids, values and (up to the choice of global units and of flipping pixels vs. transforms)
     placement as spatialdata-io's MERSCOPE and CosMx readers, run in their own environment (skipped when absent)."""
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip("the reference environment (spatialdata-io) is absent")
     from tissuestack.io import cosmx
     from tissuestack.io.fake import write_cosmx
     from tissuestack.io.fake._cosmx import PIXEL_SIZE_UM
 
     cosmx_path = write_cosmx(tmp_path / "cosmx", seed=2)
-    res = subprocess.run(
-        [str(REFERENCE_PYTHON), "-c", _REFERENCE_SCRIPT, str(bundle), str(cosmx_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    ref = json.loads(res.stdout.strip().splitlines()[-1])
+    ref = run_reference(_REFERENCE_SCRIPT, bundle, cosmx_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _compare_merscope(merscope(bundle), ref)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from io_helpers import affine_xy, apply, dense_counts, needs_reference, run_reference
 from tissuestack import read_zarr
 from tissuestack.elements import get_transformation, raster_levels
 from tissuestack.errors import ReaderError
@@ -22,7 +22,6 @@ from tissuestack.io._visium import iter_visium
 from tissuestack.io.fake import write_visium
 
 ID = "V1_Synthetic"
-REFERENCE_PYTHON = Path("/root/.cache/tissuestack-reference/bin/python")
 
 
 # ------------------------------------------------------------------------------------------------ brute force
@@ -30,11 +29,7 @@ def h5_matrix(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(barcodes, gene symbols, dense counts barcodes x genes) straight from the HDF5 datasets."""
     with h5py.File(path, "r") as f:
         m = f["matrix"]
-        n_features, n_barcodes = m["shape"][()]
-        dense = np.zeros((n_barcodes, n_features))
-        indptr, indices, data = m["indptr"][()], m["indices"][()], m["data"][()]
-        for j in range(n_barcodes):  # column j of the features x barcodes CSC matrix
-            dense[j, indices[indptr[j] : indptr[j + 1]]] = data[indptr[j] : indptr[j + 1]]
+        dense = dense_counts(m)
         return [b.decode() for b in m["barcodes"][()]], [s.decode() for s in m["features"]["name"][()]], dense
 
 
@@ -55,15 +50,6 @@ def scalefactors(path: Path) -> dict:
 
 def png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
-
-
-def affine_xy(element, cs: str) -> np.ndarray:
-    return get_transformation(element, cs).to_affine_matrix(("x", "y"), ("x", "y"))
-
-
-def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    xy = np.atleast_2d(xy)
-    return xy @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 # ------------------------------------------------------------------------------------------------ round trips
@@ -385,27 +371,15 @@ def _compare_with_reference(ours, ref: dict) -> None:
             np.testing.assert_allclose(table.obsm["spatial"], r["spatial"])
 
 
+@needs_reference
 def test_matches_reference_readers(tmp_path):
     """Visium and Visium HD read here and by spatialdata-io give the same elements, ids, geometries, counts and
     transformations (the reference's own environment, in a subprocess; skipped when absent)."""
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip("the reference environment (spatialdata-io) is absent")
     from tissuestack.io import visium_hd
     from tissuestack.io.fake import write_visium_hd
 
     path = write_visium(tmp_path / "outs", fullres_image="tif", version="2.0")
     hd = write_visium_hd(tmp_path / "hd", version="4.0", seed=2)
-    script = tmp_path / "ref.py"
-    script.write_text(_REFERENCE_SCRIPT)
-    res = subprocess.run(
-        [str(REFERENCE_PYTHON), str(script), str(path), f"{ID}_tissue_image.tif", str(hd)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if res.returncode != 0 and "ModuleNotFoundError" in res.stderr:
-        pytest.skip(f"the reference environment cannot import spatialdata-io: {res.stderr[-200:]}")
-    assert res.returncode == 0, res.stderr[-2000:]
-    ref = json.loads(res.stdout.strip().splitlines()[-1])
+    ref = run_reference(_REFERENCE_SCRIPT, path, f"{ID}_tissue_image.tif", hd)
     _compare_with_reference(visium(path), ref["visium"])
     _compare_with_reference(visium_hd(hd, load_nucleus_segmentations=True), ref["visium_hd"])

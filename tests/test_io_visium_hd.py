@@ -13,8 +13,9 @@ import pytest
 import shapely
 from PIL import Image
 
+from io_helpers import affine_xy, apply, dense_counts
 from tissuestack import read_zarr
-from tissuestack.elements import get_transformation, raster_levels
+from tissuestack.elements import raster_levels
 from tissuestack.errors import ReaderError
 from tissuestack.io import get_technology, visium_hd
 from tissuestack.io._visium_hd import iter_visium_hd
@@ -30,20 +31,7 @@ def h5_matrix(path: Path) -> tuple[list[str], np.ndarray]:
     """(barcodes, dense counts barcodes x features) straight from the HDF5 datasets."""
     with h5py.File(path, "r") as f:
         m = f["matrix"]
-        n_features, n_barcodes = m["shape"][()]
-        dense = np.zeros((n_barcodes, n_features))
-        indptr, indices, data = m["indptr"][()], m["indices"][()], m["data"][()]
-        for j in range(n_barcodes):
-            dense[j, indices[indptr[j] : indptr[j + 1]]] = data[indptr[j] : indptr[j + 1]]
-        return [b.decode() for b in m["barcodes"][()]], dense
-
-
-def affine_xy(element, cs: str) -> np.ndarray:
-    return get_transformation(element, cs).to_affine_matrix(("x", "y"), ("x", "y"))
-
-
-def apply(matrix: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    return np.atleast_2d(xy) @ matrix[:2, :2].T + matrix[:2, 2]
+        return [b.decode() for b in m["barcodes"][()]], dense_counts(m)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import textwrap
 import warnings
 import zipfile
@@ -24,6 +23,7 @@ import shapely
 import tifffile
 import zarr
 
+from io_helpers import affine_xy, dense_counts, needs_reference, run_reference
 from tissuestack import read_zarr
 from tissuestack.elements import get_meta, get_transformation, raster_levels
 from tissuestack.errors import ReaderError
@@ -38,7 +38,6 @@ from tissuestack.io.fake import write_xenium
 
 PS = 0.2125
 LAYOUTS = ("1.0.2", "1.7.1", "2.0.0", "3.1.0", "4.0.0")
-REFERENCE_PYTHON = Path("/root/.cache/tissuestack-reference/bin/python")
 FOCUS_4 = ["DAPI", "ATP1A1/CD45/E-Cadherin", "18S", "AlphaSMA/Vimentin"]
 
 
@@ -78,11 +77,7 @@ def h5_dense(path: Path) -> tuple[list[str], list[str], list[str], np.ndarray, d
     """(barcodes, names, feature types, dense barcodes x features counts, root attrs) from the raw datasets."""
     with h5py.File(path, "r") as f:
         m = f["matrix"]
-        n_features, n_barcodes = m["shape"][()]
-        dense = np.zeros((n_barcodes, n_features))
-        indptr, indices, data = m["indptr"][()], m["indices"][()], m["data"][()]
-        for j in range(n_barcodes):
-            dense[j, indices[indptr[j] : indptr[j + 1]]] = data[indptr[j] : indptr[j + 1]]
+        dense = dense_counts(m)
         dec = lambda a: [x.decode() for x in a]  # noqa: E731
         return (
             dec(m["barcodes"][()]),
@@ -111,10 +106,6 @@ def slow_cell_id(prefix: int, suffix: int) -> str:
 
 def decode(values) -> list:
     return [v.decode() if isinstance(v, bytes) else v for v in values]
-
-
-def matrix_xy(element, cs: str) -> np.ndarray:
-    return get_transformation(element, cs).to_affine_matrix(("x", "y"), ("x", "y"))
 
 
 # ------------------------------------------------------------------------------------------------ units
@@ -243,8 +234,8 @@ def test_layout_reads_every_element_with_values_from_the_files(bundles, read, ve
     assert isinstance(got["feature_name"].dtype, pd.CategoricalDtype)
     meta = get_meta(points)
     assert meta.feature_key == "feature_name" and meta.instance_key == "cell_id"
-    assert np.allclose(matrix_xy(points, "global"), np.eye(3))
-    assert np.allclose(matrix_xy(points, "pixels"), np.diag([1 / PS, 1 / PS, 1]))
+    assert np.allclose(affine_xy(points, "global"), np.eye(3))
+    assert np.allclose(affine_xy(points, "pixels"), np.diag([1 / PS, 1 / PS, 1]))
     if v >= (3, 0, 0):
         assert {"codeword_category", "is_gene", "codeword_index"} <= set(got.columns)
 
@@ -272,7 +263,7 @@ def test_layout_reads_every_element_with_values_from_the_files(bundles, read, ve
         assert raw["masks/0"][px[:, 1], px[:, 0]].tolist() == nb.index.tolist()
     else:
         assert [str(i) for i in nb.index] == [str(i) for i in expected_ids]
-    assert np.allclose(matrix_xy(nb, "pixels"), np.diag([1 / PS, 1 / PS, 1]))
+    assert np.allclose(affine_xy(nb, "pixels"), np.diag([1 / PS, 1 / PS, 1]))
 
     # images: channel names per layout, µm placement, pixel values of the files
     focus = sd["morphology_focus"]
@@ -296,8 +287,8 @@ def test_layout_reads_every_element_with_values_from_the_files(bundles, read, ve
     he = sd["he_image"]
     assert list(raster_levels(he)[0].coords["c"].values) == ["r", "g", "b"]
     alignment = np.loadtxt(path / "Synthetic_he_imagealignment.csv", delimiter=",")
-    assert np.allclose(matrix_xy(he, "pixels"), alignment)
-    assert np.allclose(matrix_xy(he, "global"), np.diag([PS, PS, 1]) @ alignment)
+    assert np.allclose(affine_xy(he, "pixels"), alignment)
+    assert np.allclose(affine_xy(he, "global"), np.diag([PS, PS, 1]) @ alignment)
 
 
 def test_stream_order_puts_the_table_after_what_it_annotates(bundles):
@@ -366,7 +357,7 @@ def test_protein_if_image_and_missing_boundary(bundles, read):
     # the IF image: channel names from its OME-XML, placed by its own alignment CSV
     assert list(raster_levels(sd["if_image"])[0].coords["c"].values) == ["CD20", "CD3"]
     alignment = np.loadtxt(path / "Synthetic_if_imagealignment.csv", delimiter=",")
-    assert np.allclose(matrix_xy(sd["if_image"], "pixels"), alignment)
+    assert np.allclose(affine_xy(sd["if_image"], "pixels"), alignment)
     # cell row 1 has no polygon in the parquet: the others keep their own ids (mapped through label_id)
     cb = sd["cell_boundaries"]
     ids = table.obs_names.tolist()
@@ -718,15 +709,10 @@ REFERENCE_SCRIPT = textwrap.dedent(
 )
 
 
+@needs_reference
 def test_same_result_as_the_reference_reader(bundles, read):
-    if not REFERENCE_PYTHON.exists():
-        pytest.skip("reference environment (/root/.cache/tissuestack-reference) is absent")
     paths = [str(bundles[v]) for v in LAYOUTS]
-    res = subprocess.run(
-        [str(REFERENCE_PYTHON), "-c", REFERENCE_SCRIPT, *paths], capture_output=True, text=True, timeout=300
-    )
-    assert res.returncode == 0, res.stderr[-2000:]
-    theirs = json.loads(res.stdout.strip().splitlines()[-1])
+    theirs = run_reference(REFERENCE_SCRIPT, *paths)
     for version, path in zip(LAYOUTS, paths, strict=True):
         sd = read(version)
         ref = theirs[path]
