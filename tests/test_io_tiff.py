@@ -12,6 +12,7 @@ import xarray as xr
 from tissuestack.elements import get_transformation, raster_levels
 from tissuestack.errors import ReaderError
 from tissuestack.io._tiff import open_tiff, tiff_metadata, tiff_to_element
+from tissuestack.io.fake._xenium import _ome_multifile_xml
 from tissuestack.transforms import Identity, Scale
 
 RNG = np.random.default_rng(0)
@@ -149,22 +150,8 @@ def _multifile_ome(folder, planes, names):
     uuids = [str(uuid.uuid4()) for _ in planes]
     files = [f"focus_{i:04d}.ome.tif" for i in range(len(planes))]
     h, w = planes[0].shape
-    channels = "".join(
-        f'<Channel ID="Channel:{i}" Name="{n}" SamplesPerPixel="1"/>' for i, n in enumerate(names)
-    )
-    tiffdata = "".join(
-        f'<TiffData FirstC="{i}" FirstZ="0" FirstT="0" IFD="0" PlaneCount="1">'
-        f'<UUID FileName="{f}">urn:uuid:{u}</UUID></TiffData>'
-        for i, (f, u) in enumerate(zip(files, uuids, strict=True))
-    )
     for i, plane in enumerate(planes):
-        xml = (
-            f'<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06" '
-            f'UUID="urn:uuid:{uuids[i]}"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" '
-            f'Type="uint16" SizeX="{w}" SizeY="{h}" SizeZ="1" SizeC="{len(planes)}" SizeT="1" '
-            f'PhysicalSizeX="0.2125" PhysicalSizeXUnit="&#181;m" PhysicalSizeY="0.2125" PhysicalSizeYUnit="&#181;m">'
-            f"{channels}{tiffdata}</Pixels></Image></OME>"
-        )
+        xml = _ome_multifile_xml(uuids[i], uuids, files, names, h, w, 0.2125)
         with tifffile.TiffWriter(folder / files[i], bigtiff=True) as wr:
             wr.write(plane, subifds=1, description=xml, metadata=None, tile=(16, 16))
             wr.write(plane[::2, ::2], subfiletype=1, metadata=None, tile=(16, 16))
