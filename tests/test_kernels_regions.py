@@ -80,8 +80,12 @@ def _edge_points(polys: np.ndarray, rng: np.random.Generator, n: int) -> tuple[n
 # ------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cell_size", [None, 0.3, 7.0])
-def test_polygon_grid_matches_brute_force(cell_size):
+@pytest.mark.parametrize(
+    ("cell_size", "two_threads"), [(None, False), (0.3, False), (7.0, False), (None, True), (0.3, True)]
+)
+def test_polygon_grid_matches_brute_force(cell_size, two_threads, monkeypatch):
+    if two_threads:  # burn the two halves of the grid in two threads (normally from 20k polygons)
+        monkeypatch.setattr(K, "_PARALLEL_BURN", 10)
     rng = np.random.default_rng(3)
     polys = _random_polygons(rng, 120)
     x = rng.uniform(-5, 105, 6000)

@@ -60,6 +60,8 @@ __all__ = [
 MAX_GRID_CELLS = 1 << 25
 #: target number of grid cells across a typical region
 CELLS_ACROSS = 12.0
+# burn the two halves of the grid in two threads from this many polygons
+_PARALLEL_BURN = 20_000
 _NO_REGION = -1
 
 
@@ -130,12 +132,13 @@ def _group_pairs(pairs, n_pairs, n_multi):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _decided(g, s, n_regions, last):  # pragma: no cover - compiled
+def _decided(g, s, n_regions, last, base):  # pragma: no cover - compiled
     """Whether region ``s`` has already been recorded in a cell whose grid value is ``g``."""
     if g == -2 - s:
         return True
     if g <= -2 - n_regions:
-        return last[-2 - n_regions - g] == s or last[-2 - n_regions - g] == ~s
+        k = -2 - n_regions - g - base
+        return last[k] == s or last[k] == ~s
     return False
 
 
@@ -152,7 +155,7 @@ def _decided(g, s, n_regions, last):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _visit(grid, cell, code, n_regions, pairs, last, n_pairs, n_multi):  # pragma: no cover - compiled
+def _visit(grid, cell, code, n_regions, pairs, last, n_pairs, n_multi, base):  # pragma: no cover - compiled
     """One visit of the cell state machine (above); ``pairs`` and ``last`` have room for 2 pairs
     and 1 slot. Returns the new ``(n_pairs, n_multi)``."""
     g = grid[cell]
@@ -170,24 +173,24 @@ def _visit(grid, cell, code, n_regions, pairs, last, n_pairs, n_multi):  # pragm
         n_pairs += 1
     pairs[n_pairs, 0] = m
     pairs[n_pairs, 1] = code
-    last[m] = code
+    last[m - base] = code
     return n_pairs + 1, n_multi
 
 
 @numba.njit(cache=True, nogil=True)
-def _burn_polygons(edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pragma: no cover
-    """Burn each polygon: the cells its edges cross (supercover, dilated by ``eps``), then the cells between
-    crossings of each row's centre line (the same half-open rule as the exact test)."""
-    n_shapes = edge_start.shape[0] - 1
+def _burn_polygons(
+    ids, edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions, pairs, last, n_pairs, n_multi, base
+):  # pragma: no cover - compiled
+    """Burn the polygons ``ids``: the cells their edges cross (supercover, dilated by ``eps``), then the cells
+    between crossings of each row's centre line (the same half-open rule as the exact test).
+
+    Multi slots are numbered from ``n_multi`` (``last`` is indexed by ``slot - base``); returns the grown
+    ``pairs``, ``last`` and the new counts."""
     h = 1.0 / inv_h
-    pairs = np.empty((1 << 16, 2), dtype=np.int32)
-    last = np.empty(1 << 15, dtype=np.int32)
-    n_pairs = 0
-    n_multi = 0
     row_n = np.zeros(64, dtype=np.int64)
     row_c = np.zeros(64, dtype=np.int64)
     xs = np.empty(256, dtype=np.float64)
-    for s in range(n_shapes):
+    for s in ids:
         e_lo = edge_start[s]
         e_hi = edge_start[s + 1]
         if e_hi == e_lo:
@@ -210,39 +213,41 @@ def _burn_polygons(edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regi
         if c1 < c0 or r1 < r0:
             continue
         bh = r1 - r0 + 1
-        # 1. cells crossed by an edge
+        # 1. cells crossed by an edge: per column of the edge's u-range (dilated by eps), the rows between the
+        #    edge's v at the column's (dilated) borders; one division per edge
         for e in range(e_lo, e_hi):
             ua = (edges[e, 0] - gx0) * inv_h
             va = (edges[e, 1] - gy0) * inv_h
             ub = (edges[e, 2] - gx0) * inv_h
             vb = (edges[e, 3] - gy0) * inv_h
-            cl = max(int(np.floor(min(ua, ub) - eps)), c0)
-            ch = min(int(np.floor(max(ua, ub) + eps)), c1)
-            du = ub - ua
-            dv = vb - va
+            ulo = min(ua, ub)
+            uhi = max(ua, ub)
+            cl = max(int(np.floor(ulo - eps)), c0)
+            ch = min(int(np.floor(uhi + eps)), c1)
+            whole = cl == ch or ub == ua  # one column, or a vertical edge on a column border
+            slope = 0.0 if whole else (vb - va) / (ub - ua)
             for c in range(cl, ch + 1):
-                t0 = 0.0
-                t1 = 1.0
-                if du != 0.0:
-                    ta = (c - eps - ua) / du
-                    tb = (c + 1.0 + eps - ua) / du
-                    t0 = max(0.0, min(ta, tb))
-                    t1 = min(1.0, max(ta, tb))
-                    if t0 > t1:
+                if whole:
+                    v_a = va
+                    v_b = vb
+                else:
+                    u0 = max(ulo, c - eps)
+                    u1 = min(uhi, c + 1.0 + eps)
+                    if u0 > u1:
                         continue
-                v_a = va + t0 * dv
-                v_b = va + t1 * dv
+                    v_a = va + (u0 - ua) * slope
+                    v_b = va + (u1 - ua) * slope
                 rl = max(int(np.floor(min(v_a, v_b) - eps)), r0)
                 rh = min(int(np.floor(max(v_a, v_b) + eps)), r1)
                 for r in range(rl, rh + 1):
                     cell = r * nx + c
-                    if _decided(grid[cell], s, n_regions, last):
+                    if _decided(grid[cell], s, n_regions, last, base):
                         continue
                     if n_pairs + 2 > pairs.shape[0]:
                         pairs = _grow2(pairs, n_pairs + 2)
-                    if n_multi + 1 > last.shape[0]:
-                        last = _grow(last, n_multi + 1)
-                    n_pairs, n_multi = _visit(grid, cell, s, n_regions, pairs, last, n_pairs, n_multi)
+                    if n_multi - base + 1 > last.shape[0]:
+                        last = _grow(last, n_multi - base + 1)
+                    n_pairs, n_multi = _visit(grid, cell, s, n_regions, pairs, last, n_pairs, n_multi, base)
         # 2. crossings of the edges with each row's centre line, counted per row, then filled into each row's
         #    segment of xs, kept sorted (insertion)
         if row_n.shape[0] < bh + 1:
@@ -289,24 +294,24 @@ def _burn_polygons(edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n_regi
         # 3. covered cells: centre between crossings 2k and 2k + 1, not crossed by an edge of this polygon
         for r in range(r0, r1 + 1):
             j = r - r0
-            base = r * nx
+            row_base = r * nx
             for k in range(row_n[j], row_n[j + 1] - 1, 2):
                 ca = max(int(np.ceil((xs[k] - gx0) * inv_h - 0.5)), c0)
                 cb = min(int(np.floor((xs[k + 1] - gx0) * inv_h - 0.5)), c1)
                 for c in range(ca, cb + 1):
-                    cell = base + c
+                    cell = row_base + c
                     g = grid[cell]
                     if g == -1:
                         grid[cell] = s
                         continue
-                    if _decided(g, s, n_regions, last):
+                    if _decided(g, s, n_regions, last, base):
                         continue
                     if n_pairs + 2 > pairs.shape[0]:
                         pairs = _grow2(pairs, n_pairs + 2)
-                    if n_multi + 1 > last.shape[0]:
-                        last = _grow(last, n_multi + 1)
-                    n_pairs, n_multi = _visit(grid, cell, ~s, n_regions, pairs, last, n_pairs, n_multi)
-    return _group_pairs(pairs, n_pairs, n_multi)
+                    if n_multi - base + 1 > last.shape[0]:
+                        last = _grow(last, n_multi - base + 1)
+                    n_pairs, n_multi = _visit(grid, cell, ~s, n_regions, pairs, last, n_pairs, n_multi, base)
+    return pairs, last, n_pairs, n_multi
 
 
 @numba.njit(cache=True, nogil=True)
@@ -341,7 +346,7 @@ def _burn_circles(circles, gx0, gy0, inv_h, nx, ny, eps, grid, n_regions):  # pr
                 if n_multi + 1 > last.shape[0]:
                     last = _grow(last, n_multi + 1)
                 code = s if crossed else ~s
-                n_pairs, n_multi = _visit(grid, r * nx + c, code, n_regions, pairs, last, n_pairs, n_multi)
+                n_pairs, n_multi = _visit(grid, r * nx + c, code, n_regions, pairs, last, n_pairs, n_multi, 0)
     return _group_pairs(pairs, n_pairs, n_multi)
 
 
@@ -350,8 +355,13 @@ def _edges_from_coords(coords, ring, owner_of_ring, n):  # pragma: no cover - co
     """Consecutive coordinates of the same ring are edges; endpoints in canonical order (y0 < y1, or equal y
     and x0 <= x1). Rings come grouped by geometry, so edges come out grouped by geometry."""
     m = coords.shape[0]
-    edges = np.empty((max(m - 1, 0), 4), dtype=np.float64)
     edge_start = np.zeros(n + 1, dtype=np.int64)
+    for i in range(m - 1):
+        if ring[i] == ring[i + 1]:
+            edge_start[owner_of_ring[ring[i]] + 1] += 1
+    for j in range(n):
+        edge_start[j + 1] += edge_start[j]
+    edges = np.empty((edge_start[n], 4), dtype=np.float64)
     k = 0
     for i in range(m - 1):
         if ring[i] != ring[i + 1]:
@@ -366,11 +376,8 @@ def _edges_from_coords(coords, ring, owner_of_ring, n):  # pragma: no cover - co
         edges[k, 1] = ay
         edges[k, 2] = bx
         edges[k, 3] = by
-        edge_start[owner_of_ring[ring[i]] + 1] += 1
         k += 1
-    for j in range(n):
-        edge_start[j + 1] += edge_start[j]
-    return edge_start, edges[:k].copy()
+    return edge_start, edges
 
 
 @numba.njit(cache=True, nogil=True)
@@ -481,6 +488,65 @@ def _grid_frame(
     return inv_h, nx, ny, eps
 
 
+@numba.njit(cache=True, nogil=True)
+def _shift_slots(values, threshold, delta):  # pragma: no cover - compiled
+    for i in range(values.shape[0]):
+        if values[i] <= threshold:
+            values[i] += delta
+
+
+def _burn_all(
+    edge_start: np.ndarray,
+    edges: np.ndarray,
+    bounds: np.ndarray,
+    gx0: float,
+    gy0: float,
+    inv_h: float,
+    nx: int,
+    ny: int,
+    eps: float,
+    grid: np.ndarray,
+    n: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Burn all polygons; with many polygons, the two halves of the grid (split at a row) in two threads.
+
+    Polygons entirely below the split row and those entirely above it write disjoint rows, so two threads can
+    burn them at once (the kernel releases the GIL); the upper half numbers its multi slots from a high base and
+    is renumbered afterwards. Polygons across the split are burned last.
+    """
+    pairs0 = np.empty((1 << 16, 2), dtype=np.int32)
+    last0 = np.empty(1 << 15, dtype=np.int32)
+    args = (edge_start, edges, gx0, gy0, inv_h, nx, ny, eps, grid, n)
+    finite = np.isfinite(bounds).all(axis=1)
+    if n < _PARALLEL_BURN or ny < 8:
+        pairs, _, n_pairs, n_multi = _burn_polygons(np.arange(n), *args, pairs0, last0, 0, 0, 0)
+        return _group_pairs(pairs, n_pairs, n_multi)
+    with np.errstate(invalid="ignore"):
+        r_lo = np.floor((bounds[:, 1] - gy0) * inv_h - eps) - 1
+        r_hi = np.floor((bounds[:, 3] - gy0) * inv_h + eps) + 1
+    split = float(np.floor(np.median((r_lo + r_hi)[finite] / 2)))
+    low = np.flatnonzero(finite & (r_hi < split))
+    high = np.flatnonzero(finite & (r_lo > split))
+    rest = np.setdiff1d(np.arange(n), np.concatenate([low, high]))
+    base = ((1 << 31) - 2 - n) // 2
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        fa = pool.submit(_burn_polygons, low, *args, pairs0, last0, 0, 0, 0)
+        fb = pool.submit(_burn_polygons, high, *args, pairs0.copy(), last0.copy(), 0, base, base)
+        pa, la, npa, nma = fa.result()
+        pb, lb, npb, nmb = fb.result()
+    nb = nmb - base
+    row = int(split) + 1  # the high polygons wrote rows > split only
+    _shift_slots(grid[row * nx :], -2 - n - base, base - nma)
+    pb = pb[:npb].copy()
+    pb[:, 0] -= base - nma
+    pairs = np.concatenate([pa[:npa], pb, np.empty((1 << 16, 2), dtype=np.int32)])
+    last = np.concatenate([la[:nma], lb[:nb], np.empty(1 << 15, dtype=np.int32)])
+    pairs, _, n_pairs, n_multi = _burn_polygons(rest, *args, pairs, last, npa + npb, nma + nb, 0)
+    return _group_pairs(pairs, n_pairs, n_multi)
+
+
 def _empty_grid(is_circle: bool, n: int, edge_start: np.ndarray, edges: np.ndarray, circles: np.ndarray):
     return RegionGrid(
         is_circle, n, np.full(1, -1, dtype=np.int32), 1, 1, 0.0, 0.0, 1.0, np.zeros(1, dtype=np.int64),
@@ -512,7 +578,7 @@ def build_polygon_grid(
     typical = float(np.median(extent)) if len(extent) else 0.0
     inv_h, nx, ny, eps = _grid_frame(xmin, ymin, xmax, ymax, typical, cell_size, max_cells)
     grid = np.full(nx * ny, -1, dtype=np.int32)
-    cand_start, cand = _burn_polygons(edge_start, edges, xmin, ymin, inv_h, nx, ny, eps, grid, n)
+    cand_start, cand = _burn_all(edge_start, edges, bounds, xmin, ymin, inv_h, nx, ny, eps, grid, n)
     return RegionGrid(
         False, n, grid, nx, ny, xmin, ymin, inv_h, cand_start, cand, edge_start, edges, no_circles
     )
