@@ -742,8 +742,9 @@ def _test_undecided(
 
 
 def _coords(a: np.ndarray) -> np.ndarray:
-    # one compiled signature: float64 (float32 columns cost one conversion pass, far less than a second compile)
-    return np.ascontiguousarray(a, dtype=np.float64)
+    """float32 (common for transcripts; read as is, converted to float64 inside the kernels) or float64."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a, dtype=np.float32 if a.dtype == np.float32 else np.float64)
 
 
 def _affine_args(linear: np.ndarray | None, offset: np.ndarray | None) -> tuple[np.ndarray, bool, bool]:
@@ -788,9 +789,9 @@ def locate_in_grid(
     m, affine, use_z = _affine_args(linear, offset)
     if use_z and z is None:
         raise ValueError("the map depends on z but no z coordinates were given")
-    pz = _coords(z) if use_z else np.zeros(1, dtype=px.dtype)
-    pz = pz.astype(px.dtype, copy=False)
-    py = py.astype(px.dtype, copy=False)
+    if py.dtype != px.dtype or (use_z and np.asarray(z).dtype != px.dtype):
+        px, py = px.astype(np.float64), py.astype(np.float64)  # mixed precisions: one common dtype
+    pz = np.ascontiguousarray(z, dtype=px.dtype) if use_z else np.zeros(1, dtype=px.dtype)
     out = np.empty(n, dtype=np.int32)
     g = grid
     _grid_values(px, py, pz, m, affine, use_z, g.grid, g.nx, g.ny, g.x0, g.y0, g.inv_h, out)
