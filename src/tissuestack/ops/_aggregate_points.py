@@ -1,10 +1,15 @@
 """Aggregating points by shapes (circles, polygons, multipolygons) and by labels (2D and 3D).
 
-Both pairs stream the points: only the needed columns (x, y[, z] and the value columns) are read, partition by
-partition, each partition is located in the regions by a compiled kernel (GIL released, so dask threads or
-``dask.distributed`` workers run partitions in parallel) and reduced to a small per-region partial result
-(sparse counts per category, or per-region count/sum/min/max/squared deviations), and the partials are combined
-in a tree. Memory is bounded by a few partitions plus the region index, whatever the number of points.
+Both pairs stream the points partition by partition (points from a store read only the needed columns: x, y[, z]
+and the value columns). Each partition is located in the regions by compiled kernels (GIL released, so dask
+threads or ``dask.distributed`` workers run partitions in parallel), 1M rows at a time, and reduced to a small
+per-region partial result (sparse counts per category, or per-region count/sum/min/max/squared deviations); the
+partials are combined in a tree. Memory is bounded by a few partitions plus the region index, whatever the number
+of points.
+
+Results: a categorical value key gives int32 counts (CSR, one column per category); numeric keys give float64
+columns (``sum``/``count`` are 0 and ``mean``/``min``/``max``/``std`` NaN for a region without values; ``std``
+has ``ddof=1``); without a value key (and no feature key), one column ``"count"`` of points per region.
 
 Membership rules (see :mod:`tissuestack.kernels._points_in_regions`):
 
