@@ -245,14 +245,13 @@ def _values_to_by(
     vm = affine_map(values_t, values_axes, bm.inv_axes)
     linear = inv @ vm.linear
     offset = inv @ vm.offset + c
+    # the same axes on both sides and (up to rounding) no change: make it exactly the selection of those axes
+    selection = np.array([[float(v == b) for v in values_axes] for b in by_axes])
+    scale = max(1.0, float(np.abs(vm.offset).max(initial=0.0)), float(np.abs(c).max(initial=0.0)))
+    if np.allclose(linear, selection, rtol=0, atol=_SNAP) and np.all(np.abs(offset) <= _SNAP * scale):
+        linear = selection
+        offset = np.zeros(len(by_axes))
     square = linear.shape[0] == linear.shape[1]
-    if square and values_axes == by_axes:
-        scale = max(1.0, float(np.abs(offset).max(initial=0.0)))
-        if np.allclose(linear, np.eye(len(by_axes)), rtol=0, atol=_SNAP) and np.all(
-            np.abs(offset) <= _SNAP * scale
-        ):
-            linear = np.eye(len(by_axes))
-            offset = np.zeros(len(by_axes))
     inverse = None
     if square and np.linalg.matrix_rank(linear) == linear.shape[0]:
         li = np.linalg.inv(linear)
