@@ -27,7 +27,7 @@ from tissuestack.elements import (
 )
 from tissuestack.kernels._pip import points_in_polygon
 from tissuestack.query import bounding_box_query, polygon_query
-from tissuestack.query._index import shapes_tree
+from tissuestack.query._index import shapes_index, shapes_tree
 from tissuestack.transforms import Affine, Identity, Scale, Sequence, Translation
 
 ROT45 = Affine(
@@ -257,8 +257,8 @@ def test_shapes_bbox_polygons_and_circles(name):
 
 @pytest.mark.parametrize("name", ["identity", "scale_shift", "rot45"])
 def test_shapes_bbox_scan_and_tree_paths_agree_with_brute_force(name):
-    # first query of a frame scans the envelopes (and accepts envelopes strictly inside the box without an exact
-    # test); the second uses the STRtree; many boxes use the tree too: all must equal shapely brute force
+    # a few boxes scan the envelopes (and accept envelopes strictly inside the box without an exact test); many
+    # boxes use the STRtree, which later few-box queries then reuse: all must equal shapely brute force
     t = {
         "identity": Identity(),
         "scale_shift": Sequence([Scale([2.0, 0.5], ("x", "y")), Translation([-3.0, 4.0], ("x", "y"))]),
@@ -268,18 +268,24 @@ def test_shapes_bbox_scan_and_tree_paths_agree_with_brute_force(name):
     lin, off = _matrix(t, ("x", "y"))
     geoms_t = [shapely.transform(g, lambda c: c @ lin.T + off) for g in gdf.geometry]
     boxes = [((20.0, 10.0), (60.0, 50.0)), ((-5.0, 30.0), (45.0, 31.0)), ((100.0, 0.0), (180.0, 70.0))]
-    for _ in range(2):
+
+    def check_singles():
         for lo, hi in boxes:
             box = shapely.box(*lo, *hi)
             expected = [i for i, g in zip(gdf.index, geoms_t, strict=True) if g.intersects(box)]
             out = bounding_box_query(gdf, ("x", "y"), lo, hi, "global")
             assert (list(out.index) if out is not None else []) == expected
-    many = bounding_box_query(gdf, ("x", "y"), [b[0] for b in boxes] * 3, [b[1] for b in boxes] * 3, "global")
+
+    check_singles()
+    assert not shapes_index(gdf, False).has_tree  # a few boxes: envelopes scanned, no tree built
+    many = bounding_box_query(gdf, ("x", "y"), [b[0] for b in boxes] * 6, [b[1] for b in boxes] * 6, "global")
+    assert shapes_index(gdf, False).has_tree
     for k, part in enumerate(many):
         lo, hi = boxes[k % 3]
         box = shapely.box(*lo, *hi)
         expected = [i for i, g in zip(gdf.index, geoms_t, strict=True) if g.intersects(box)]
         assert (list(part.index) if part is not None else []) == expected
+    check_singles()  # the tree, now built, is reused
 
 
 def test_shapes_empty_and_cache():
@@ -534,3 +540,24 @@ def test_errors_for_tables_and_missing_cs():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bounding_box_query(df, ("x", "y"), (0, 0), (1, 1), "global")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_points_identity_box_exact_at_float_edges(dtype):
+    # under an identity map the column comparisons are the whole test: bounds not representable in float32
+    # (float32 rounds 0.7 and -0.3 down, 1.1 and 0.1 up) must still select exactly the points whose value lies
+    # in the closed box
+    lo, hi = (0.7, -0.3), (1.1, 0.1)
+    vals = []
+    for v in (0.7, 1.1, -0.3, 0.1):
+        f = np.asarray(v, dtype=dtype)
+        vals += [f, np.nextafter(f, dtype(-np.inf)), np.nextafter(f, dtype(np.inf))]
+    vals = np.array(vals, dtype=dtype)
+    xs, ys = np.meshgrid(vals, vals)
+    pdf = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()})
+    points = PointsModel.parse(pdf, npartitions=3)
+    out = bounding_box_query(points, ("x", "y"), lo, hi, "global").compute()
+    x64, y64 = pdf["x"].to_numpy(np.float64), pdf["y"].to_numpy(np.float64)
+    inside = (x64 >= lo[0]) & (x64 <= hi[0]) & (y64 >= lo[1]) & (y64 <= hi[1])
+    assert sorted(out.index) == list(np.flatnonzero(inside))
+    assert 0 < inside.sum() < len(pdf)

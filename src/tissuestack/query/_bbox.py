@@ -217,6 +217,54 @@ def _column_bound(value: float, dtype: Any, lower: bool) -> Any:
     return float(value)
 
 
+def _exact_column_bound(value: float, dtype: Any, lower: bool) -> Any:
+    """``value`` as a scalar of the column's dtype with ``col >= bound`` iff ``col >= value`` (``<=`` for upper
+    bounds) exactly, or ``NotImplemented`` for dtypes other than float32/float64."""
+    if not math.isfinite(value):
+        return None
+    if dtype == np.float32:
+        f = np.float32(value)
+        if lower and float(f) < value:
+            f = np.nextafter(f, np.float32(np.inf))
+        elif not lower and float(f) > value:
+            f = np.nextafter(f, np.float32(-np.inf))
+        return f
+    if dtype == np.float64:
+        return float(value)
+    return NotImplemented
+
+
+def _identity_box_bounds(
+    amap: AffineMap, reg: Region, dtypes: Any
+) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+    """Exact per-column bounds when the query is one box and the map is the identity on the box's axes (each
+    target axis is the intrinsic axis of the same name, unscaled, unshifted): the column comparisons are then the
+    whole test. ``None`` otherwise."""
+    if reg.polygon is not None or reg.n != 1:
+        return None
+    for i, a in enumerate(amap.out_axes):
+        if a not in amap.in_axes or amap.offset[i] != 0.0:
+            return None
+        row = np.zeros(len(amap.in_axes))
+        row[amap.in_axes.index(a)] = 1.0
+        if not np.array_equal(amap.linear[i], row):
+            return None
+    lo: list[Any] = []
+    hi: list[Any] = []
+    for a in amap.in_axes:
+        v_lo, v_hi = -math.inf, math.inf
+        if a in reg.axes:
+            j = reg.axes.index(a)
+            v_lo, v_hi = float(reg.lo[0, j]), float(reg.hi[0, j])
+        b_lo = _exact_column_bound(v_lo, dtypes[a], True)
+        b_hi = _exact_column_bound(v_hi, dtypes[a], False)
+        if b_lo is NotImplemented or b_hi is NotImplemented:
+            return None
+        lo.append(b_lo)
+        hi.append(b_hi)
+    return tuple(lo), tuple(hi)
+
+
 def _points_partition(
     part: pd.DataFrame,
     in_axes: tuple[str, ...],
@@ -226,8 +274,10 @@ def _points_partition(
     offset: np.ndarray,
     test: Callable[[np.ndarray], list[np.ndarray]],
     box_column: str | None,
+    exact: bool = False,
 ) -> pd.DataFrame:
-    """Rows of one partition inside the region: cheap prefilter on raw columns, exact test on candidates."""
+    """Rows of one partition inside the region: cheap prefilter on raw columns, exact test on candidates (skipped
+    when ``exact``: the prefilter bounds are then the exact test)."""
     columns = [part[a].to_numpy() for a in in_axes]
     mask = None
     if pre_lo is not None:
@@ -241,6 +291,8 @@ def _points_partition(
                 else:
                     mask &= m
     idx = np.flatnonzero(mask) if mask is not None else np.arange(len(part))
+    if exact and box_column is None:
+        return part.iloc[idx]
     t = apply_affine([col[idx] for col in columns], linear, offset)
     hits = test(t)
     if box_column is None:
@@ -284,6 +336,7 @@ def query_points(
     store_backed = meta.source is not None
     pre_lo = pre_hi = None
     frame = df
+    exact = _identity_box_bounds(amap, reg, df.dtypes)
     if bounds is not None:
         lo, hi = bounds[0].min(axis=0), bounds[1].max(axis=0)  # union of the boxes' intrinsic bounds
         if store_backed and _row_groups_empty(df, in_axes, bounds[0], bounds[1]):
@@ -291,6 +344,8 @@ def query_points(
         dtypes = df.dtypes
         pre_lo = tuple(_column_bound(v, dtypes[a], True) for a, v in zip(in_axes, lo, strict=True))
         pre_hi = tuple(_column_bound(v, dtypes[a], False) for a, v in zip(in_axes, hi, strict=True))
+        if exact is not None:
+            pre_lo, pre_hi = exact
         if store_backed:
             # plain column comparisons: dask-expr pushes them into the Parquet read, which skips row groups
             cond = None
@@ -313,6 +368,7 @@ def query_points(
         offset=amap.offset,
         test=test,
         box_column=_BOX_COLUMN if many else None,
+        exact=exact is not None,
     )
     empty = df._meta
     if not many:

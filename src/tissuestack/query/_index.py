@@ -35,7 +35,7 @@ class ShapesIndex:
 
     Item ``i`` is row ``i`` (position, not index label). Circles are indexed by the bounding squares of their
     disks. A query with a few boxes scans the envelope array (a few vectorized comparisons, no tree to build);
-    queries with many boxes or a second query on the same frame use the tree.
+    queries with many boxes use the tree.
     """
 
     def __init__(self, geoms: np.ndarray, radius: np.ndarray | None):
@@ -45,7 +45,6 @@ class ShapesIndex:
         else:
             self.bounds = shapely.bounds(geoms)
         self._tree: shapely.STRtree | None = None
-        self.queries = 0
 
     @property
     def has_tree(self) -> bool:
@@ -58,13 +57,13 @@ class ShapesIndex:
             self._tree = shapely.STRtree(shapely.box(b[:, 0], b[:, 1], b[:, 2], b[:, 3]))
         return self._tree
 
-    def candidates(self, lo: np.ndarray, hi: np.ndarray, *, few: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(self, lo: np.ndarray, hi: np.ndarray, *, few: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """``(box index, row)`` pairs whose envelope meets each intrinsic x/y box ``lo[i] .. hi[i]`` (``n x 2``).
 
-        Scans the envelopes for up to ``few`` boxes on the first query of this frame; otherwise uses the tree.
+        Scans the envelopes for up to ``few`` boxes (a few vectorized comparisons each, ~1 ms per 100k shapes,
+        while building a tree costs ~0.1 s); more boxes use the tree, built once and kept.
         """
-        self.queries += 1
-        if len(lo) > few or self._tree is not None or self.queries > 1:
+        if len(lo) > few or self._tree is not None:
             return self.tree.query(shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1]))
         b = self.bounds
         box_idx, rows = [], []
