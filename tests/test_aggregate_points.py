@@ -273,3 +273,36 @@ def test_identical_results_under_a_distributed_cluster():
     assert np.array_equal(local["counts"], remote["counts"]) and local["counts"].sum() > 0
     np.testing.assert_allclose(local["mean"], remote["mean"], rtol=1e-12)
     assert np.array_equal(local["labels"], remote["labels"]) and local["labels"].sum() > 0
+
+
+def test_region_grid_reused_for_the_same_regions_and_rebuilt_when_they_change():
+    import gc
+
+    import tissuestack.ops._aggregate_points as AP
+
+    rng = np.random.default_rng(5)
+    polys = gpd.GeoDataFrame(
+        geometry=[shapely.box(x, y, x + 8, y + 8) for x, y in rng.uniform(0, 90, (30, 2))]
+    )
+    regions = ts.ShapesModel.parse(polys)
+    pts = ts.PointsModel.parse(
+        pd.DataFrame({"x": rng.uniform(0, 100, 2000), "y": rng.uniform(0, 100, 2000),
+                      "g": pd.Categorical(rng.choice(["a", "b"], 2000))}),
+        feature_key="g",
+    )  # fmt: skip
+    first = ts.aggregate(pts, regions, agg_func="count")
+    grid = AP._LAST_GRID["grid"]
+    again = ts.aggregate(pts, regions, value_key="g", agg_func="sum")
+    assert AP._LAST_GRID["grid"] is grid  # same element, same geometry: burned once
+    assert (first.X != again.X).nnz == 0
+    moved = regions.copy()
+    moved.geometry = moved.geometry.translate(5.0, 0.0)
+    moved = ts.ShapesModel.parse(moved)
+    shifted = ts.aggregate(pts, moved, agg_func="count")
+    assert AP._LAST_GRID["grid"] is not grid
+    xy = np.column_stack([pts["x"].compute(), pts["y"].compute()])
+    expected = [int(shapely.contains_xy(g, xy[:, 0], xy[:, 1]).sum()) for g in moved.geometry]
+    assert np.asarray(shifted.X.sum(axis=1)).ravel().tolist() == expected
+    del moved, shifted
+    gc.collect()
+    assert not AP._LAST_GRID  # the cache does not keep a dead element's grid

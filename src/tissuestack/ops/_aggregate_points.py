@@ -31,6 +31,7 @@ combined per reduction task, default 8).
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -274,6 +275,50 @@ def _check_points(req: PairInput) -> Any:
     return points
 
 
+# the last region grid built, kept while its shapes element lives and its geometry (and radius) arrays are the
+# same objects: aggregating several value keys or point sets by the same regions burns them once. One entry only,
+# so at most one grid (~4 bytes per grid cell) stays in memory.
+_LAST_GRID: dict[str, Any] = {}
+
+
+def _forget_grid(ref: weakref.ref) -> None:
+    if _LAST_GRID.get("ref") is ref:
+        _LAST_GRID.clear()
+
+
+def _region_grid(shapes: Any, name: str, cell_size: float | None, max_cells: int) -> Any:
+    from tissuestack.kernels import _points_in_regions as K
+
+    circles = shapes_type(shapes) == "circles"
+    geometry = shapes.geometry.array
+    radius = shapes["radius"].array if circles and "radius" in shapes.columns else None
+    key = (cell_size, max_cells)
+    last = _LAST_GRID
+    if (
+        last
+        and last["ref"]() is shapes
+        and last["geometry"] is geometry
+        and last["radius"] is radius
+        and last["key"] == key
+    ):
+        return last["grid"]
+    geoms = np.asarray(geometry, dtype=object)
+    if circles:
+        if radius is None:
+            raise ValueError(f"shapes element {name!r} holds circles but has no 'radius' column")
+        grid = K.build_circle_grid(
+            shapely.get_x(geoms), shapely.get_y(geoms), shapes["radius"].to_numpy(dtype=np.float64),
+            cell_size=cell_size, max_cells=max_cells,
+        )  # fmt: skip
+    else:
+        grid = K.build_polygon_grid(geoms, cell_size=cell_size, max_cells=max_cells)
+    _LAST_GRID.clear()
+    _LAST_GRID.update(
+        ref=weakref.ref(shapes, _forget_grid), geometry=geometry, radius=radius, key=key, grid=grid
+    )
+    return grid
+
+
 def points_by_shapes(req: PairInput) -> PairResult:
     """Aggregate points by the shapes (circles or (multi)polygons) of ``req.by``; see the module notes."""
     from tissuestack.kernels import _points_in_regions as K
@@ -286,16 +331,7 @@ def points_by_shapes(req: PairInput) -> PairResult:
     fan_in = opts.pop("fan_in", _FAN_IN)
     if opts:
         raise TypeError(f"unknown options for points -> shapes: {sorted(opts)}")
-    geoms = np.asarray(shapes.geometry.array, dtype=object)
-    if shapes_type(shapes) == "circles":
-        if "radius" not in shapes.columns:
-            raise ValueError(f"shapes element {req.by_name!r} holds circles but has no 'radius' column")
-        grid = K.build_circle_grid(
-            shapely.get_x(geoms), shapely.get_y(geoms), shapes["radius"].to_numpy(dtype=np.float64),
-            cell_size=cell_size, max_cells=max_cells,
-        )  # fmt: skip
-    else:
-        grid = K.build_polygon_grid(geoms, cell_size=cell_size, max_cells=max_cells)
+    grid = _region_grid(shapes, req.by_name, cell_size, max_cells)
     linear, offset, use_z = _map_linear(req, 2)
     ctx = _ShapesContext(grid, linear, offset, use_z)
     plan = _plan(req, points)
