@@ -38,6 +38,8 @@ import numba
 import numpy as np
 import shapely
 
+from tissuestack.kernels._moments import STATISTICS, statistic_from_moments
+
 __all__ = [
     "STATISTICS",
     "ZonalPartial",
@@ -53,8 +55,6 @@ __all__ = [
     "runs_block_stats",
     "runs_label_counts",
 ]
-
-STATISTICS = ("sum", "mean", "min", "max", "count", "std")
 
 
 # ============================================================================================ flattening
@@ -744,19 +744,8 @@ def finalize(partial: ZonalPartial, n_zones: int, agg_func: str, n_channels: int
     if len(partial.ids) == 0:
         return out.T.copy()
     ids = partial.ids
-    cnt = partial.count
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if agg_func == "sum":
-            val = partial.total
-        elif agg_func == "count":
-            val = cnt
-        elif agg_func == "mean":
-            val = np.where(cnt > 0, partial.total / cnt, np.nan)
-        elif agg_func == "min":
-            val = np.where(cnt > 0, partial.minimum, np.nan)
-        elif agg_func == "max":
-            val = np.where(cnt > 0, partial.maximum, np.nan)
-        else:
-            val = np.where(cnt > 1, np.sqrt(np.maximum(partial.m2, 0.0) / (cnt - 1)), np.nan)
+    val = statistic_from_moments(
+        agg_func, partial.count, partial.total, partial.minimum, partial.maximum, partial.m2
+    )
     out[:, ids] = val
     return out.T.copy()

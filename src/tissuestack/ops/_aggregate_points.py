@@ -44,6 +44,7 @@ import shapely
 
 from tissuestack._compute import scheduler
 from tissuestack.elements import get_meta, raster_levels, shapes_type
+from tissuestack.kernels._moments import statistic_from_moments
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 
 __all__ = ["points_by_labels", "points_by_shapes"]
@@ -155,22 +156,9 @@ def _finish(plan: _Plan, total: Any, agg_func: str) -> PairResult:
         X.sort_indices()
         X.eliminate_zeros()
         return PairResult(X=X.astype(np.int32), columns=[str(c) for c in plan.categories])
-    count, s = total["count"], total["sum"]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if agg_func == "sum":
-            X = s
-        elif agg_func == "count":
-            X = count.astype(np.float64)
-        elif agg_func == "mean":
-            X = np.where(count > 0, s / np.maximum(count, 1), np.nan)
-        elif agg_func == "min":
-            X = np.where(count > 0, total["min"], np.nan)
-        elif agg_func == "max":
-            X = np.where(count > 0, total["max"], np.nan)
-        elif agg_func == "std":
-            X = np.where(count > 1, np.sqrt(total["m2"] / np.maximum(count - 1, 1)), np.nan)
-        else:  # pragma: no cover - the front end validates agg_func
-            raise ValueError(f"unsupported agg_func {agg_func!r}")
+    X = statistic_from_moments(
+        agg_func, total["count"], total["sum"], total["min"], total["max"], total.get("m2")
+    )
     return PairResult(X=np.asarray(X, dtype=np.float64), columns=list(plan.keys))
 
 
