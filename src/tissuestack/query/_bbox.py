@@ -135,12 +135,15 @@ class Region:
         return shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])
 
 
-def _widened(bounds: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+def _widened(
+    bounds: tuple[np.ndarray, np.ndarray] | None, sign: float = 1.0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Bounds moved outward by a tiny relative margin (``sign=-1``: inward)."""
     if bounds is None:
         return None
     lo, hi = bounds
     mag = np.where(np.isfinite(lo), np.abs(lo), 0.0) + np.where(np.isfinite(hi), np.abs(hi), 0.0)
-    margin = _WIDEN * mag + 1e-300
+    margin = sign * (_WIDEN * mag + 1e-300)
     return lo - margin, hi + margin
 
 
@@ -396,14 +399,8 @@ def _transform_geoms(geoms: np.ndarray, linear: np.ndarray, offset: np.ndarray) 
 
 def _inner_boxes(amap: AffineMap, reg: Region) -> tuple[np.ndarray, np.ndarray]:
     """Intrinsic boxes ``(n, 2)`` slightly inside the preimage of each target box (axis-aligned maps only)."""
-    los, his = [], []
-    for i in range(reg.n):
-        lo, hi = amap.intrinsic_bounds(reg.lo[i], reg.hi[i], reg.axes)
-        mag = np.where(np.isfinite(lo), np.abs(lo), 0.0) + np.where(np.isfinite(hi), np.abs(hi), 0.0)
-        margin = _WIDEN * mag + 1e-300
-        los.append(lo + margin)
-        his.append(hi - margin)
-    return np.array(los), np.array(his)
+    inner = [_widened(amap.intrinsic_bounds(reg.lo[i], reg.hi[i], reg.axes), -1.0) for i in range(reg.n)]
+    return np.array([b[0] for b in inner]), np.array([b[1] for b in inner])
 
 
 def _exact_hits(
