@@ -561,3 +561,88 @@ def test_points_identity_box_exact_at_float_edges(dtype):
     inside = (x64 >= lo[0]) & (x64 <= hi[0]) & (y64 >= lo[1]) & (y64 <= hi[1])
     assert sorted(out.index) == list(np.flatnonzero(inside))
     assert 0 < inside.sum() < len(pdf)
+
+
+# ------------------------------------------------------------------------------- in-memory points fast path
+def _mixed_points(n=5000, seed=11, index="range"):
+    rng = np.random.default_rng(seed)
+    pdf = pd.DataFrame(
+        {
+            "x": rng.uniform(0, 100, n),
+            "y": rng.uniform(0, 100, n).astype(np.float32),
+            "gene": pd.Categorical(rng.choice(["a", "b", "c", "d"], n)),
+            "count": pd.array(rng.integers(0, 5, n), dtype="Int64"),
+            "flag": rng.random(n) < 0.5,
+            "label": pd.array([f"s{i % 13}" for i in range(n)], dtype="string[pyarrow]"),
+        }
+    )
+    if index == "range":
+        pdf.index = pd.RangeIndex(3, 3 + 2 * n, 2, name="row")
+    elif index == "int":
+        pdf.index = pd.Index(rng.permutation(n) * 5 + 1)
+    else:
+        pdf.index = pd.Index([f"id{i}" for i in rng.permutation(n)])
+    return pdf
+
+
+@pytest.mark.parametrize("index", ["range", "int", "str"])
+@pytest.mark.parametrize("name", ["identity", "rot45"])
+def test_in_memory_points_query_equals_pandas(index, name):
+    from tissuestack.elements._points import in_memory_partitions
+
+    pdf = _mixed_points(index=index)
+    t = TRANSFORMS[name]
+    df = PointsModel.parse(pdf, transformations={"global": t}, npartitions=5)
+    assert in_memory_partitions(df) is not None  # the fast path applies
+    lo, hi = (15.0, 25.0), (65.0, 70.0)
+    out = bounding_box_query(df, ("x", "y"), lo, hi, "global")
+    assert out.npartitions == 1
+    res = out.compute()
+    expected = pdf.loc[_brute_box(pdf, t, ("x", "y"), lo, hi)]
+    assert 0 < len(expected) < len(pdf)
+    if index == "str":  # dask holds string indexes as Arrow strings; the fast path follows it
+        assert res.index.dtype == df._meta.index.dtype == df.compute().index.dtype
+        expected.index = expected.index.astype(res.index.dtype)
+    pd.testing.assert_frame_equal(res, expected)
+    # the same query through dask's per-partition path (a derived frame is not in memory) agrees
+    derived = PointsModel.parse(df[df["x"] > -1], transformations={"global": t})
+    assert in_memory_partitions(derived) is None
+    pd.testing.assert_frame_equal(bounding_box_query(derived, ("x", "y"), lo, hi, "global").compute(), res)
+    # polygon queries use the same path
+    roi = shapely.Polygon([(20, 20), (70, 30), (60, 80), (25, 60)])
+    poly = polygon_query(df, roi, "global").compute()
+    tc = _target(pdf[["x", "y"]].to_numpy(dtype=np.float64), t, ("x", "y"))
+    inside = shapely.covers(roi, shapely.points(tc))
+    inside_rows = pdf[inside]
+    inside_rows.index = inside_rows.index.astype(res.index.dtype)
+    pd.testing.assert_frame_equal(poly, inside_rows)
+
+
+def test_take_rows_matches_concat_of_iloc():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tissuestack.query._bbox import take_rows
+
+    pdf = _mixed_points(n=400, index="range")
+    frames = [pdf.iloc[0:150], pdf.iloc[150:151], pdf.iloc[151:400]]
+    rng = np.random.default_rng(3)
+    positions = [np.sort(rng.choice(len(f), size=len(f) // 2, replace=False)) for f in frames]
+    positions[1] = np.zeros(0, dtype=np.int64)  # an empty selection
+    expected = pd.concat([f.iloc[p] for f, p in zip(frames, positions, strict=True)])
+    with ThreadPoolExecutor(2) as pool:
+        for p in (None, pool):
+            got = take_rows(frames, positions, p)
+            pd.testing.assert_frame_equal(got, expected)
+    # a MultiIndex and an object index go through pandas
+    multi = pdf.set_index([pdf.index, pdf["gene"].astype(str)])
+    frames = [multi.iloc[:200], multi.iloc[200:]]
+    positions = [np.arange(0, 200, 3), np.arange(0, 200, 7)]
+    pd.testing.assert_frame_equal(
+        take_rows(frames, positions), pd.concat([f.iloc[p] for f, p in zip(frames, positions, strict=True)])
+    )
+    obj = pdf.set_index(pd.Index([f"r{i}" for i in range(400)], dtype=object))
+    frames = [obj.iloc[:100], obj.iloc[100:]]
+    positions = [np.array([5, 1, 99]), np.arange(300)]
+    pd.testing.assert_frame_equal(
+        take_rows(frames, positions), pd.concat([f.iloc[p] for f, p in zip(frames, positions, strict=True)])
+    )

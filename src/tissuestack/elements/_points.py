@@ -33,7 +33,14 @@ from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normaliz
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
 
-__all__ = ["COORDINATE_DTYPES", "DEFAULT_CHUNKSIZE", "PointsModel", "default_npartitions", "points_axes"]
+__all__ = [
+    "COORDINATE_DTYPES",
+    "DEFAULT_CHUNKSIZE",
+    "PointsModel",
+    "default_npartitions",
+    "in_memory_partitions",
+    "points_axes",
+]
 
 AXES: tuple[str, ...] = ("x", "y", "z")
 #: dtypes allowed for the coordinate columns (FORMAT.md §5.3)
@@ -413,6 +420,35 @@ def default_npartitions(n_rows: int) -> int:
     cores = os.cpu_count() or 1
     by_cores = min(-(-n_rows // DEFAULT_CHUNKSIZE), 2 * cores)
     return max(1, by_cores, -(-n_rows // MAX_DEFAULT_CHUNKSIZE))
+
+
+def in_memory_partitions(df: dd.DataFrame) -> list[pd.DataFrame] | None:
+    """The pandas partitions of a points frame built from in-memory data by :class:`PointsModel` (views, no
+    compute), or ``None`` for any other frame (read from files, or derived by further dask operations).
+
+    Lets queries on in-memory points work on the partitions directly and return a single gathered partition
+    instead of one per input partition plus a concatenation."""
+    expr = getattr(df, "expr", None)
+    if type(expr).__name__ == "ArrowStringConversion":
+        expr = expr.frame
+    if type(expr).__name__ != "FromMap":
+        return None
+    try:
+        if expr.operand("func") is not _partition or expr.operand("_partitions") is not None:
+            return None
+        (slices,) = expr.operand("iterables")
+    except (ValueError, TypeError):
+        return None
+    frames = [s.frame for s in slices]
+    meta = df._meta
+    if any(
+        not isinstance(f, pd.DataFrame)
+        or list(f.columns) != list(meta.columns)
+        or not f.dtypes.equals(meta.dtypes)
+        for f in frames
+    ):
+        return None  # e.g. object strings that dask converts on the fly: keep dask's path
+    return frames
 
 
 def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -> dd.DataFrame:

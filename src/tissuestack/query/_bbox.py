@@ -24,8 +24,12 @@ Semantics (shared by both queries)
 from __future__ import annotations
 
 import functools
+import itertools
 import math
+import os
+import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +43,7 @@ import xarray as xr
 
 from tissuestack._container import SpatialData
 from tissuestack.elements import get_axes, get_kind, get_meta, get_table_keys, raster_levels, set_meta
+from tissuestack.elements._points import in_memory_partitions
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import NoPathError
 from tissuestack.ops._resolve import elements_in, transformation_to
@@ -268,7 +273,50 @@ def _identity_box_bounds(
     return tuple(lo), tuple(hi)
 
 
-def _points_partition(
+_SLICE = 1 << 16  # rows per prefilter slice: the masks stay in cache and below malloc's mmap threshold
+
+
+def _prefilter(
+    columns: list[np.ndarray], lo: tuple[Any, ...] | None, hi: tuple[Any, ...] | None
+) -> np.ndarray:
+    """Positions of the rows with ``lo <= column <= hi`` on every column (``None`` bounds are open).
+
+    Works through the columns in slices of :data:`_SLICE` rows with two reused mask buffers: no full-length
+    temporary is allocated (the first query of a process otherwise pays the page faults of several 5M-row masks
+    per partition), and the comparisons run on cache-resident data."""
+    n = len(columns[0]) if columns else 0
+    tests = (
+        []
+        if lo is None
+        else [
+            (col, bound, ge)
+            for col, a, b in zip(columns, lo, hi, strict=True)
+            for bound, ge in ((a, True), (b, False))
+            if bound is not None
+        ]
+    )
+    if not tests:
+        return np.arange(n, dtype=np.int64)
+    step = min(_SLICE, max(n, 1))
+    mask = np.empty(step, dtype=bool)
+    tmp = np.empty(step, dtype=bool)
+    found = []
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        m, t = mask[: stop - start], tmp[: stop - start]
+        for k, (col, bound, ge) in enumerate(tests):
+            out = m if k == 0 else t
+            (np.greater_equal if ge else np.less_equal)(col[start:stop], bound, out=out)
+            if k:
+                m &= t
+        hit = np.flatnonzero(m)
+        if len(hit):
+            hit += start
+            found.append(hit)
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def _points_positions(
     part: pd.DataFrame,
     in_axes: tuple[str, ...],
     pre_lo: tuple[Any, ...] | None,
@@ -276,34 +324,132 @@ def _points_partition(
     linear: np.ndarray,
     offset: np.ndarray,
     test: Callable[[np.ndarray], list[np.ndarray]],
-    box_column: str | None,
     exact: bool = False,
-) -> pd.DataFrame:
-    """Rows of one partition inside the region: cheap prefilter on raw columns, exact test on candidates (skipped
-    when ``exact``: the prefilter bounds are then the exact test)."""
+) -> list[np.ndarray]:
+    """Positions of the rows of one partition inside each box (or the polygon): cheap prefilter on the raw
+    columns, exact test on the candidates (skipped when ``exact``: the prefilter bounds are then the exact test)."""
     columns = [part[a].to_numpy() for a in in_axes]
-    mask = None
-    if pre_lo is not None:
-        for col, a, b in zip(columns, pre_lo, pre_hi, strict=True):
-            for bound, ge in ((a, True), (b, False)):
-                if bound is None:
-                    continue
-                m = col >= bound if ge else col <= bound
-                if mask is None:
-                    mask = m
-                else:
-                    mask &= m
-    idx = np.flatnonzero(mask) if mask is not None else np.arange(len(part))
-    if exact and box_column is None:
-        return part.iloc[idx]
+    idx = _prefilter(columns, pre_lo, pre_hi)
+    if exact:
+        return [idx]
     t = apply_affine([col[idx] for col in columns], linear, offset)
-    hits = test(t)
+    return [idx[h] for h in test(t)]
+
+
+def _points_partition(part: pd.DataFrame, box_column: str | None, **kwargs: Any) -> pd.DataFrame:
+    """Rows of one partition inside the region; with ``box_column``, every hit of every box with its box
+    number (a row inside several boxes appears once per box)."""
+    hits = _points_positions(part, **kwargs)
     if box_column is None:
-        return part.iloc[idx[hits[0]]]
-    rows = np.concatenate([idx[h] for h in hits]) if hits else np.zeros(0, dtype=np.int64)
+        return part.iloc[hits[0]]
+    rows = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
     ids = np.repeat(np.arange(len(hits), dtype=np.int64), [len(h) for h in hits])
     out = part.iloc[rows]
     return out.assign(**{box_column: ids})
+
+
+def take_rows(
+    frames: Sequence[pd.DataFrame], positions: Sequence[np.ndarray], pool: Executor | None = None
+) -> pd.DataFrame:
+    """``pd.concat([f.iloc[p] for f, p in zip(frames, positions)])`` gathered straight into one output array
+    per column (numpy and categorical columns and the index; other extension types through pandas), without the
+    per-frame intermediate copies; with ``pool``, the columns are gathered in parallel."""
+    sizes = [len(p) for p in positions]
+    total = sum(sizes)
+    spans = list(itertools.pairwise(np.concatenate([[0], np.cumsum(sizes)]).tolist()))
+
+    def gather(arrays: list[np.ndarray]) -> np.ndarray:
+        out = np.empty(total, dtype=arrays[0].dtype)
+        for arr, p, (a, b) in zip(arrays, positions, spans, strict=True):
+            np.take(arr, p, out=out[a:b], mode="clip")  # positions are in range; "clip" skips buffering
+        return out
+
+    def source(values: list[Any]) -> Callable[[], Any] | None:
+        """A job building the gathered column from per-frame arrays, or ``None`` if pandas must do it."""
+        dtype = values[0].dtype
+        if any(v.dtype != dtype for v in values):
+            return None
+        if isinstance(dtype, np.dtype) and dtype.kind != "O":
+            arrays = [np.asarray(v) for v in values]
+            return lambda: gather(arrays)
+        if isinstance(dtype, pd.CategoricalDtype):
+            codes = [v.codes for v in values]
+            return lambda: pd.Categorical.from_codes(gather(codes), dtype=dtype)
+        return None
+
+    def ranges() -> np.ndarray:  # RangeIndex partitions: positions * step + start, without materialising
+        out = np.empty(total, dtype=np.int64)
+        for f, p, (a, b) in zip(frames, positions, spans, strict=True):
+            np.multiply(p, f.index.step, out=out[a:b])
+            out[a:b] += f.index.start
+        return out
+
+    jobs: list[Callable[[], Any] | None] = []
+    for name in frames[0].columns:
+        jobs.append(
+            source(
+                [f[name].to_numpy() if isinstance(f[name].dtype, np.dtype) else f[name].array for f in frames]
+            )
+        )
+    first = frames[0].index
+    if all(isinstance(f.index, pd.RangeIndex) for f in frames):
+        jobs.append(ranges)
+    elif isinstance(first, pd.MultiIndex):
+        jobs.append(None)
+    else:
+        jobs.append(
+            source(
+                [f.index.to_numpy() if isinstance(f.index.dtype, np.dtype) else f.index.array for f in frames]
+            )
+        )
+    run = [job for job in jobs if job is not None]
+    done = iter(pool.map(lambda job: job(), run) if pool is not None else [job() for job in run])
+    out = [next(done) if job is not None else None for job in jobs]
+    data: dict[Any, Any] = {}
+    for name, col in zip(frames[0].columns, out[:-1], strict=True):
+        if col is None:
+            col = pd.concat([f[name].iloc[p] for f, p in zip(frames, positions, strict=True)]).array
+        data[name] = col
+    if out[-1] is None:
+        index = pd.concat([f.iloc[p, :0] for f, p in zip(frames, positions, strict=True)]).index
+    else:
+        index = pd.Index(out[-1], name=first.name, copy=False)
+    return pd.DataFrame(data, index=index, columns=frames[0].columns, copy=False)
+
+
+class _InMemoryQuery:
+    """One query over the in-memory partitions of a points frame, computed as a single output partition: each
+    partition's hit positions in parallel threads (numpy releases the GIL), then one gather into final arrays."""
+
+    __slots__ = ("frames", "index_dtype", "positions", "token")
+
+    def __init__(
+        self,
+        frames: list[pd.DataFrame],
+        positions: Callable[[pd.DataFrame], list[np.ndarray]],
+        index_dtype: Any,
+    ):
+        self.frames = frames
+        self.positions = positions
+        self.index_dtype = index_dtype  # dask's (it turns object strings into Arrow strings on the fly)
+        self.token = uuid.uuid4().hex
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+
+def _run_in_memory(job: _InMemoryQuery) -> pd.DataFrame:
+    frames = job.frames
+    workers = min(len(frames), os.cpu_count() or 1)
+    if workers <= 1:
+        out = take_rows(frames, [job.positions(f)[0] for f in frames])
+    else:
+        with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL: hits, then columns, in parallel
+            hits = list(pool.map(lambda f: job.positions(f)[0], frames))
+            out = take_rows(frames, hits, pool)
+    if out.index.dtype != job.index_dtype:
+        out.index = out.index.astype(job.index_dtype)
+    return out
 
 
 def _row_groups_empty(df: dd.DataFrame, in_axes: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> bool:
@@ -362,18 +508,30 @@ def query_points(
             if cond is not None:
                 frame = df[cond]
     many = reg.n > 1
-    fn = functools.partial(
-        _points_partition,
+    positions = functools.partial(
+        _points_positions,
         in_axes=in_axes,
         pre_lo=pre_lo,
         pre_hi=pre_hi,
         linear=amap.linear,
         offset=amap.offset,
         test=test,
-        box_column=_BOX_COLUMN if many else None,
         exact=exact is not None,
     )
     empty = df._meta
+    frames = None if (many or store_backed) else in_memory_partitions(df)
+    if frames is not None:
+        out = dd.from_map(
+            _run_in_memory,
+            [_InMemoryQuery(frames, positions, empty.index.dtype)],
+            meta=empty,
+            divisions=[None, None],
+            enforce_metadata=False,
+            label="points-query",
+        )
+        set_meta(out, meta.copy())
+        return [out]
+    fn = functools.partial(_points_partition, box_column=_BOX_COLUMN if many else None, **positions.keywords)
     if not many:
         out = frame.map_partitions(fn, meta=empty, enforce_metadata=False, transform_divisions=False)
         set_meta(out, meta.copy())
