@@ -181,22 +181,37 @@ def test_store_backed_points_push_down(tmp_path):
     np.testing.assert_array_equal(
         res.sort_index()[["x", "y"]].to_numpy(), pdf.loc[expected, ["x", "y"]].to_numpy()
     )
-    # the intrinsic bounding box is pushed into the parquet read (pyarrow skips row groups by statistics)
-    plan = io.StringIO()
-    with contextlib.redirect_stdout(plan):
-        out.optimize(fuse=False).pprint()
-    read = [line for line in plan.getvalue().splitlines() if "ReadParquet" in line]
-    assert read and "filters=[[(" in read[0] and "('x', '>='" in read[0] and "('y', '<='" in read[0]
-    # ... and those statistics rule out most row groups
+    # the frame as read is queried by reading exactly the row groups whose statistics meet the box
+    from tissuestack.elements import set_meta
     from tissuestack.query._index import intersecting_row_groups
     from tissuestack.store import ElementLocation, StoreRoot
-    from tissuestack.store._points import points_row_group_stats
+    from tissuestack.store._points import points_row_group_stats, points_scan
     from tissuestack.transforms import affine_map
 
     stats = points_row_group_stats(ElementLocation(StoreRoot.open(tmp_path / "s.zarr"), "points", "pts"))
     b = affine_map(ROT45, ("x", "y"), ("x", "y")).intrinsic_bounds(lo, hi, ("x", "y"))
     touched = intersecting_row_groups(stats, b[0], b[1], ("x", "y"))
     assert len(stats) >= 3 and 0 < touched.sum() < len(stats)
+    scan = points_scan(lazy)
+    assert scan is not None and scan.row_group_stats()[["file", "row_group"]].equals(
+        stats[["file", "row_group"]]
+    )
+    reads = [t for t in scan.tasks(np.ones(len(stats), dtype=bool))]
+    assert sum(len(rgs) for _, rgs in reads) == len(stats)
+    graph = dict(out.__dask_graph__())
+    read_keys = [k for k in graph if isinstance(k, tuple) and "read-points-row-groups" in str(k[0])]
+    assert 0 < len(read_keys) <= touched.sum() and out.npartitions == len(scan.tasks(touched))
+    # a frame derived from it (a new dask expression) instead pushes the bounding box into dask's Parquet read
+    derived = lazy[lazy["x"] > -1e9]
+    set_meta(derived, get_meta(lazy).copy())
+    assert points_scan(derived) is None
+    out_d = bounding_box_query(derived, ("x", "y"), lo, hi, "global")
+    plan = io.StringIO()
+    with contextlib.redirect_stdout(plan):
+        out_d.optimize(fuse=False).pprint()
+    read = [line for line in plan.getvalue().splitlines() if "ReadParquet" in line]
+    assert read and "filters=[[(" in read[0] and "('x', '>='" in read[0] and "('y', '<='" in read[0]
+    pd.testing.assert_frame_equal(out_d.compute().sort_index(), res.sort_index())
     # container-level query on the store-backed object gives the same rows
     sub = bounding_box_query(back, ("x", "y"), lo, hi, "global")
     assert sorted(sub["pts"].compute().index) == expected
@@ -646,3 +661,83 @@ def test_take_rows_matches_concat_of_iloc():
     pd.testing.assert_frame_equal(
         take_rows(frames, positions), pd.concat([f.iloc[p] for f, p in zip(frames, positions, strict=True)])
     )
+
+
+# ------------------------------------------------------------------------- store-backed points: row-group scans
+def _mixed_store(tmp_path, index, dims=2):
+    pdf = _mixed_points(n=30_000, seed=21, index=index)
+    if dims == 3:
+        pdf["z"] = np.random.default_rng(2).uniform(0, 10, len(pdf)).astype(np.float32)
+    df = PointsModel.parse(pdf, transformations={"global": ROT45}, npartitions=3, feature_key="gene")
+    path = tmp_path / f"mixed_{index}_{dims}.zarr"
+    ts.SpatialData(points={"pts": df}).write(path)
+    return pdf, path
+
+
+@pytest.mark.parametrize("index", ["range", "int", "str"])
+def test_row_group_scan_equals_dask_read(tmp_path, index):
+    from tissuestack.elements import set_meta
+    from tissuestack.store._points import points_scan
+
+    pdf, path = _mixed_store(tmp_path, index)
+    lazy = ts.read_zarr(path)["pts"]
+    scan = points_scan(lazy)
+    assert scan is not None
+    # every row group read directly, conformed to the frame: the same rows, columns, dtypes and index as dask's
+    whole = pd.concat([scan.read(t) for t in scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))])
+    pd.testing.assert_frame_equal(whole.sort_index(), lazy.compute().sort_index())
+    # queries through the scan equal those through dask's pushdown and the brute force
+    derived = lazy[lazy["x"] > -1e9]
+    set_meta(derived, get_meta(lazy).copy())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        lo = rng.uniform(-40, 40, 2)
+        hi = lo + rng.uniform(5, 60, 2)
+        got = bounding_box_query(lazy, ("x", "y"), lo, hi, "global")
+        expected = _brute_box(pdf, ROT45, ("x", "y"), lo, hi)
+        if got is None:
+            assert len(expected) == 0
+            continue
+        got = got.compute()
+        pd.testing.assert_frame_equal(
+            got.sort_index(), bounding_box_query(derived, ("x", "y"), lo, hi, "global").compute().sort_index()
+        )
+        assert sorted(got.index.astype(str)) == sorted(expected.astype(str))
+    # several boxes at once, and a column selection read back from the store
+    many = bounding_box_query(lazy, ("x", "y"), [[0, 0], [20, 10]], [[30, 30], [60, 50]], "global")
+    for i, m in enumerate(many):
+        single = bounding_box_query(
+            lazy, ("x", "y"), [[0, 0], [20, 10]][i], [[30, 30], [60, 50]][i], "global"
+        )
+        pd.testing.assert_frame_equal(m.compute().sort_index(), single.compute().sort_index())
+
+
+def test_row_group_scan_3d_and_polygon(tmp_path):
+    pdf, path = _mixed_store(tmp_path, "int", dims=3)
+    lazy = ts.read_zarr(path)["pts"]
+    lo, hi = (0.0, 10.0, 2.0), (40.0, 50.0, 6.0)
+    got = bounding_box_query(lazy, ("x", "y", "z"), lo, hi, "global").compute()
+    assert sorted(got.index) == sorted(_brute_box(pdf, ROT45, ("x", "y", "z"), lo, hi))
+    roi = shapely.Polygon([(0, 0), (40, 10), (30, 50), (5, 35)])
+    poly = polygon_query(lazy, roi, "global").compute()
+    tc = _target(pdf[["x", "y"]].to_numpy(dtype=np.float64), ROT45, ("x", "y"))
+    assert sorted(poly.index) == sorted(pdf.index[shapely.covers(roi, shapely.points(tc))])
+
+
+def test_row_group_scan_of_reference_stores():
+    from pathlib import Path
+
+    from tissuestack.store._points import points_scan
+
+    root = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
+    stores = sorted(root.glob("*.zarr")) if root.exists() else []
+    if not stores:
+        pytest.skip("shared/fixtures/reference is absent")
+    for store in stores:
+        sdata = ts.read_zarr(store)
+        for name, lazy in sdata.points.items():
+            scan = points_scan(lazy)
+            assert scan is not None, (store.name, name)
+            stats = scan.row_group_stats()
+            whole = pd.concat([scan.read(t) for t in scan.tasks(np.ones(len(stats), dtype=bool))])
+            pd.testing.assert_frame_equal(whole, lazy.compute(), obj=f"{store.name}/{name}")

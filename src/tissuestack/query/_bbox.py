@@ -50,7 +50,7 @@ from tissuestack.ops._resolve import elements_in, transformation_to
 from tissuestack.ops._table_filter import filter_table_by_instances
 from tissuestack.query._index import ShapesIndex, intersecting_row_groups, shapes_index
 from tissuestack.store import ElementLocation, StoreRoot
-from tissuestack.store._points import points_row_group_stats
+from tissuestack.store._points import points_row_group_stats, points_scan, scan_row_groups
 from tissuestack.transforms import AffineMap, BaseTransformation, Translation, affine_map, apply_affine
 from tissuestack.transforms import Sequence as SequenceTransformation
 
@@ -488,14 +488,25 @@ def query_points(
     exact = _identity_box_bounds(amap, reg, df.dtypes)
     if bounds is not None:
         lo, hi = bounds[0].min(axis=0), bounds[1].max(axis=0)  # union of the boxes' intrinsic bounds
-        if store_backed and _row_groups_empty(df, in_axes, bounds[0], bounds[1]):
+        scan = points_scan(df) if store_backed else None
+        if (
+            scan is not None
+        ):  # the frame as read: read just the row groups meeting a box, straight with pyarrow
+            stats = scan.row_group_stats()
+            keep = np.zeros(len(stats), dtype=bool)
+            for i in range(len(bounds[0])):
+                keep |= intersecting_row_groups(stats, bounds[0][i], bounds[1][i], in_axes)
+            frame = scan_row_groups(scan, keep)
+            if frame is None:
+                return [None] * reg.n
+        elif store_backed and _row_groups_empty(df, in_axes, bounds[0], bounds[1]):
             return [None] * reg.n
         dtypes = df.dtypes
         pre_lo = tuple(_column_bound(v, dtypes[a], True) for a, v in zip(in_axes, lo, strict=True))
         pre_hi = tuple(_column_bound(v, dtypes[a], False) for a, v in zip(in_axes, hi, strict=True))
         if exact is not None:
             pre_lo, pre_hi = exact
-        if store_backed:
+        if store_backed and scan is None:
             # plain column comparisons: dask-expr pushes them into the Parquet read, which skips row groups
             cond = None
             for a, v_lo, v_hi in zip(in_axes, lo, hi, strict=True):

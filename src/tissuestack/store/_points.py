@@ -95,11 +95,14 @@ __all__ = [
     "DEFAULT_ROW_GROUP_SIZE",
     "IN_MEMORY_ROWS",
     "POINTS_VERSIONS",
+    "PointsScan",
     "describe_points",
     "hilbert_key",
     "points_files",
     "points_row_group_stats",
+    "points_scan",
     "read_points",
+    "scan_row_groups",
     "write_points",
 ]
 
@@ -914,7 +917,137 @@ def read_points(
     if fixes:
         df = df.astype(fixes)
     set_meta(df, meta_from_attrs(attrs, group, loc, n_rows=n_rows))
+    read_columns = None if selected is None else selected + ([index] if isinstance(index, str) else [])
+    _remember_scan(df, PointsScan(loc, list(files), footers, fs, read_columns, strings, df._meta))
     return df
+
+
+# ------------------------------------------------------------------------------------------------ direct scans
+
+
+class PointsScan:
+    """How a frame returned by :func:`read_points` reads its files, so that a query can read just the row groups
+    whose statistics meet its region (with pyarrow, no dask-expr planning) and get partitions identical to the
+    frame's own (same columns, dtypes, index)."""
+
+    def __init__(
+        self,
+        loc: ElementLocation,
+        files: list[str],
+        footers: list[pq.FileMetaData],
+        fs: fsspec.AbstractFileSystem,
+        columns: list[str] | None,
+        strings: bool,
+        meta: pd.DataFrame,
+    ):
+        self.loc = loc
+        self.files = files
+        self.footers = footers
+        self.fs = fs
+        self.columns = columns
+        self.strings = strings
+        self.meta = meta
+        self._stats: pd.DataFrame | None = None
+
+    def __dask_tokenize__(self) -> str:
+        return f"points-scan-{self.loc.root.url}-{self.loc.key}-{id(self)}"
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to distributed workers without the footers
+        return {k: v for k, v in self.__dict__.items() if k not in ("footers", "_stats")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, footers=[], _stats=None)
+
+    def row_group_stats(self) -> pd.DataFrame:
+        """:func:`points_row_group_stats` of the files (from the footers read when the frame was opened)."""
+        if self._stats is None:
+            self._stats = _row_group_stats(self.files, self.footers)
+        return self._stats
+
+    def tasks(self, keep: np.ndarray, rows_per_task: int = 1 << 20) -> list[tuple[str, tuple[int, ...]]]:
+        """``(file, row groups)`` reads covering the row groups selected by ``keep`` (a mask over
+        :meth:`row_group_stats`), in file order, each of about ``rows_per_task`` rows at most."""
+        stats = self.row_group_stats()
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for path, group in stats[keep].groupby("file", sort=False):
+            current: list[int] = []
+            rows = 0
+            for rg, n in zip(group["row_group"].tolist(), group["n_rows"].tolist(), strict=True):
+                if current and rows + n > rows_per_task:
+                    out.append((path, tuple(current)))
+                    current, rows = [], 0
+                current.append(rg)
+                rows += n
+            if current:
+                out.append((path, tuple(current)))
+        return out
+
+    def read(self, task: tuple[str, tuple[int, ...]]) -> pd.DataFrame:
+        """The rows of some row groups of one file, conformed to the frame's partitions."""
+        path, row_groups = task
+        try:
+            if self.loc.root.is_local:
+                table = pq.ParquetFile(path).read_row_groups(list(row_groups), columns=self.columns)
+            else:
+                with self.fs.open(path, "rb") as fh:
+                    table = pq.ParquetFile(fh).read_row_groups(list(row_groups), columns=self.columns)
+        except Exception as err:
+            raise StoreError(
+                f"{self.loc.key}: cannot read row groups of {_relative(self.loc, path)}: {err}"
+            ) from err
+        frame = table.to_pandas(types_mapper=_arrow_strings_as_pyarrow if self.strings else None)
+        meta = self.meta
+        if not isinstance(meta.index, pd.RangeIndex) or not isinstance(frame.index, pd.RangeIndex):
+            if frame.index.dtype != meta.index.dtype:
+                frame.index = frame.index.astype(meta.index.dtype)
+        elif frame.index.start != 0 or frame.index.step != 1:
+            frame.index = pd.RangeIndex(len(frame))
+        if self.strings and frame.index.dtype == object and pd.api.types.infer_dtype(frame.index) == "string":
+            frame.index = frame.index.astype(pd.StringDtype("pyarrow"))  # as dask's string conversion does
+        frame.index.name = meta.index.name
+        frame = frame[list(meta.columns)] if list(frame.columns) != list(meta.columns) else frame
+        fixes = {c: meta.dtypes[c] for c in meta.columns if not _same_dtype(frame.dtypes[c], meta.dtypes[c])}
+        return frame.astype(fixes) if fixes else frame
+
+
+_SCANS: dict[str, PointsScan] = {}
+_MAX_SCANS = 64
+
+
+def _remember_scan(df: dd.DataFrame, scan: PointsScan) -> None:
+    _SCANS.pop(df._name, None)
+    _SCANS[df._name] = scan
+    while len(_SCANS) > _MAX_SCANS:
+        _SCANS.pop(next(iter(_SCANS)))
+
+
+def points_scan(df: dd.DataFrame) -> PointsScan | None:
+    """The :class:`PointsScan` of a frame exactly as :func:`read_points` returned it (any further dask
+    operation gives the frame a new name, and ``None`` here)."""
+    try:
+        return _SCANS.get(df._name)
+    except Exception:  # not a dask-expr collection
+        return None
+
+
+def _read_scan(scan_and_task: tuple[PointsScan, tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
+    scan, task = scan_and_task
+    return scan.read(task)
+
+
+def scan_row_groups(scan: PointsScan, keep: np.ndarray) -> dd.DataFrame | None:
+    """A lazy frame over the row groups selected by ``keep`` (``None`` when none is)."""
+    tasks = scan.tasks(keep)
+    if not tasks:
+        return None
+    return dd.from_map(
+        _read_scan,
+        [(scan, t) for t in tasks],
+        meta=scan.meta,
+        divisions=[None] * (len(tasks) + 1),
+        enforce_metadata=False,
+        label="read-points-row-groups",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ metadata only
@@ -945,6 +1078,10 @@ def points_row_group_stats(loc: ElementLocation) -> pd.DataFrame:
     """
     files = points_files(loc)
     footers, _ = _footers(loc, files)
+    return _row_group_stats(files, footers)
+
+
+def _row_group_stats(files: Sequence[str], footers: Sequence[pq.FileMetaData]) -> pd.DataFrame:
     names = footers[0].schema.names
     axes = [a for a in ("x", "y", "z") if a in names]
     rows: dict[str, list[Any]] = {"file": [], "row_group": [], "n_rows": []}
