@@ -1,7 +1,9 @@
 """Spatial engine benchmark, side by side with the reference (scverse spatialdata 0.8).
 
   bbox_query      bounding-box query of the whole SpatialData (points computed), in-memory data as the reference's
-                  own benchmark builds it; also from a store (read_zarr, then query) with the peak RSS
+                  own benchmark builds it, with the process's RSS before it and the query's own peak increase
+                  (Linux VmHWM reset); also from a store: read_zarr, then a first query (which loads the shapes
+                  and tables it touches) and a second box of the same size, with the process's peak RSS
   polygon_query   polygon query of the whole SpatialData (points computed)
   transform_1m    transforming 1M polygons (20 vertices) to a coordinate system reached by an affine
   extent_1m       get_extent of 1M polygons
@@ -37,6 +39,15 @@ LOAD = textwrap.dedent(
     e = meta["extent_um"]
     def rss():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    def hwm_reset():  # Linux: restart the peak-RSS counter (VmHWM), to measure the peak of one operation
+        try:
+            open("/proc/self/clear_refs", "w").write("5")
+        except OSError:
+            pass
+    def hwm():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) // 1024
     """
 )
 
@@ -61,6 +72,9 @@ OURS_QUERIES = LOAD + textwrap.dedent(
     # like `import spatialdata` for the reference, load the modules before timing (tissuestack imports lazily)
     ts.bounding_box_query, ts.polygon_query
     out = {}
+    import gc; gc.collect()
+    out["rss_before_queries_mb"] = rss()
+    hwm_reset()
     for key in ("bbox_query", "bbox_query_warm"):
         t0 = time.perf_counter()
         r = ts.bounding_box_query(sdata, axes=("x", "y"), min_coordinate=[e * 0.25, e * 0.25],
@@ -68,6 +82,8 @@ OURS_QUERIES = LOAD + textwrap.dedent(
                                   filter_table=True)
         n = len(r["transcripts"].compute())
         out[key] = round(time.perf_counter() - t0, 4); out["bbox_rows"] = n
+        if key == "bbox_query":
+            out["bbox_query_peak_increase_mb"] = hwm() - out["rss_before_queries_mb"]
     roi = shapely.Polygon([(e*0.2, e*0.2), (e*0.6, e*0.25), (e*0.55, e*0.7), (e*0.25, e*0.6)])
     t0 = time.perf_counter()
     r = ts.polygon_query(sdata, roi, target_coordinate_system="global", filter_table=True)
@@ -88,8 +104,15 @@ OURS_STORE_BBOX = LOAD + textwrap.dedent(
     r = ts.bounding_box_query(sdata, axes=("x", "y"), min_coordinate=[e * 0.25, e * 0.25],
                               max_coordinate=[e * 0.5, e * 0.5], target_coordinate_system="global", filter_table=True)
     n = len(r["transcripts"].compute())
-    print(json.dumps({"bbox_query_store": round(time.perf_counter() - t0, 4), "bbox_store_rows": n,
-                      "bbox_query_store_peak_rss_mb": rss()}))
+    out = {"bbox_query_store": round(time.perf_counter() - t0, 4), "bbox_store_rows": n}
+    # another box of the same size, now that the elements are loaded (no result is reused between the two)
+    t0 = time.perf_counter()
+    r = ts.bounding_box_query(sdata, axes=("x", "y"), min_coordinate=[e * 0.5, e * 0.25],
+                              max_coordinate=[e * 0.75, e * 0.5], target_coordinate_system="global", filter_table=True)
+    len(r["transcripts"].compute())
+    out["bbox_query_store_loaded"] = round(time.perf_counter() - t0, 4)
+    out["bbox_query_store_peak_rss_mb"] = rss()
+    print(json.dumps(out))
     """
 )
 
@@ -190,10 +213,14 @@ def main() -> None:
         ratio = f"{b / a:.1f}x" if a and b else "-"
         print(f"{key:30s} {a if a is not None else '-':>12} {b if b is not None else '-':>12} {ratio:>15s}")
     for key in (
+        "bbox_query_warm",
         "bbox_rows",
         "polygon_rows",
+        "rss_before_queries_mb",
+        "bbox_query_peak_increase_mb",
         "queries_peak_rss_mb",
         "bbox_query_store",
+        "bbox_query_store_loaded",
         "bbox_store_rows",
         "bbox_query_store_peak_rss_mb",
     ):

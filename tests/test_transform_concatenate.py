@@ -153,8 +153,15 @@ def random_polygons(rng, n):
     return out
 
 
+@pytest.mark.parametrize("chunk", [None, 7])
 @pytest.mark.parametrize("t", [rotation(0.8, (5.0, -2.0)), SHEAR, Scale([2.0, 3.0], ("x", "y"))])
-def test_polygons_transform_matches_per_geometry_reference(t):
+def test_polygons_transform_matches_per_geometry_reference(t, chunk, monkeypatch):
+    import gc
+
+    import tissuestack.ops._transform as transform_module
+
+    if chunk is not None:  # many vectorized chunks, boundaries inside the multipolygon/hole rows too
+        monkeypatch.setattr(transform_module, "_GEOMETRY_CHUNK", chunk)
     rng = np.random.default_rng(3)
     geoms = random_polygons(rng, 200)
     index = [f"cell{i}" for i in range(len(geoms))]
@@ -174,6 +181,29 @@ def test_polygons_transform_matches_per_geometry_reference(t):
         shapely.get_coordinates(np.asarray(gdf.geometry.array)), shapely.get_coordinates(np.array(geoms))
     )
     ShapesModel.validate(out)
+    assert gc.isenabled()  # the collector paused during the construction is running again
+
+
+def test_paused_gc_restores_the_collector_state():
+    import gc
+
+    from tissuestack._compute import paused_gc
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():  # nested
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a collector disabled by the caller stays disabled
+    finally:
+        gc.enable()
 
 
 def test_polygons_round_trip_and_maintain_positioning():

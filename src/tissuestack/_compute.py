@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["scheduler"]
+__all__ = ["paused_gc", "scheduler"]
 
 
 def scheduler() -> Callable[..., Any] | None:
@@ -47,3 +49,18 @@ def _threaded_get_per_core(dsk: Any, keys: Any, **kwargs: Any) -> Any:
     if kwargs.get("num_workers") is None:
         kwargs["num_workers"] = dask.config.get("num_workers", None) or dask.system.CPU_COUNT
     return dask.threaded.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a block creates millions of objects that form no cycles
+    (shapely geometries: GC-tracked, so every 700 allocations start a collection and the surviving ones are
+    traversed again and again; 0.3 s of 1.4 s when transforming 1M polygons). Collection resumes afterwards;
+    nesting and a collector already disabled by the caller are respected."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

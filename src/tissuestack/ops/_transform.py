@@ -43,6 +43,7 @@ import shapely
 import xarray as xr
 from scipy import ndimage
 
+from tissuestack._compute import paused_gc
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     ElementMeta,
@@ -62,7 +63,9 @@ from tissuestack.transforms import AffineMap, BaseTransformation, Identity, Scal
 __all__ = ["transform"]
 
 _DEFAULT_CHUNK = 1024
-_GEOMETRY_CHUNK = 100_000
+# geometries per vectorized call: the coordinate arrays (~5 MB for 20-vertex polygons) stay below malloc's mmap
+# threshold and are reused from chunk to chunk instead of being mapped (and page-faulted) afresh
+_GEOMETRY_CHUNK = 16_384
 # shapely.set_coordinates re-counts the coordinates to check the array shape (~10% of the time on 1M polygons);
 # ours come from get_coordinates of the same geometries, so call the checked-free core when it exists
 _set_coordinates = getattr(shapely.lib, "set_coordinates", shapely.set_coordinates)
@@ -126,9 +129,10 @@ def _transform_shapes(gdf: gpd.GeoDataFrame, m: AffineMap, transformations: dict
     geoms = np.asarray(gdf.geometry.array)
     new_geoms = geoms.copy()
     include_z = "z" in m.in_axes
-    for start in range(0, len(geoms), _GEOMETRY_CHUNK):  # bounded memory; one vectorized call per chunk
-        part = new_geoms[start : start + _GEOMETRY_CHUNK]  # a view: set_coordinates fills it in place
-        _set_coordinates(part, m.apply(shapely.get_coordinates(part, include_z=include_z)))
+    with paused_gc():
+        for start in range(0, len(geoms), _GEOMETRY_CHUNK):  # one vectorized call per chunk
+            part = new_geoms[start : start + _GEOMETRY_CHUNK]  # a view: set_coordinates fills it in place
+            _set_coordinates(part, m.apply(shapely.get_coordinates(part, include_z=include_z)))
     out = gdf.copy(deep=False)
     out = out.set_geometry(gpd.GeoSeries(new_geoms, index=gdf.index, crs=None), crs=None)
     if RADIUS_COLUMN in out.columns and shapes_type(gdf) == "circles":

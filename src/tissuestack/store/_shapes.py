@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 import shapely
 import zarr
 
+from tissuestack._compute import paused_gc
 from tissuestack.elements import get_meta, set_meta, shapes_axes
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._registry import register_codec
@@ -271,10 +272,11 @@ def read_shapes(
         keep = [c for c in (GEOMETRY_COLUMN, RADIUS_COLUMN) if c in names and c not in wanted]
         selected = keep + wanted
     try:
-        if loc.root.is_local:
-            gdf = gpd.read_parquet(path, columns=selected)
-        else:
-            gdf = gpd.read_parquet(path, columns=selected, filesystem=loc.root.fs)
+        with paused_gc():  # one geometry object per row
+            if loc.root.is_local:
+                gdf = gpd.read_parquet(path, columns=selected)
+            else:
+                gdf = gpd.read_parquet(path, columns=selected, filesystem=loc.root.fs)
     except Exception as err:
         raise _parquet_error(loc, path, err) from err
     if gdf.active_geometry_name != GEOMETRY_COLUMN:
