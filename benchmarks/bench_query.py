@@ -225,6 +225,8 @@ def main() -> None:
         "bbox_query_store_peak_rss_mb",
     ):
         print(f"{key:30s} {ours.get(key, '-')!s:>12}")
+    if ref:
+        print(f"{'reference peak RSS (MB)':30s} {'':>12} {ref.get('peak_rss_mb', '-')!s:>12}")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"query_{args.cells}_{args.tx}.json").write_text(
         json.dumps({"ours": ours, "ref": ref}, indent=1)
