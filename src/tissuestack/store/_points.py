@@ -65,6 +65,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -997,11 +998,10 @@ class PointsScan:
             ) from err
         frame = table.to_pandas(types_mapper=_arrow_strings_as_pyarrow if self.strings else None)
         meta = self.meta
-        if not isinstance(meta.index, pd.RangeIndex) or not isinstance(frame.index, pd.RangeIndex):
-            if frame.index.dtype != meta.index.dtype:
-                frame.index = frame.index.astype(meta.index.dtype)
-        elif frame.index.start != 0 or frame.index.step != 1:
+        if isinstance(meta.index, pd.RangeIndex):  # no index column: dask numbers each partition from 0
             frame.index = pd.RangeIndex(len(frame))
+        elif frame.index.dtype != meta.index.dtype:
+            frame.index = frame.index.astype(meta.index.dtype)
         if self.strings and frame.index.dtype == object and pd.api.types.infer_dtype(frame.index) == "string":
             frame.index = frame.index.astype(pd.StringDtype("pyarrow"))  # as dask's string conversion does
         frame.index.name = meta.index.name
@@ -1010,15 +1010,18 @@ class PointsScan:
         return frame.astype(fixes) if fixes else frame
 
 
-_SCANS: dict[str, PointsScan] = {}
+_SCANS: dict[str, PointsScan] = {}  # frame name -> scan, the most recent _MAX_SCANS frames read
 _MAX_SCANS = 64
+_SCANS_LOCK = threading.Lock()
 
 
 def _remember_scan(df: dd.DataFrame, scan: PointsScan) -> None:
-    _SCANS.pop(df._name, None)
-    _SCANS[df._name] = scan
-    while len(_SCANS) > _MAX_SCANS:
-        _SCANS.pop(next(iter(_SCANS)))
+    name = df._name
+    with _SCANS_LOCK:
+        _SCANS.pop(name, None)
+        _SCANS[name] = scan
+        while len(_SCANS) > _MAX_SCANS:
+            _SCANS.pop(next(iter(_SCANS)))
 
 
 def points_scan(df: dd.DataFrame) -> PointsScan | None:
