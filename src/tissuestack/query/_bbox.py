@@ -364,16 +364,15 @@ def take_rows(
             np.take(arr, p, out=out[a:b], mode="clip")  # positions are in range; "clip" skips buffering
         return out
 
-    def source(values: list[Any]) -> Callable[[], Any] | None:
+    def source(arrays: list[Any]) -> Callable[[], Any] | None:
         """A job building the gathered column from per-frame arrays, or ``None`` if pandas must do it."""
-        dtype = values[0].dtype
-        if any(v.dtype != dtype for v in values):
+        dtype = arrays[0].dtype
+        if any(v.dtype != dtype for v in arrays):
             return None
         if isinstance(dtype, np.dtype) and dtype.kind != "O":
-            arrays = [np.asarray(v) for v in values]
             return lambda: gather(arrays)
         if isinstance(dtype, pd.CategoricalDtype):
-            codes = [v.codes for v in values]
+            codes = [v.codes for v in arrays]
             return lambda: pd.Categorical.from_codes(gather(codes), dtype=dtype)
         return None
 
@@ -384,24 +383,19 @@ def take_rows(
             out[a:b] += f.index.start
         return out
 
-    jobs: list[Callable[[], Any] | None] = []
-    for name in frames[0].columns:
-        jobs.append(
-            source(
-                [f[name].to_numpy() if isinstance(f[name].dtype, np.dtype) else f[name].array for f in frames]
-            )
-        )
+    def values(obj: pd.Series | pd.Index) -> Any:  # numpy array or extension array, no copy
+        return obj.to_numpy() if isinstance(obj.dtype, np.dtype) else obj.array
+
+    jobs: list[Callable[[], Any] | None] = [
+        source([values(f[name]) for f in frames]) for name in frames[0].columns
+    ]
     first = frames[0].index
     if all(isinstance(f.index, pd.RangeIndex) for f in frames):
         jobs.append(ranges)
     elif isinstance(first, pd.MultiIndex):
         jobs.append(None)
     else:
-        jobs.append(
-            source(
-                [f.index.to_numpy() if isinstance(f.index.dtype, np.dtype) else f.index.array for f in frames]
-            )
-        )
+        jobs.append(source([values(f.index) for f in frames]))
     run = [job for job in jobs if job is not None]
     done = iter(pool.map(lambda job: job(), run) if pool is not None else [job() for job in run])
     out = [next(done) if job is not None else None for job in jobs]
@@ -452,7 +446,19 @@ def _run_in_memory(job: _InMemoryQuery) -> pd.DataFrame:
     return out
 
 
-def _row_groups_empty(df: dd.DataFrame, in_axes: tuple[str, ...], lo: np.ndarray, hi: np.ndarray) -> bool:
+def _boxes_row_groups(
+    stats: pd.DataFrame, bounds: tuple[np.ndarray, np.ndarray], in_axes: tuple[str, ...]
+) -> np.ndarray:
+    """Mask of the row groups whose statistics meet at least one of the intrinsic boxes ``bounds``."""
+    keep = np.zeros(len(stats), dtype=bool)
+    for lo, hi in zip(bounds[0], bounds[1], strict=True):
+        keep |= intersecting_row_groups(stats, lo, hi, in_axes)
+    return keep
+
+
+def _row_groups_empty(
+    df: dd.DataFrame, in_axes: tuple[str, ...], bounds: tuple[np.ndarray, np.ndarray]
+) -> bool:
     """Whether the store's row-group statistics prove that no row can be inside any of the boxes."""
     source = get_meta(df).source
     if source is None or not source[1].startswith("points/"):
@@ -464,7 +470,7 @@ def _row_groups_empty(df: dd.DataFrame, in_axes: tuple[str, ...], lo: np.ndarray
         stats = points_row_group_stats(ElementLocation(root, "points", source[1].split("/", 1)[1]))
     except Exception:  # statistics are an optimisation only
         return False
-    return not any(intersecting_row_groups(stats, lo[i], hi[i], in_axes).any() for i in range(len(lo)))
+    return not _boxes_row_groups(stats, bounds, in_axes).any()
 
 
 def query_points(
@@ -489,17 +495,11 @@ def query_points(
     if bounds is not None:
         lo, hi = bounds[0].min(axis=0), bounds[1].max(axis=0)  # union of the boxes' intrinsic bounds
         scan = points_scan(df) if store_backed else None
-        if (
-            scan is not None
-        ):  # the frame as read: read just the row groups meeting a box, straight with pyarrow
-            stats = scan.row_group_stats()
-            keep = np.zeros(len(stats), dtype=bool)
-            for i in range(len(bounds[0])):
-                keep |= intersecting_row_groups(stats, bounds[0][i], bounds[1][i], in_axes)
-            frame = scan_row_groups(scan, keep)
+        if scan is not None:  # the frame as read: just the row groups meeting a box, straight with pyarrow
+            frame = scan_row_groups(scan, _boxes_row_groups(scan.row_group_stats(), bounds, in_axes))
             if frame is None:
                 return [None] * reg.n
-        elif store_backed and _row_groups_empty(df, in_axes, bounds[0], bounds[1]):
+        elif store_backed and _row_groups_empty(df, in_axes, bounds):
             return [None] * reg.n
         dtypes = df.dtypes
         pre_lo = tuple(_column_bound(v, dtypes[a], True) for a, v in zip(in_axes, lo, strict=True))
