@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
+import importlib.util
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,7 +16,9 @@ import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["paused_gc", "scheduler"]
+__all__ = ["import_distributed", "paused_gc", "scheduler"]
+
+_DISTRIBUTED_LOCK = threading.Lock()
 
 
 def scheduler() -> Callable[..., Any] | None:
@@ -23,10 +28,13 @@ def scheduler() -> Callable[..., Any] | None:
     scheduler; otherwise the local threaded scheduler. Without this, the first compute of a process imports
     ``distributed`` (0.2-0.9 s) only to find that no Client exists; and a process that merely imported
     ``distributed`` (the points reader does, for a dask workaround) keeps the fast local path.
+
+    Safe from any thread: when another thread is importing ``distributed`` right now, this waits for that import
+    to finish instead of looking into the half-initialised module.
     """
     if dask.config.get("scheduler", None) is not None:
         return None
-    dist = sys.modules.get("distributed")
+    dist = _imported_distributed()
     if dist is not None:
         try:
             dist.default_client()
@@ -34,6 +42,38 @@ def scheduler() -> Callable[..., Any] | None:
             return _local_threaded()
         return None
     return _local_threaded()
+
+
+def _imported_distributed() -> types.ModuleType | None:
+    """``distributed`` if some thread has imported it (or is importing it: then wait for that), else ``None``."""
+    module = sys.modules.get("distributed")
+    if module is None:
+        return None
+    if getattr(getattr(module, "__spec__", None), "_initializing", False):
+        # another thread is running distributed's __init__: importing waits on the module's import lock
+        module = importlib.import_module("distributed")
+    return module
+
+
+def import_distributed() -> types.ModuleType | None:
+    """Import ``distributed`` once (when installed), safely from several threads at once.
+
+    dask imports ``distributed`` lazily in places (dask-expr's Parquet statistics, the default scheduler lookup).
+    Done for the first time inside a ``dask.config.set`` block, that block's exit drops distributed's
+    configuration defaults (later computes fail with ``KeyError: 'distributed'``); done from several threads at
+    once, the others see a half-initialised module. Code about to enter such a dask path calls this first: one
+    thread imports, the others wait for it under a lock.
+    """
+    module = _imported_distributed()
+    if module is not None:
+        return module
+    with _DISTRIBUTED_LOCK:
+        module = sys.modules.get("distributed")
+        if module is not None:
+            return _imported_distributed()
+        if importlib.util.find_spec("distributed") is None:
+            return None
+        return importlib.import_module("distributed")
 
 
 def _local_threaded() -> Callable[..., Any]:

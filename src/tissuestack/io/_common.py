@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tissuestack._compute import import_distributed
 from tissuestack.errors import ReaderError
 
 __all__ = [
@@ -106,6 +107,7 @@ def lazy_frame(
         if fmt == "parquet":
             # several row groups per partition up to ``blocksize``: a single big file is not one partition
             read_kwargs.setdefault("split_row_groups", "infer")
+            import_distributed()  # dask-expr may import it inside a dask.config.set block (see there)
             return dd.read_parquet(str(p), columns=columns, blocksize=blocksize, **read_kwargs)
         compressed = p.name.lower().endswith((".gz", ".bz2", ".zst", ".xz"))
         return dd.read_csv(
@@ -208,4 +210,5 @@ def spill_csv_to_parquet(path: Path, *, columns: list[str] | None, dtype: Mappin
     finally:
         if writer is not None:
             writer.close()
+    import_distributed()
     return dd.read_parquet(target, split_row_groups=True)

@@ -55,15 +55,12 @@ the footers, for spatial engines that prune row groups themselves.
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import itertools
 import json
 import os
 import posixpath
 import re
 import shutil
-import sys
 import tempfile
 import threading
 import uuid
@@ -84,7 +81,7 @@ import pyarrow.parquet as pq
 import zarr
 from fsspec.implementations.cached import SimpleCacheFileSystem
 
-from tissuestack._compute import scheduler
+from tissuestack._compute import import_distributed, scheduler
 from tissuestack.elements import get_meta, points_axes, set_meta
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._registry import register_codec
@@ -816,18 +813,6 @@ def _categories(
     return out
 
 
-def _preload_distributed() -> None:
-    """Import ``distributed`` (when installed) before dask-expr's Parquet statistics do.
-
-    dask-expr collects Parquet statistics inside ``dask.config.set({"distributed.…": 0})``; when the first
-    ``dask.compute`` of the process happens there, dask imports ``distributed`` inside that block, the block's
-    exit then drops distributed's configuration defaults, and every later compute fails with
-    ``KeyError: 'distributed'``. Importing it first (which any compute does anyway) avoids that.
-    """
-    if "distributed" not in sys.modules and importlib.util.find_spec("distributed") is not None:
-        importlib.import_module("distributed")
-
-
 def _is_arrow_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
 
@@ -892,7 +877,7 @@ def read_points(
     # strings as dask's own reader returns them: string[pyarrow] under dask's default convert-string setting
     strings = dask.config.get("dataframe.convert-string") in (None, True)
     string_dtype: Any = pd.StringDtype("pyarrow") if strings else np.dtype(object)
-    _preload_distributed()
+    import_distributed()  # before dask-expr imports it inside a dask.config.set block, perhaps in a thread
     df = dd.read_parquet(
         files,
         filesystem=_arrow_filesystem(loc, fs),
