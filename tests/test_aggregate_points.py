@@ -277,8 +277,13 @@ def test_identical_results_under_a_distributed_cluster():
 
 def test_region_grid_reused_for_the_same_regions_and_rebuilt_when_they_change():
     import gc
+    import weakref
 
-    import tissuestack.ops._aggregate_points as AP
+    from tissuestack.elements import record_of
+
+    def grid_of(shapes):
+        entry = record_of(shapes).peek("region-grid")
+        return None if entry is None else entry[1]
 
     rng = np.random.default_rng(5)
     polys = gpd.GeoDataFrame(
@@ -291,18 +296,23 @@ def test_region_grid_reused_for_the_same_regions_and_rebuilt_when_they_change():
         feature_key="g",
     )  # fmt: skip
     first = ts.aggregate(pts, regions, agg_func="count")
-    grid = AP._LAST_GRID["grid"]
+    grid = grid_of(regions)
+    assert grid is not None
     again = ts.aggregate(pts, regions, value_key="g", agg_func="sum")
-    assert AP._LAST_GRID["grid"] is grid  # same element, same geometry: burned once
+    assert grid_of(regions) is grid  # same element, same geometry: burned once
     assert (first.X != again.X).nnz == 0
     moved = regions.copy()
     moved.geometry = moved.geometry.translate(5.0, 0.0)
     moved = ts.ShapesModel.parse(moved)
     shifted = ts.aggregate(pts, moved, agg_func="count")
-    assert AP._LAST_GRID["grid"] is not grid
+    assert grid_of(moved) is not grid
+    regions.geometry = regions.geometry.translate(1.0, 0.0)  # replaced in place on the same element
+    ts.aggregate(pts, regions, agg_func="count")
+    assert grid_of(regions) is not grid
     xy = np.column_stack([pts["x"].compute(), pts["y"].compute()])
     expected = [int(shapely.contains_xy(g, xy[:, 0], xy[:, 1]).sum()) for g in moved.geometry]
     assert np.asarray(shifted.X.sum(axis=1)).ravel().tolist() == expected
+    dead = weakref.ref(grid_of(moved))
     del moved, shifted
     gc.collect()
-    assert not AP._LAST_GRID  # the cache does not keep a dead element's grid
+    assert dead() is None  # the cache does not keep a dead element's grid

@@ -1,4 +1,5 @@
 import gc
+import weakref
 
 import dask.dataframe as dd
 import numpy as np
@@ -8,7 +9,6 @@ import pytest
 import tissuestack as ts
 from tissuestack import ValidationError
 from tissuestack.elements import ElementMeta, get_meta, has_meta, set_meta
-from tissuestack.elements._meta import _REGISTRY
 from tissuestack.elements._naming import check_name, check_unique_names, is_valid_name, sanitize_name
 from tissuestack.transforms import Identity, Scale
 
@@ -69,25 +69,34 @@ def test_sanitize_avoids_taken_names():
     assert sanitize_name("cells", taken=["cells", "CELLS_1"]) == "cells_2"
 
 
-def test_registry_holds_metadata_for_dask_frames_which_have_no_attrs():
+def test_metadata_of_dask_frames_which_have_no_attrs_lives_on_their_meta_frame():
     df = dd.from_pandas(pd.DataFrame({"x": [1.0, 2.0], "y": [0.0, 1.0]}), npartitions=1)
     assert not hasattr(df, "attrs")
     assert not has_meta(df)
     set_meta(df, ElementMeta({"global": Scale([2.0, 2.0], ("x", "y"))}, feature_key=None))
     assert get_meta(df).transformations["global"] == Scale([2.0, 2.0], ("x", "y"))
+    # derived frames inherit the metadata (issue 11: it used to be lost here) ...
     derived = df[df.x > 1]
-    assert not has_meta(derived)
-    with pytest.raises(ValidationError, match=r"no spatial metadata is attached to this DataFrame"):
-        get_meta(derived)
+    assert get_meta(derived).transformations["global"] == Scale([2.0, 2.0], ("x", "y"))
+    # ... as their own copy
+    ts.set_transformation(derived, Identity(), "other")
+    assert set(get_meta(df).transformations) == {"global"}
+    # a frame built anew from computed data has none, and the error says how to re-attach it
+    fresh = dd.from_pandas(derived.compute(), npartitions=1)
+    with pytest.raises(ValidationError, match=r"no spatial metadata is attached to this DataFrame.*parse"):
+        get_meta(fresh)
 
 
-def test_registry_entries_die_with_their_object():
+def test_records_die_with_their_object():
+    from tissuestack.elements import record_of
+
     pts = ts.PointsModel.parse(pd.DataFrame({"x": [1.0], "y": [2.0]}))
-    key = id(pts)
-    assert key in _REGISTRY
+    record = weakref.ref(record_of(pts))
+    assert record() is record_of(pts)  # one record per object, kept on it
+    assert record_of(pts[pts.x > 0]) is not record()  # a derived frame has its own
     del pts
     gc.collect()
-    assert key not in _REGISTRY
+    assert record() is None
 
 
 def test_geodataframe_copy_carries_metadata_via_attrs():

@@ -26,6 +26,7 @@ from tissuestack.elements._raster import (
     raster_levels,
     set_channel_names,
 )
+from tissuestack.elements._record import ElementRecord, record_of
 from tissuestack.elements._shapes import ShapesModel, shapes_axes, shapes_type
 from tissuestack.elements._tables import (
     TABLE_ATTRS_KEY,
@@ -42,6 +43,7 @@ __all__ = [
     "TABLE_ATTRS_KEY",
     "Deferred",
     "ElementMeta",
+    "ElementRecord",
     "Image2DModel",
     "Image3DModel",
     "Kind",
@@ -63,6 +65,7 @@ __all__ = [
     "parse_as",
     "points_axes",
     "raster_levels",
+    "record_of",
     "remove_meta_transformation",
     "remove_transformation",
     "sanitize_name",

@@ -2,27 +2,36 @@
 
 Where it lives
 --------------
-Elements are plain ecosystem objects (xarray, dask, geopandas). Their own ``.attrs`` cannot be trusted as the
-only home of our metadata: dask DataFrames have no ``attrs`` at all, and pandas drops or deep-copies ``attrs``
-through many operations. We therefore keep the metadata in one registry owned by this module, keyed by the
-identity of the element object (entries disappear with the object), and mirror it into ``attrs`` where the type
-has them, so that objects *derived* from an element (a filtered GeoDataFrame, a sliced DataArray) still carry
-it. Lookup order: registry (exact object), then the ``attrs`` mirror, then "no metadata".
+In the element's own ``attrs``, under ``attrs["tissuestack"]``, as plain JSON values only (transformations in the
+lossless form of :mod:`tissuestack.transforms._json`)::
 
-Tables (AnnData) are not in the registry: their annotation metadata lives in ``uns["spatialdata_attrs"]``,
+    {"transformations": {"global": {"type": "scale", "scale": [0.5, 0.5], "axes": ["x", "y"]}},
+     "feature_key": "gene", "instance_key": "cell_id", "source": ["file:///data/exp.zarr", "points/tx"]}
+
+So everything that copies attrs keeps it: ``pickle`` (dask.distributed ships elements that way),
+``copy.deepcopy``, xarray serialisation, and objects *derived* from an element (a filtered GeoDataFrame, a sliced
+DataArray, ``points[points.x > 1]`` or ``points[["x", "y"]]``). A dask DataFrame keeps attrs on its ``_meta``
+(the empty pandas frame that every derived frame computes from its parent's), which pandas carries through its
+operations. The stored dict is never changed in place: every change stores a new dict, so objects whose attrs
+were copied shallowly (xarray does) never see each other's changes.
+
+What belongs to one exact object and not to objects derived from it (the row count, where the rows are read from,
+caches) lives in its :class:`~tissuestack.elements._record.ElementRecord`.
+
+Tables (AnnData) carry no such metadata: their annotation metadata lives in ``uns["spatialdata_attrs"]``,
 which AnnData persists natively.
 """
 
 from __future__ import annotations
 
 import copy
-import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from tissuestack.elements._record import ElementRecord, record_of
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation, Identity
+from tissuestack.transforms._json import transformation_from_json, transformation_to_json
 
 __all__ = [
     "ATTRS_KEY",
@@ -42,116 +51,189 @@ __all__ = [
 ATTRS_KEY = "tissuestack"
 DEFAULT_COORDINATE_SYSTEM = "global"
 
+_FIELDS = ("transformations", "feature_key", "instance_key", "source")
 
-@dataclass
+
 class ElementMeta:
     """Spatial metadata of one spatial element.
+
+    Either bound to an element (what :func:`get_meta` returns: reads and writes go to the element's
+    ``attrs["tissuestack"]`` and its record) or free-standing (elements not loaded yet, metadata being built).
 
     Attributes
     ----------
     transformations
         Target coordinate-system name -> transformation from the element's intrinsic coordinates. Insertion
-        order is kept (it is the order written to disk).
+        order is kept (it is the order written to disk). Reading gives a new dict: assign to change it.
     feature_key
         Points only: the categorical column holding the feature (gene) identity.
     instance_key
         Points only: the column holding the id of the instance (cell) each point belongs to.
     n_rows
         Points only: the number of rows when known without computing (from the source frame or file
-        metadata). It describes one exact object, so copies made for derived objects drop it.
+        metadata). It describes one exact object (its record), so derived objects do not have it.
     source
         ``(store location, element key)`` when the element's data is read lazily from a store. Derived objects
         keep it: they still read those files, so a write must not replace them.
     """
 
-    transformations: dict[str, BaseTransformation] = field(default_factory=dict)
-    feature_key: str | None = None
-    instance_key: str | None = None
-    n_rows: int | None = None
-    source: tuple[str, str] | None = None
+    __slots__ = ("_attrs", "_data", "_record")
+
+    def __init__(
+        self,
+        transformations: Mapping[str, BaseTransformation] | None = None,
+        feature_key: str | None = None,
+        instance_key: str | None = None,
+        n_rows: int | None = None,
+        source: tuple[str, str] | None = None,
+    ):
+        self._attrs: dict | None = None  # the bound element's attrs
+        self._data: dict[str, Any] = {"transformations": {}}
+        self._record = ElementRecord()
+        if transformations:
+            self.transformations = dict(transformations)
+        self.feature_key = feature_key
+        self.instance_key = instance_key
+        self.source = source
+        self._record.n_rows = n_rows
+
+    @classmethod
+    def _bound(cls, attrs: dict, record: ElementRecord | None) -> ElementMeta:
+        meta = cls.__new__(cls)
+        meta._attrs = attrs
+        meta._data = attrs[ATTRS_KEY]
+        meta._record = record if record is not None else ElementRecord()
+        return meta
+
+    # -- the JSON dict, replaced (never changed in place) on every write -----------------------------------------
+    def _get(self, key: str) -> Any:
+        data = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
+        return data.get(key)
+
+    def _put(self, key: str, value: Any) -> None:
+        base = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
+        data = {k: v for k, v in base.items() if k != key}
+        if value is not None or key == "transformations":
+            data[key] = value
+        self._data = data
+        if self._attrs is not None:
+            self._attrs[ATTRS_KEY] = data
+
+    def to_json(self) -> dict[str, Any]:
+        """The metadata as stored in ``attrs`` (a deep copy)."""
+        data = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
+        return copy.deepcopy(data)
+
+    @property
+    def transformations(self) -> dict[str, BaseTransformation]:
+        return {cs: transformation_from_json(t) for cs, t in (self._get("transformations") or {}).items()}
+
+    @transformations.setter
+    def transformations(self, value: Mapping[str, BaseTransformation]) -> None:
+        self._put("transformations", {str(cs): transformation_to_json(t) for cs, t in value.items()})
+
+    @property
+    def feature_key(self) -> str | None:
+        return self._get("feature_key")
+
+    @feature_key.setter
+    def feature_key(self, value: str | None) -> None:
+        self._put("feature_key", value)
+
+    @property
+    def instance_key(self) -> str | None:
+        return self._get("instance_key")
+
+    @instance_key.setter
+    def instance_key(self, value: str | None) -> None:
+        self._put("instance_key", value)
+
+    @property
+    def source(self) -> tuple[str, str] | None:
+        value = self._get("source")
+        return None if value is None else (str(value[0]), str(value[1]))
+
+    @source.setter
+    def source(self, value: tuple[str, str] | None) -> None:
+        self._put("source", None if value is None else [str(value[0]), str(value[1])])
+
+    @property
+    def n_rows(self) -> int | None:
+        return self._record.n_rows
+
+    @n_rows.setter
+    def n_rows(self, value: int | None) -> None:
+        self._record.n_rows = value
 
     def copy(self) -> ElementMeta:
-        """A copy for a derived object: same transformations, keys and source; row count unknown."""
-        return ElementMeta(
-            dict(self.transformations), self.feature_key, self.instance_key, source=self.source
-        )
+        """A free-standing copy for a derived object: same transformations, keys and source; row count unknown."""
+        out = ElementMeta()
+        out._data = self.to_json()
+        return out
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ElementMeta:
-        # transformations are immutable values: a new dict is a full copy
         return self.copy()
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ElementMeta):
+            return NotImplemented
+        return self.to_json() == other.to_json() and self.n_rows == other.n_rows
 
-_REGISTRY: dict[int, tuple[weakref.ref, ElementMeta]] = {}
+    __hash__ = None  # type: ignore[assignment]
 
-
-def _forget(key: int) -> None:
-    _REGISTRY.pop(key, None)
-
-
-def _registry_lookup(element: Any) -> ElementMeta | None:
-    entry = _REGISTRY.get(id(element))
-    if entry is None:
-        return None
-    ref, meta = entry
-    if ref() is not element:  # stale id reused by another object
-        return None
-    return meta
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in (*_FIELDS, "n_rows"))
+        return f"ElementMeta({fields})"
 
 
 def _attrs_of(element: Any) -> dict | None:
+    """The attrs dict that holds an element's metadata: ``.attrs``, or the ``_meta.attrs`` of a dask frame."""
     try:
         attrs = element.attrs
     except (AttributeError, NotImplementedError):
-        return None
+        frame = getattr(element, "_meta", None)  # dask collections: the meta frame, carried by derivations
+        attrs = getattr(frame, "attrs", None) if hasattr(type(element), "__dask_graph__") else None
     return attrs if isinstance(attrs, dict) else None
 
 
+def _is_meta(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("transformations"), dict)
+
+
 def set_meta(element: Any, meta: ElementMeta) -> None:
-    """Attach ``meta`` to ``element`` (registry + ``attrs`` mirror where the type has ``attrs``)."""
-    key = id(element)
-    try:
-        ref = weakref.ref(element, lambda _r, key=key: _forget(key))
-    except TypeError as err:  # pragma: no cover - all supported element types are weak-referenceable
-        raise TypeError(
-            f"cannot attach spatial metadata to an object of type {type(element).__name__}"
-        ) from err
-    _REGISTRY[key] = (ref, meta)
+    """Store ``meta`` in ``element``'s attrs (a copy of its JSON) and its row count in the element's record."""
     attrs = _attrs_of(element)
-    if attrs is not None:
-        attrs[ATTRS_KEY] = meta
+    if attrs is None:
+        raise TypeError(
+            f"cannot attach spatial metadata to an object of type {type(element).__name__} (it has no attrs)"
+        )
+    attrs[ATTRS_KEY] = meta.to_json()
+    record = record_of(element)
+    if record is not None:
+        record.n_rows = meta.n_rows
 
 
 def has_meta(element: Any) -> bool:
-    """Whether spatial metadata is known for ``element``."""
-    if _registry_lookup(element) is not None:
-        return True
+    """Whether spatial metadata is attached to ``element``."""
     attrs = _attrs_of(element)
-    return attrs is not None and isinstance(attrs.get(ATTRS_KEY), ElementMeta)
+    return attrs is not None and _is_meta(attrs.get(ATTRS_KEY))
 
 
 def get_meta(element: Any, *, create: bool = False) -> ElementMeta:
-    """Return the metadata object of ``element``.
+    """The metadata of ``element``, bound to it (changes are stored in the element's attrs).
 
-    Metadata found only in the ``attrs`` mirror (an object derived from an element) is adopted: a copy is
-    registered for this object, so that later changes do not leak back into the object it came from.
     With ``create=True`` an element without metadata gets an empty one; otherwise a ``ValidationError``.
     """
-    meta = _registry_lookup(element)
-    if meta is not None:
-        return meta
     attrs = _attrs_of(element)
-    if attrs is not None and isinstance(attrs.get(ATTRS_KEY), ElementMeta):
-        meta = attrs[ATTRS_KEY].copy()
-        set_meta(element, meta)
-        return meta
-    if create:
-        meta = ElementMeta()
-        set_meta(element, meta)
-        return meta
+    if attrs is not None and _is_meta(attrs.get(ATTRS_KEY)):
+        return ElementMeta._bound(attrs, record_of(element))
+    if create and attrs is not None:
+        attrs[ATTRS_KEY] = {"transformations": {}}
+        return ElementMeta._bound(attrs, record_of(element))
     raise ValidationError(
         f"no spatial metadata is attached to this {type(element).__name__}: parse it with the model of its kind "
-        "(e.g. tissuestack.PointsModel.parse) or take it from a SpatialData object; objects derived from a dask "
-        "points frame do not inherit it"
+        "(e.g. tissuestack.PointsModel.parse) or take it from a SpatialData object; a frame that lost it (e.g. "
+        "built anew from computed data) gets it back with the model's parse(..., transformations=...)"
     )
 
 
@@ -231,7 +313,7 @@ def set_meta_transformation(
         )
     cs = DEFAULT_COORDINATE_SYSTEM if to_coordinate_system is None else to_coordinate_system
     _check_cs_name(cs)
-    meta.transformations[cs] = transformation
+    meta.transformations = {**meta.transformations, cs: transformation}
 
 
 def remove_transformation(element: Any, to_coordinate_system: str) -> None:
@@ -248,7 +330,7 @@ def remove_meta_transformation(meta: ElementMeta, to_coordinate_system: str) -> 
             f"cannot remove the transformation to {to_coordinate_system!r}: it is the element's only one and "
             "every element must belong to at least one coordinate system"
         )
-    del meta.transformations[to_coordinate_system]
+    meta.transformations = {k: v for k, v in meta.transformations.items() if k != to_coordinate_system}
 
 
 def _check_cs_name(name: Any) -> None:
@@ -292,4 +374,4 @@ def normalize_transformations(
 
 def copy_meta(source: Any, target: Any) -> None:
     """Give ``target`` a copy of the metadata of ``source`` (used when an operation derives a new object)."""
-    set_meta(target, copy.deepcopy(get_meta(source)))
+    set_meta(target, get_meta(source).copy())

@@ -30,6 +30,7 @@ from pandas.api.types import (
 )
 
 from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normalize_transformations, set_meta
+from tissuestack.elements._record import record_of
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
 
@@ -422,33 +423,38 @@ def default_npartitions(n_rows: int) -> int:
     return max(1, by_cores, -(-n_rows // MAX_DEFAULT_CHUNKSIZE))
 
 
+class InMemoryPoints:
+    """The source of a points frame that :class:`PointsModel` built from in-memory data: its pandas partitions
+    (views of the input, in order). Kept in that frame's record only: a frame derived from it has other rows."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: list[pd.DataFrame]):
+        self.frames = frames
+
+    def __repr__(self) -> str:
+        return f"InMemoryPoints({len(self.frames)} partitions, {sum(len(f) for f in self.frames):,} rows)"
+
+
 def in_memory_partitions(df: dd.DataFrame) -> list[pd.DataFrame] | None:
     """The pandas partitions of a points frame built from in-memory data by :class:`PointsModel` (views, no
     compute), or ``None`` for any other frame (read from files, or derived by further dask operations).
 
     Lets queries on in-memory points work on the partitions directly and return a single gathered partition
     instead of one per input partition plus a concatenation."""
-    expr = getattr(df, "expr", None)
-    if type(expr).__name__ == "ArrowStringConversion":
-        expr = expr.frame
-    if type(expr).__name__ != "FromMap":
-        return None
-    try:
-        if expr.operand("func") is not _partition or expr.operand("_partitions") is not None:
+    record = record_of(df)
+    source = record.source if record is not None else None
+    return source.frames if isinstance(source, InMemoryPoints) else None
+
+
+def _in_memory_source(ddf: dd.DataFrame, frames: list[pd.DataFrame]) -> InMemoryPoints | None:
+    """The partitions as the frame's source, when they are exactly what dask computes for it (not, e.g., object
+    strings that dask converts to Arrow strings on the fly)."""
+    meta = ddf._meta
+    for f in frames:
+        if list(f.columns) != list(meta.columns) or not f.dtypes.equals(meta.dtypes):
             return None
-        (slices,) = expr.operand("iterables")
-    except (ValueError, TypeError):
-        return None
-    frames = [s.frame for s in slices]
-    meta = df._meta
-    if any(
-        not isinstance(f, pd.DataFrame)
-        or list(f.columns) != list(meta.columns)
-        or not f.dtypes.equals(meta.dtypes)
-        for f in frames
-    ):
-        return None  # e.g. object strings that dask converts on the fly: keep dask's path
-    return frames
+    return InMemoryPoints(frames)
 
 
 def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -> dd.DataFrame:
@@ -465,7 +471,7 @@ def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -
     bounds = np.linspace(0, n, npartitions + 1).round().astype(int)
     token = uuid.uuid4().hex
     parts = [_Slice(frame.iloc[a:b], f"{token}-{i}") for i, (a, b) in enumerate(itertools.pairwise(bounds))]
-    return dd.from_map(
+    ddf = dd.from_map(
         _partition,
         parts,
         meta=frame.iloc[:0],
@@ -473,6 +479,10 @@ def _from_pandas(frame: pd.DataFrame, npartitions: int | None, chunksize: int) -
         enforce_metadata=False,
         label="points-from-pandas",
     )
+    record = record_of(ddf)
+    if record is not None:
+        record.source = _in_memory_source(ddf, [p.frame for p in parts])
+    return ddf
 
 
 def _check_columns(frame: pd.DataFrame | dd.DataFrame, label: str) -> None:

@@ -31,7 +31,6 @@ combined per reduction task, default 8).
 from __future__ import annotations
 
 import uuid
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ import scipy.sparse as sp
 import shapely
 
 from tissuestack._compute import scheduler
-from tissuestack.elements import get_meta, raster_levels, shapes_type
+from tissuestack.elements import get_meta, raster_levels, record_of, shapes_type
 from tissuestack.kernels._moments import statistic_from_moments
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 
@@ -263,47 +262,37 @@ def _check_points(req: PairInput) -> Any:
     return points
 
 
-# the last region grid built, kept while its shapes element lives and its geometry (and radius) arrays are the
-# same objects: aggregating several value keys or point sets by the same regions burns them once. One entry only,
-# so at most one grid (~4 bytes per grid cell) stays in memory.
-_LAST_GRID: dict[str, Any] = {}
-
-
-def _forget_grid(ref: weakref.ref) -> None:
-    if _LAST_GRID.get("ref") is ref:
-        _LAST_GRID.clear()
-
-
 def _region_grid(shapes: Any, name: str, cell_size: float | None, max_cells: int) -> Any:
+    """The region grid of a shapes element, cached in its record while its geometry (and radius) arrays stay the
+    same objects: aggregating several value keys or point sets by the same regions burns them once."""
     from tissuestack.kernels import _points_in_regions as K
 
     circles = shapes_type(shapes) == "circles"
     geometry = shapes.geometry.array
     radius = shapes["radius"].array if circles and "radius" in shapes.columns else None
-    key = (cell_size, max_cells)
-    last = _LAST_GRID
-    if (
-        last
-        and last["ref"]() is shapes
-        and last["geometry"] is geometry
-        and last["radius"] is radius
-        and last["key"] == key
-    ):
-        return last["grid"]
-    geoms = np.asarray(geometry, dtype=object)
-    if circles:
-        if radius is None:
-            raise ValueError(f"shapes element {name!r} holds circles but has no 'radius' column")
-        grid = K.build_circle_grid(
-            shapely.get_x(geoms), shapely.get_y(geoms), shapes["radius"].to_numpy(dtype=np.float64),
-            cell_size=cell_size, max_cells=max_cells,
-        )  # fmt: skip
-    else:
-        grid = K.build_polygon_grid(geoms, cell_size=cell_size, max_cells=max_cells)
-    _LAST_GRID.clear()
-    _LAST_GRID.update(
-        ref=weakref.ref(shapes, _forget_grid), geometry=geometry, radius=radius, key=key, grid=grid
-    )
+
+    def build() -> Any:
+        geoms = np.asarray(geometry, dtype=object)
+        if circles:
+            if radius is None:
+                raise ValueError(f"shapes element {name!r} holds circles but has no 'radius' column")
+            return K.build_circle_grid(
+                shapely.get_x(geoms), shapely.get_y(geoms), shapes["radius"].to_numpy(dtype=np.float64),
+                cell_size=cell_size, max_cells=max_cells,
+            )  # fmt: skip
+        return K.build_polygon_grid(geoms, cell_size=cell_size, max_cells=max_cells)
+
+    record = record_of(shapes)
+    if record is None:
+        return build()
+    # one grid per element (up to 128 MiB at the default budget): other grid parameters replace it
+    params = (cell_size, max_cells)
+    cached_params, grid = record.cached("region-grid", lambda: (params, build()), depends_on=(geometry, radius))
+    if cached_params != params:
+        record.drop("region-grid")
+        cached_params, grid = record.cached(
+            "region-grid", lambda: (params, build()), depends_on=(geometry, radius)
+        )
     return grid
 
 

@@ -10,15 +10,14 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
 
+from tissuestack.elements import record_of
 from tissuestack.elements._shapes import RADIUS_COLUMN
 
 __all__ = [
@@ -76,33 +75,20 @@ class ShapesIndex:
         return np.concatenate(box_idx), np.concatenate(rows)
 
 
-@dataclass
-class _IndexEntry:
-    ref: weakref.ref
-    geometry: object  # the GeometryArray the index was built from (replaced array -> rebuild)
-    radius: object  # the radius values used (circles), same idea
-    index: ShapesIndex
-
-
-_INDEXES: dict[int, _IndexEntry] = {}
-
-
-def _forget(key: int) -> None:
-    _INDEXES.pop(key, None)
-
-
 def shapes_index(gdf: gpd.GeoDataFrame, circles: bool) -> ShapesIndex:
-    """The index of a shapes element (built once per GeoDataFrame object and geometry array)."""
-    key = id(gdf)
+    """The index of a shapes element, cached in its record while its geometry (and radius) arrays stay the
+    same objects (an array replaced in place on the element rebuilds it)."""
     geometry = gdf.geometry.array
     radius = gdf[RADIUS_COLUMN].array if circles and RADIUS_COLUMN in gdf.columns else None
-    entry = _INDEXES.get(key)
-    if entry is not None and entry.ref() is gdf and entry.geometry is geometry and entry.radius is radius:
-        return entry.index
-    r = np.asarray(gdf[RADIUS_COLUMN], dtype=np.float64) if circles else None
-    index = ShapesIndex(np.asarray(geometry), r)
-    _INDEXES[key] = _IndexEntry(weakref.ref(gdf, lambda _r, key=key: _forget(key)), geometry, radius, index)
-    return index
+
+    def build() -> ShapesIndex:
+        r = np.asarray(gdf[RADIUS_COLUMN], dtype=np.float64) if circles else None
+        return ShapesIndex(np.asarray(geometry), r)
+
+    record = record_of(gdf)
+    if record is None:
+        return build()
+    return record.cached(("shapes-index", circles), build, depends_on=(geometry, radius))
 
 
 def shapes_tree(gdf: gpd.GeoDataFrame, circles: bool) -> shapely.STRtree:

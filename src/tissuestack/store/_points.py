@@ -62,7 +62,6 @@ import posixpath
 import re
 import shutil
 import tempfile
-import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +81,7 @@ import zarr
 from fsspec.implementations.cached import SimpleCacheFileSystem
 
 from tissuestack._compute import import_distributed, scheduler
-from tissuestack.elements import get_meta, points_axes, set_meta
+from tissuestack.elements import get_meta, points_axes, record_of, set_meta
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._registry import register_codec
 from tissuestack.store._root import ElementLocation
@@ -904,7 +903,9 @@ def read_points(
         df = df.astype(fixes)
     set_meta(df, meta_from_attrs(attrs, group, loc, n_rows=n_rows))
     read_columns = None if selected is None else selected + ([index] if isinstance(index, str) else [])
-    _remember_scan(df, PointsScan(loc, list(files), footers, fs, read_columns, strings, df._meta))
+    record = record_of(df)
+    if record is not None:  # this exact frame reads its rows straight from these files (derived frames do not)
+        record.source = PointsScan(loc, list(files), footers, fs, read_columns, strings, df._meta)
     return df
 
 
@@ -995,27 +996,12 @@ class PointsScan:
         return frame.astype(fixes) if fixes else frame
 
 
-_SCANS: dict[str, PointsScan] = {}  # frame name -> scan, the most recent _MAX_SCANS frames read
-_MAX_SCANS = 64
-_SCANS_LOCK = threading.Lock()
-
-
-def _remember_scan(df: dd.DataFrame, scan: PointsScan) -> None:
-    name = df._name
-    with _SCANS_LOCK:
-        _SCANS.pop(name, None)
-        _SCANS[name] = scan
-        while len(_SCANS) > _MAX_SCANS:
-            _SCANS.pop(next(iter(_SCANS)))
-
-
 def points_scan(df: dd.DataFrame) -> PointsScan | None:
-    """The :class:`PointsScan` of a frame exactly as :func:`read_points` returned it (any further dask
-    operation gives the frame a new name, and ``None`` here)."""
-    try:
-        return _SCANS.get(df._name)
-    except Exception:  # not a dask-expr collection
-        return None
+    """The :class:`PointsScan` of a frame exactly as :func:`read_points` returned it (kept in the frame's
+    record; a frame derived by any further dask operation has a record of its own, without it)."""
+    record = record_of(df)
+    source = record.source if record is not None else None
+    return source if isinstance(source, PointsScan) else None
 
 
 def _read_scan(scan_and_task: tuple[PointsScan, tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
