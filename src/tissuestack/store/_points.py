@@ -788,27 +788,35 @@ def _categories(
         if all(isinstance(v, list) for v in lists) and all(v == lists[0] for v in lists):
             out[column] = lists[0]
             continue
-        # foreign files: union of the dictionaries of each file's first row group (one column chunk per file)
-        values: dict[Any, None] = {}
-        for path, md in zip(files, footers, strict=True):
-            if md.num_row_groups == 0:
-                continue
+        # other writers' files: the union of the dictionaries of the whole column (read as a dictionary, plain
+        # strings included), every row group of every file: a value first met late in a file is still a category
+        def dictionaries(path: str, column: str = column) -> list[list[Any]]:
             try:
                 if loc.root.is_local:
-                    chunk = pq.ParquetFile(path).read_row_group(0, columns=[column]).column(column)
+                    chunk = pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
                 else:
                     with fs.open(path, "rb") as fh:
-                        chunk = pq.ParquetFile(fh).read_row_group(0, columns=[column]).column(column)
+                        chunk = pq.ParquetFile(fh, read_dictionary=[column]).read(columns=[column]).column(column)
             except Exception as err:
                 raise StoreError(
                     f"{loc.key}: cannot read column {column!r} of {_relative(loc, path)}: {err}"
                 ) from err
+            out = []
             for arr in chunk.chunks:
                 dictionary = arr.dictionary if pa.types.is_dictionary(arr.type) else arr.unique()
-                for v in dictionary.to_pylist():
-                    if v is not None:
-                        values.setdefault(v, None)
-        out[column] = list(values)
+                out.append(dictionary.to_pylist())
+            return out
+
+        values: dict[Any, None] = {}
+        with ThreadPoolExecutor(max_workers=min(len(files), _n_workers()) or 1) as pool:
+            for lists in pool.map(dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]):
+                for lst in lists:
+                    for v in lst:
+                        if v is not None:
+                            values.setdefault(v, None)
+        plain = _is_arrow_string(footers[0].schema.to_arrow_schema().field(column).type)
+        # plain strings have no category order: sorted, as pandas orders the categories it infers
+        out[column] = sorted(values) if plain else list(values)
     return out
 
 
@@ -886,7 +894,15 @@ def read_points(
     )
     if index == NULL_INDEX or (index and df.index.name == NULL_INDEX):
         df = df.rename_axis(None)
-    categorical = [c for c in df.columns if isinstance(target[c].dtype, pd.CategoricalDtype)]
+    # categorical columns, and the feature column even where another writer stored it as plain strings (a
+    # feature column is categorical in every points element)
+    feature_key = (attrs.get("spatialdata_attrs") or {}).get("feature_key")
+    categorical = [
+        c
+        for c in df.columns
+        if isinstance(target[c].dtype, pd.CategoricalDtype)
+        or (c == feature_key and _is_arrow_string(schema.field(c).type))
+    ]
     categories = _categories(loc, files, footers, categorical, fs)
     # the pyarrow-filesystem reader builds its meta from the pandas metadata but converts the data without it:
     # cast where the two can differ (categories, nullable integers, strings), which keeps the pushdown
@@ -894,7 +910,8 @@ def read_points(
     for column in df.columns:
         want = target[column].dtype
         if column in categories:
-            fixes[column] = pd.CategoricalDtype(categories[column], ordered=want.ordered)
+            ordered = bool(getattr(want, "ordered", False))
+            fixes[column] = pd.CategoricalDtype(categories[column], ordered=ordered)
         elif _is_arrow_string(schema.field(column).type):
             fixes[column] = string_dtype
         elif isinstance(want, pd.api.extensions.ExtensionDtype) or not _same_dtype(df.dtypes[column], want):
@@ -969,19 +986,45 @@ class PointsScan:
                 out.append((path, tuple(current)))
         return out
 
-    def read(self, task: tuple[str, tuple[int, ...]]) -> pd.DataFrame:
-        """The rows of some row groups of one file, conformed to the frame's partitions."""
+    def _table(self, task: tuple[str, tuple[int, ...]], columns: list[str] | None, **kwargs: Any) -> pa.Table:
         path, row_groups = task
         try:
             if self.loc.root.is_local:
-                table = pq.ParquetFile(path).read_row_groups(list(row_groups), columns=self.columns)
-            else:
-                with self.fs.open(path, "rb") as fh:
-                    table = pq.ParquetFile(fh).read_row_groups(list(row_groups), columns=self.columns)
+                return pq.ParquetFile(path, **kwargs).read_row_groups(list(row_groups), columns=columns)
+            with self.fs.open(path, "rb") as fh:
+                return pq.ParquetFile(fh, **kwargs).read_row_groups(list(row_groups), columns=columns)
         except Exception as err:
             raise StoreError(
                 f"{self.loc.key}: cannot read row groups of {_relative(self.loc, path)}: {err}"
             ) from err
+
+    def read_arrays(
+        self,
+        task: tuple[str, tuple[int, ...]],
+        columns: Sequence[str],
+        categories: Mapping[str, pd.Index] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Some columns of some row groups of one file as numpy arrays, straight from pyarrow (no pandas frame).
+
+        Columns named in ``categories`` come back as int32 codes into those categories (-1 for nulls and
+        values not among them), whether the file stores them dictionary-encoded (ours) or as plain strings (the
+        reference's): they are read as dictionaries, and each chunk's small dictionary is mapped once.
+        Numeric columns come back as they are stored (zero-copy where pyarrow allows).
+        """
+        cats = dict(categories or {})
+        table = self._table(task, list(columns), read_dictionary=[c for c in cats if c in columns] or None)
+        out: dict[str, np.ndarray] = {}
+        for name in columns:
+            column = table.column(name)
+            if name in cats:
+                out[name] = _codes_of(column, cats[name])
+            else:
+                out[name] = column.to_numpy()
+        return out
+
+    def read(self, task: tuple[str, tuple[int, ...]]) -> pd.DataFrame:
+        """The rows of some row groups of one file, conformed to the frame's partitions."""
+        table = self._table(task, self.columns)
         frame = table.to_pandas(types_mapper=_arrow_strings_as_pyarrow if self.strings else None)
         meta = self.meta
         if isinstance(meta.index, pd.RangeIndex):  # no index column: dask numbers each partition from 0
@@ -994,6 +1037,24 @@ class PointsScan:
         frame = frame[list(meta.columns)] if list(frame.columns) != list(meta.columns) else frame
         fixes = {c: meta.dtypes[c] for c in meta.columns if not _same_dtype(frame.dtypes[c], meta.dtypes[c])}
         return frame.astype(fixes) if fixes else frame
+
+
+def _codes_of(column: pa.ChunkedArray, categories: pd.Index) -> np.ndarray:
+    """int32 codes of a (dictionary or string) column into ``categories``; -1 for nulls and unknown values."""
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        lut = categories.get_indexer(chunk.dictionary.to_pandas()).astype(np.int32)
+        idx = chunk.indices
+        if idx.null_count:
+            idx = idx.fill_null(-1)
+        codes = idx.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        lut = np.append(lut, np.int32(-1))  # index -1 (a null) -> -1
+        parts.append(lut[codes])
+    if not parts:
+        return np.empty(0, dtype=np.int32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def points_scan(df: dd.DataFrame) -> PointsScan | None:
