@@ -288,18 +288,14 @@ def _url_scheme(loc: ElementLocation) -> str:
     return loc.root.url.split("://", 1)[0] if "://" in loc.root.url else ""
 
 
-_RANGE_SUPPORT: dict[str, bool] = {}
-
-
-def _serves_byte_ranges(fs: fsspec.AbstractFileSystem, url: str) -> bool:
-    """Whether an HTTP server answers range requests (probed once per server with a 4-byte request)."""
-    server = "/".join(url.split("/", 3)[:3])
-    if server not in _RANGE_SUPPORT:
+def _serves_byte_ranges(loc: ElementLocation, fs: fsspec.AbstractFileSystem, url: str) -> bool:
+    """Whether an HTTP store's server answers range requests (probed once per opened store, 4 bytes)."""
+    if loc.root.byte_ranges is None:
         try:
-            _RANGE_SUPPORT[server] = len(fs.cat_file(url, start=0, end=4)) == 4
+            loc.root.byte_ranges = len(fs.cat_file(url, start=0, end=4)) == 4
         except Exception:  # let the footer read report the problem
             return True
-    return _RANGE_SUPPORT[server]
+    return loc.root.byte_ranges
 
 
 def _footers(
@@ -311,7 +307,7 @@ def _footers(
     downloaded once into a local cache and read from there.
     """
     fs = loc.root.fs
-    if _url_scheme(loc) in ("http", "https") and not _serves_byte_ranges(fs, files[0]):
+    if _url_scheme(loc) in ("http", "https") and not _serves_byte_ranges(loc, fs, files[0]):
         fs = SimpleCacheFileSystem(fs=fs)
     try:
         return _footers_with(loc, files, fs), fs

@@ -62,6 +62,8 @@ class StoreRoot:
     path: str
     storage_options: dict[str, Any] = field(default_factory=dict)
     read_only: bool = True
+    #: whether the server answers byte-range requests (HTTP stores; probed once, on the first points read)
+    byte_ranges: bool | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def open(
