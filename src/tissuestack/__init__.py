@@ -85,7 +85,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from tissuestack import datasets, elements, errors, ops, query, store, transforms
+    from tissuestack import datasets, elements, errors, io, ops, query, store, transforms
     from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,
@@ -108,11 +108,13 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         AmbiguousPathError,
         FormatError,
         NoPathError,
+        ReaderError,
         StoreError,
         TransformationError,
         ValidationError,
     )
     from tissuestack.ops import (
+        aggregate,
         concatenate,
         filter_table,
         get_centroids,
