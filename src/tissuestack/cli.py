@@ -64,10 +64,20 @@ def _build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser(
         "validate",
         help="check a store and list every problem (exit status 1 if any)",
-        description="Open every element of a store, validate it against its model and check table links, the "
-        "labels list and consolidated metadata. Lists every problem; exits 1 if there is any.",
+        description="Check every element of a store and list every problem in one run, each with the element, "
+        "the file and what to do: metadata files that do not parse, chunk files missing from rasters (from a "
+        "listing, no data read), unreadable Parquet files, elements that fail their model, table links to "
+        "missing elements or to ids the element does not have, the labels list, consolidated metadata, and "
+        "hidden temporaries left by interrupted writes. Exits 1 if there is any problem (notes, such as chunks "
+        "another writer skipped because they held only the fill value, do not count), 2 if the store cannot "
+        "be opened at all.",
     )
     validate.add_argument("store", help="store path or URL")
+    validate.add_argument(
+        "--deep",
+        action="store_true",
+        help="also decode every raster chunk and Parquet row group, and compare table ids with labels values",
+    )
     _storage_option_arg(validate)
     validate.set_defaults(func=_cmd_validate)
 
@@ -135,9 +145,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from tissuestack._container.inspect import validate_store  # heavy imports only for this command
 
-    problems = validate_store(args.store, storage_options=_storage_options(args.storage_option))
+    found = validate_store(args.store, deep=args.deep, storage_options=_storage_options(args.storage_option))
+    problems = [p for p in found if not p.note]
+    notes = [p for p in found if p.note]
+    for note in notes:
+        print(f"note: {note}")
     if not problems:
-        print(f"{args.store}: OK")
+        print(f"{args.store}: OK" + (f" ({len(notes)} note(s))" if notes else ""))
         return 0
     print(f"{args.store}: {len(problems)} problem(s)")
     for problem in problems:

@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
-from tissuestack._container.io import read_zarr
+import numpy as np
+import pandas as pd
+
+from tissuestack._container.io import from_opened
 from tissuestack._container.summary import summarize
 from tissuestack.elements import KINDS, get_table_keys, parse_as, raster_levels
-from tissuestack.store import StoreRoot
+from tissuestack.errors import FormatError, StoreError
+from tissuestack.store import ElementLocation, StoreRoot
 from tissuestack.store import _io as store_io
+from tissuestack.store._check import (
+    StoreProblem,
+    element_files,
+    metadata_of_store,
+    metadata_problems,
+    parquet_problems,
+    raster_chunk_problems,
+    stale_temporary_problems,
+)
+from tissuestack.store._root import quiet_zarr
 
-__all__ = ["print_info", "validate_store"]
+__all__ = ["StoreProblem", "print_info", "validate_store"]
 
 
 def _human(n: float) -> str:
@@ -34,13 +50,28 @@ def _size(root: StoreRoot, *parts: str) -> int | None:
 def print_info(
     location: str, *, as_json: bool = False, storage_options: Mapping[str, Any] | None = None
 ) -> int:
-    sdata = read_zarr(location, storage_options=storage_options)
+    """Print what a store holds; returns the exit status: 0, or 1 when some element is broken.
+
+    Broken elements (unreadable metadata, unknown format version, ...) are listed as broken after the others
+    instead of aborting; ``tissuestack validate`` says more about them.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opened = store_io.open_store(location, on_bad_elements="warn", storage_options=storage_options)
+    sdata = from_opened(opened)
+    broken = opened.broken
     if as_json:
         print(json.dumps(summarize(sdata), indent=1, sort_keys=True, default=str))
-        return 0
+        for key, why in broken.items():
+            print(f"tissuestack: {key} is broken and left out of the summary: {why}", file=sys.stderr)
+        return 1 if broken else 0
     info = sdata._store_info
     root = sdata._root
     print(repr(sdata))
+    if broken:
+        print("broken elements (left out above; run 'tissuestack validate' for details):")
+        for key, why in broken.items():
+            print(f"  {key}: BROKEN: {why}")
     print()
     total = _size(root)
     print(
@@ -51,58 +82,232 @@ def print_info(
     for key, version in info["element_versions"].items():
         size = _size(root, *key.split("/"))
         print(f"  {key}: format {version}" + (f", {_human(size)}" if size is not None else ""))
-    return 0
+    for key in broken:
+        print(f"  {key}: BROKEN")
+    return 1 if broken else 0
 
 
-def validate_store(location: str, *, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Every problem found in a store, as human-readable lines (empty list: the store is valid)."""
-    problems: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+def validate_store(
+    location: str | os.PathLike,
+    *,
+    deep: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+) -> list[StoreProblem]:
+    """Every problem found in a store, in one run (an empty list: the store is valid).
+
+    Checks, for every element: that each metadata document parses (read from the files, so consolidated
+    metadata cannot hide a truncated one); that every chunk file a raster's shape implies exists (from a
+    listing, without reading data); that every Parquet footer of points and shapes reads; that the element
+    loads and satisfies its model. Then table links (annotated elements that do not exist, instance ids the
+    element does not have), the labels list, consolidated metadata, and hidden temporaries left by
+    interrupted writes beside and inside the store.
+
+    With ``deep=True`` every raster chunk and every Parquet row group is decoded too, and table ids are
+    compared with the values of annotated labels (which reads the labels).
+
+    Returns
+    -------
+    list of StoreProblem
+        Each names the element (``"kind/name"``) and the file concerned and says what to do. Problems with
+        ``note=True`` may be intended (chunks another writer skipped because they held only the fill value)
+        and do not make ``tissuestack validate`` fail.
+    """
+    root = StoreRoot.open(location, storage_options=storage_options, read_only=True)
+    problems = stale_temporary_problems(root)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            sdata = read_zarr(location, on_bad_elements="warn", storage_options=storage_options)
+            opened = store_io.open_store(root.url, on_bad_elements="warn", storage_options=storage_options)
         except Exception as err:  # the store itself cannot be opened
-            return [f"{type(err).__name__}: {err}"]
-    problems.extend(str(w.message) for w in caught)
-    for kind in KINDS:
-        for name in list(sdata._store[kind]):
+            return [*problems, StoreProblem(None, None, f"{type(err).__name__}: {err}")]
+    sdata = from_opened(opened)
+    strict_chunks = _written_by_tissuestack(opened)
+    problems.extend(metadata_problems(root, metadata_of_store(root), None))
+    loaded: dict[str, Any] = {}
+    on_disk = _element_keys(root, opened)
+    for key in on_disk:
+        kind, name = key.split("/", 1)
+        loc = ElementLocation(root, kind, name)
+        files = element_files(loc)
+        found = metadata_problems(root, [f"{key}/{f}" for f in files], key)
+        if kind in ("points", "shapes"):
+            found.extend(parquet_problems(loc, deep=deep))
+        elif kind in ("images", "labels") and key not in opened.broken:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    element = sdata._get(kind, name)
-                    parse_as(kind, element, name=name)
-                    if kind == "points":
-                        element.head(1, npartitions=element.npartitions)  # every file's data pages decode
-                    elif kind in ("images", "labels"):
-                        for level in raster_levels(element):
-                            level.data[(slice(0, 1),) * level.ndim].compute()
+                with quiet_zarr():
+                    group = root.open_group(use_consolidated=False)[key]
+                found.extend(raster_chunk_problems(loc, group, files, strict=strict_chunks, deep=deep))
             except Exception as err:
-                problems.append(f"{kind}/{name}: {type(err).__name__}: {err}")
-    for name, table in sdata.items(["tables"]):
-        region, _, _ = get_table_keys(table)
-        for r in region or []:
-            if r not in sdata:
-                problems.append(f"tables/{name}: annotates {r!r}, which is not an element of the store")
-    root = sdata._root
+                found.append(StoreProblem(key, None, f"{type(err).__name__}: {err}", _fix_for(err)))
+        problems.extend(found)
+        if key in opened.broken:
+            if not any(not p.note for p in found):  # otherwise the broken file is already named
+                why = _without_prefix(opened.broken[key], key)
+                problems.append(StoreProblem(key, None, why, _fix_for(StoreError())))
+            continue
+        if name not in opened.elements.get(kind, {}) or (kind in ("points", "shapes") and found):
+            continue  # loading would only repeat the same problem
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                element = sdata._get(kind, name)
+                parse_as(kind, element, name=name)
+            loaded[key] = element
+        except Exception as err:
+            problems.append(StoreProblem(key, None, _without_prefix(str(err), key), _fix_for(err)))
+    for key, table in loaded.items():
+        if key.startswith("tables/"):
+            problems.extend(_table_link_problems(sdata, key, table, loaded, deep=deep))
+    problems.extend(_structure_problems(sdata, root, on_disk))
+    return problems
+
+
+def _written_by_tissuestack(opened: store_io.OpenedStore) -> bool:
     try:
-        group = root.open_group(use_consolidated=False)
-        if "labels" in group:
-            listed = set(store_io.labels_list(group["labels"]))
-            present = {n for n, _ in group["labels"].groups() if not n.startswith(".")}
-            if present - listed:
-                problems.append(f"labels/: elements {sorted(present - listed)} missing from the labels list")
-        if sdata._store_info.get("consolidated"):
-            fresh = set(store_io.elements_on_disk(group).values())
-            seen = set(sdata._store_info["element_versions"])
-            if fresh - seen:
-                problems.append(f"consolidated metadata is stale: it lacks {sorted(fresh - seen)}")
-            consolidated = root.open_group(use_consolidated=True).metadata.consolidated_metadata
-            markers = ("zarr.json",) if group.metadata.zarr_format == 3 else (".zgroup", ".zarray")
-            for key in sorted(consolidated.flattened_metadata if consolidated else ()):
-                if not any(root.exists(*key.split("/"), m) for m in markers):
-                    problems.append(
-                        f"consolidated metadata lists {key}, whose metadata file is missing on disk"
-                    )
+        with quiet_zarr():
+            attrs = opened.root.open_group().attrs.asdict()
+    except Exception:
+        return False
+    version = (attrs.get("spatialdata_attrs") or {}).get("spatialdata_software_version", "")
+    return str(version).startswith("tissuestack")
+
+
+def _element_keys(root: StoreRoot, opened: store_io.OpenedStore) -> list[str]:
+    """Every element of the store: what opening found (good or broken) and what a listing of the folders finds
+    (consolidated metadata may hide an element whose own metadata is broken)."""
+    keys = set(opened.versions) | set(opened.broken)
+    for kind in KINDS:
+        for entry in _list_dir(root, kind):
+            if (
+                not entry.startswith(".")
+                and root.exists(kind, entry)
+                and root.fs.isdir(root.join(kind, entry))
+            ):
+                if any(root.exists(kind, entry, m) for m in ("zarr.json", ".zgroup", ".zattrs")):
+                    keys.add(f"{kind}/{entry}")
+    order = {k: i for i, k in enumerate(KINDS)}
+    return sorted(keys, key=lambda k: (order[k.split("/", 1)[0]], k))
+
+
+def _list_dir(root: StoreRoot, *parts: str) -> list[str]:
+    try:
+        return [
+            str(e).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+            for e in root.fs.ls(root.join(*parts), detail=False)
+        ]
+    except (FileNotFoundError, NotADirectoryError, OSError):
+        return []
+
+
+def _without_prefix(message: str, key: str) -> str:
+    for prefix in (f"{key}: ", f"{key} in "):
+        if message.startswith(prefix):
+            return message[len(prefix) :] if prefix.endswith(": ") else message
+    return message
+
+
+def _fix_for(err: Exception) -> str:
+    if isinstance(err, StoreError | FormatError):
+        return "restore the files from a copy, or rewrite the element from its source"
+    return "fix the element in memory (its model's parse/validate says how) and write it again"
+
+
+def _instances(kind: str, element: Any, *, deep: bool) -> np.ndarray | None:
+    """The instance ids of an element that tables refer to (labels: their values, read only with ``deep``)."""
+    if kind == "shapes":
+        return np.asarray(element.index)
+    if kind == "labels" and deep:
+        values = np.unique(np.asarray(raster_levels(element)[0].data))
+        return values[values != 0]
+    return None
+
+
+def _table_link_problems(
+    sdata: Any, key: str, table: Any, loaded: Mapping[str, Any], *, deep: bool
+) -> list[StoreProblem]:
+    name = key.split("/", 1)[1]
+    region, region_key, instance_key = get_table_keys(table)
+    out = []
+    for r in region or []:
+        if r not in sdata:
+            out.append(
+                StoreProblem(
+                    key,
+                    None,
+                    f"annotates {r!r}, which is not an element of the store",
+                    f"retarget it (sdata.set_table_annotates({name!r}, ...) then sdata.write_element({name!r}, "
+                    f"overwrite=True)), or add an element {r!r}, or delete the table",
+                )
+            )
+            continue
+        kind = sdata.kind_of(r)
+        element = loaded.get(f"{kind}/{r}")
+        if element is None or instance_key not in table.obs or region_key not in table.obs:
+            continue
+        ids = _instances(kind, element, deep=deep)
+        if ids is None:
+            continue
+        rows = (table.obs[region_key] == r).to_numpy()
+        wanted = pd.Index(table.obs[instance_key].to_numpy()[rows])
+        unknown = wanted[~wanted.isin(pd.Index(ids))]
+        if len(unknown):
+            sample = ", ".join(repr(v) for v in unknown.unique()[:5].tolist())
+            share = "none" if len(unknown) == len(wanted) else f"{len(unknown)} of {len(wanted)}"
+            out.append(
+                StoreProblem(
+                    key,
+                    None,
+                    f"{share} of its rows for {r!r} match no instance of {kind}/{r} (obs[{instance_key!r}] "
+                    f"values not among the {kind} ids, e.g. {sample})",
+                    f"drop or fix those rows (ts.match_table_to_element(sdata, {r!r}) keeps the matching rows) "
+                    f"and write the table again",
+                )
+            )
+    return out
+
+
+def _structure_problems(sdata: Any, root: StoreRoot, on_disk: list[str]) -> list[StoreProblem]:
+    """The labels list and consolidated metadata against the elements ``on_disk`` (from a listing)."""
+    problems = []
+    zarr_format = sdata._store_info["zarr_format"]
+    present = {k.split("/", 1)[1] for k in on_disk if k.startswith("labels/")}
+    if present:
+        labels_meta = "labels/" + ("zarr.json" if zarr_format == 3 else ".zattrs")
+        try:
+            with quiet_zarr():
+                listed = set(store_io.labels_list(root.open_group(use_consolidated=False)["labels"]))
+        except Exception as err:
+            listed = None
+            problems.append(StoreProblem(None, labels_meta, f"cannot read the labels list: {err}"))
+        if listed is not None and present - listed:
+            problems.append(
+                StoreProblem(
+                    None,
+                    labels_meta,
+                    f"labels {sorted(present - listed)} are missing from the labels list",
+                    "sdata.write_element(...) of each such labels element adds it to the list",
+                )
+            )
+    if not sdata._store_info.get("consolidated"):
+        return problems
+    marker = "zarr.json" if zarr_format == 3 else ".zmetadata"
+    fix = "rewrite it with sdata.write_metadata() (or tissuestack convert-format)"
+    seen = set(sdata._store_info["element_versions"]) | set(sdata._store_info.get("broken", {}))
+    lacking = sorted(set(on_disk) - seen)
+    if lacking:
+        problems.append(
+            StoreProblem(None, marker, f"consolidated metadata is stale: it lacks {lacking}", fix)
+        )
+    try:
+        consolidated = root.open_group(use_consolidated=True).metadata.consolidated_metadata
     except Exception as err:
-        problems.append(f"{root.url}: {type(err).__name__}: {err}")
+        return [*problems, StoreProblem(None, marker, f"cannot read consolidated metadata: {err}", fix)]
+    markers = ("zarr.json",) if zarr_format == 3 else (".zgroup", ".zarray")
+    for key in sorted(consolidated.flattened_metadata if consolidated else ()):
+        if not any(root.exists(*key.split("/"), m) for m in markers):
+            problems.append(
+                StoreProblem(
+                    None, marker, f"consolidated metadata lists {key}, whose metadata file is missing", fix
+                )
+            )
     return problems

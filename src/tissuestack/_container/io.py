@@ -9,7 +9,7 @@ from typing import Any, Literal
 from tissuestack._container.spatialdata import SpatialData
 from tissuestack.store import _io as store_io
 
-__all__ = ["read_zarr"]
+__all__ = ["from_opened", "read_zarr"]
 
 
 def read_zarr(
@@ -47,6 +47,11 @@ def read_zarr(
         storage_options=storage_options,
         lazy_tables=lazy_tables,
     )
+    return from_opened(opened)
+
+
+def from_opened(opened: store_io.OpenedStore) -> SpatialData:
+    """The SpatialData object over an opened store (its elements still deferred)."""
     sdata = SpatialData(attrs=opened.attrs)
     for kind, elements in opened.elements.items():
         for name, deferred in elements.items():
@@ -57,5 +62,6 @@ def read_zarr(
         "container_version": opened.container_version,
         "consolidated": opened.consolidated,
         "element_versions": dict(opened.versions),
+        "broken": dict(opened.broken),
     }
     return sdata

@@ -14,6 +14,8 @@ Safety rules
 from __future__ import annotations
 
 import contextlib
+import os
+import posixpath
 import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +31,7 @@ from tissuestack.elements._deferred import Deferred
 from tissuestack.elements._naming import check_name
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store import _points, _raster, _shapes, _tables  # noqa: F401 - registers the codecs
+from tissuestack.store._check import remove_stale_temporaries
 from tissuestack.store._raster import (
     raster_meta,
     raster_version,
@@ -84,6 +87,7 @@ class OpenedStore:
     elements: dict[str, dict[str, Deferred]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # "kind/name" -> element format version
     consolidated: bool = False
+    broken: dict[str, str] = field(default_factory=dict)  # "kind/name" -> why it was skipped (mode "warn")
 
 
 def _element_version(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> str:
@@ -133,6 +137,46 @@ def _loader(
     return load
 
 
+def _children(root: StoreRoot, type_group: zarr.Group, kind: str) -> list[str]:
+    """Element names in a kind group; from a listing of the folder when a child's metadata cannot be parsed
+    (that child is then reported as broken by name, instead of hiding its siblings)."""
+    try:
+        return sorted(n for n, _ in type_group.groups() if not n.startswith("."))
+    except Exception:
+        names = []
+        for entry in root.fs.ls(root.join(kind), detail=False):
+            name = str(entry).rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+            if not name.startswith(".") and any(root.exists(kind, name, m) for m in ("zarr.json", ".zgroup")):
+                names.append(name)
+        return sorted(names)
+
+
+def _inside_store_hint(root: StoreRoot) -> str:
+    """``"; it is <folder> inside the store <root>: ..."`` when ``root`` lies in a kind folder (``images``,
+    ``shapes``, ...) of a Zarr store; ``""`` otherwise (and without any I/O when no parent is a kind folder)."""
+    for parent, inside in _parents(root):
+        if inside.split("/", 1)[0] not in KINDS:
+            continue
+        if parent.exists("zarr.json") or parent.exists(".zgroup"):
+            return f"; it is the folder {inside!r} inside the store {parent.url}: open {parent.url} instead"
+    return ""
+
+
+def _parents(root: StoreRoot, depth: int = 4) -> list[tuple[StoreRoot, str]]:
+    out = []
+    path = root.path.rstrip("/\\")
+    parts: list[str] = []
+    for _ in range(depth):
+        split = os.path.split if root.is_local else posixpath.split
+        parent, base = split(path)
+        if not parent or parent == path:
+            break
+        parts.insert(0, base)
+        out.append((root.with_path(parent), "/".join(parts)))
+        path = parent
+    return out
+
+
 def open_store(
     location: Any,
     *,
@@ -152,12 +196,21 @@ def open_store(
     try:
         group = root.open_group()
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, KeyError) as err:
+        hint = _inside_store_hint(root)
+        if hint:
+            raise StoreError(f"{root.url} is not the root of a SpatialData store{hint}") from err
         raise StoreError(f"{root.url}: no Zarr store found there") from err
     except Exception as err:
+        hint = _inside_store_hint(root)
+        if hint:
+            raise StoreError(f"{root.url} is not the root of a SpatialData store{hint}") from err
         raise StoreError(f"{root.url}: cannot open the store: {type(err).__name__}: {err}") from err
     zarr_format = group.metadata.zarr_format
     root_attrs = group.attrs.asdict()
     sd = root_attrs.get(SD_ATTRS)
+    hint = _inside_store_hint(root)
+    if hint:
+        raise StoreError(f"{root.url} is not the root of a SpatialData store{hint}")
     container_version = str(sd.get("version", "0.1")) if isinstance(sd, Mapping) else "0.1"
     if container_version not in CONTAINER_FORMATS:
         msg = f"{root.url}: unknown SpatialData container version {container_version!r}; known {sorted(CONTAINER_FORMATS)}"
@@ -178,7 +231,7 @@ def open_store(
             if kind not in group:
                 continue
             type_group = group[kind]
-            children = sorted(n for n, _ in type_group.groups() if not n.startswith("."))
+            children = _children(root, type_group, kind)
         for name in children:
             if names and name not in names and kind not in kinds:
                 continue
@@ -205,6 +258,7 @@ def open_store(
                         raise
                     raise StoreError(f"{loc}: {type(err).__name__}: {err}") from err
                 warnings.warn(f"skipping {kind}/{name}: {err}", stacklevel=3)
+                opened.broken[loc.key] = str(err)
                 continue
             options = {"lazy_x": lazy_tables} if kind == "tables" else {}
             opened.elements[kind][name] = Deferred(
@@ -368,6 +422,7 @@ def write_store(
         with contextlib.suppress(Exception):
             tmp.rm()
         raise
+    remove_stale_temporaries(root)  # left beside the store by earlier interrupted writes
     return root
 
 
@@ -479,6 +534,7 @@ def write_element(
         with contextlib.suppress(Exception):
             root.rm(kind, tmp_name)
         raise
+    remove_stale_temporaries(root, kind=kind, name=name)  # left by earlier interrupted writes of this element
     if kind == "labels":
         with quiet_zarr():
             labels_group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", path="labels")

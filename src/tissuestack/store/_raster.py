@@ -10,6 +10,7 @@ zarr-python's default zstd, at a similar size.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import numcodecs
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
 from tissuestack._compute import scheduler
@@ -116,7 +118,7 @@ def read_raster(group: zarr.Group, loc: ElementLocation, attrs: Mapping[str, Any
             raise StoreError(f"{loc.key}/{path}: expected a Zarr array, found a group")
         if arr.ndim != len(axes):
             raise FormatError(f"{loc.key}/{path}: array has {arr.ndim} dimensions but the axes are {axes}")
-        levels.append(xr.DataArray(da.from_zarr(arr), dims=axes))
+        levels.append(xr.DataArray(_lazy(arr, loc, path), dims=axes))
     if "c" in axes:
         channels = None
         if isinstance(omero, Mapping) and omero.get("channels"):
@@ -132,6 +134,50 @@ def read_raster(group: zarr.Group, loc: ElementLocation, attrs: Mapping[str, Any
             {scale_level_name(k): xr.Dataset({SCALE_VAR: lvl}) for k, lvl in enumerate(levels)}
         )
     return element
+
+
+class _NamedChunks:
+    """A Zarr array whose read errors name the element and the chunk file (dask reads it chunk by chunk)."""
+
+    def __init__(self, arr: zarr.Array, key: str, path: str) -> None:
+        self.arr, self.key, self.path = arr, key, path
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, region: Any) -> np.ndarray:
+        try:
+            return self.arr[region]
+        except Exception as err:
+            raise StoreError(
+                f"{self.key}: cannot read {self._files(region)} (corrupt or truncated chunk?): "
+                f"{type(err).__name__}: {err}"
+            ) from err
+
+    def _files(self, region: Any) -> str:
+        grid = self.arr.metadata.chunk_grid.chunk_shape
+        try:
+            ranges = [
+                range(r.start // c, max(r.start // c + 1, -(-r.stop // c)))
+                for r, c in zip(region, grid, strict=True)
+            ]
+            keys = [self.arr.metadata.encode_chunk_key(c) for c in itertools.product(*ranges)]
+        except (TypeError, AttributeError, ValueError, ZeroDivisionError):
+            return f"the chunks of {self.key}/{self.path} at {region}"
+        names = [f"{self.key}/{self.path}/{k}" for k in keys[:4]]
+        more = f" (and {len(keys) - 4} more chunk files)" if len(keys) > 4 else ""
+        return ("chunk file " if len(keys) == 1 else "chunk files ") + ", ".join(names) + more
+
+
+def _lazy(arr: zarr.Array, loc: ElementLocation, path: str) -> da.Array:
+    """A dask array over one level, one task per Zarr chunk (as ``da.from_zarr``), with named read errors."""
+    name = "from-zarr-" + tokenize(loc.root.url, loc.key, path, arr.shape, arr.dtype.str, arr.chunks)
+    return da.from_array(
+        _NamedChunks(arr, loc.key, path),
+        chunks=arr.chunks,
+        name=name,
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+        asarray=False,
+        fancy=False,
+    )
 
 
 def _regular_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
@@ -207,8 +253,16 @@ def write_raster(
                 "compressors": numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
             }
         )
+        # every chunk is written, also those holding only zeros: a missing chunk file then means a damaged
+        # store, which `validate` can tell from a listing
         arr = group.create_array(
-            f"s{k}", shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=0, **kwargs
+            f"s{k}",
+            shape=data.shape,
+            chunks=chunks,
+            dtype=data.dtype,
+            fill_value=0,
+            config={"write_empty_chunks": True},
+            **kwargs,
         )
         sources.append(data)
         targets.append(arr)

@@ -86,11 +86,13 @@ def _anndata_settings(zarr_format: int) -> Iterator[None]:
 
 
 def _failing_key(err: BaseException) -> str | None:
-    """The anndata key being read when ``err`` was raised (anndata adds it as a note)."""
+    """The anndata key being read when ``err`` was raised (anndata adds it as a note), with the group it was
+    read from when the note says (``/tables/t/obs/cell_type`` + ``categories``)."""
     for note in getattr(err, "__notes__", None) or []:
-        match = re.search(r"reading key '([^']*)'", str(note))
+        match = re.search(r"reading key '([^']*)'(?:.* from (/\S+))?", str(note))
         if match:
-            return match.group(1).strip("/")
+            key = match.group(1).strip("/")
+            return f"{match.group(2).strip('/')}/{key}" if match.group(2) else key
     return None
 
 
@@ -99,6 +101,8 @@ def _read_error(loc: ElementLocation, err: BaseException) -> StoreError:
     if isinstance(err, _SlotError):
         slot, err = err.slot, err.error
     inner = _failing_key(err) or ""
+    if inner.startswith(f"{loc.key}/"):  # the full path inside the store
+        inner, slot = inner[len(loc.key) + 1 :], ""
     if slot and inner and not inner.startswith(slot):
         inner = f"{slot}/{inner}"
     node = "/".join(p for p in (loc.key, inner or slot) if p)
