@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "visium_hd": "tissuestack.io._visium_hd",
     "merscope": "tissuestack.io._merscope",
     "cosmx": "tissuestack.io._cosmx",
+    "codex": "tissuestack.io._codex",
     "read_image": "tissuestack.io._generic",
     "read_shapes": "tissuestack.io._generic",
     "read_points": "tissuestack.io._generic",

@@ -58,6 +58,7 @@ _MODULES: dict[str, str] = {
     "visium_hd": "tissuestack.io._visium_hd",
     "merscope": "tissuestack.io._merscope",
     "cosmx": "tissuestack.io._cosmx",
+    "codex": "tissuestack.io._codex",
     "image": "tissuestack.io._generic",
     "shapes": "tissuestack.io._generic",
     "points": "tissuestack.io._generic",
