@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "Technology": "tissuestack.io._technology",
     "get_technology": "tissuestack.io._technology",
     "technologies": "tissuestack.io._technology",
+    "steinbock": "tissuestack.io._steinbock",
 }
 
 __all__ = list(_EXPORTS)

@@ -61,6 +61,7 @@ _MODULES: dict[str, str] = {
     "image": "tissuestack.io._generic",
     "shapes": "tissuestack.io._generic",
     "points": "tissuestack.io._generic",
+    "steinbock": "tissuestack.io._steinbock",
 }
 
 

@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "write_visium_hd": "tissuestack.io.fake._visium_hd",
     "write_merscope": "tissuestack.io.fake._merscope",
     "write_cosmx": "tissuestack.io.fake._cosmx",
+    "write_steinbock": "tissuestack.io.fake._steinbock",
 }
 
 __all__ = list(_EXPORTS)
