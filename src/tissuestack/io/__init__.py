@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "get_technology": "tissuestack.io._technology",
     "technologies": "tissuestack.io._technology",
     "steinbock": "tissuestack.io._steinbock",
+    "seqfish": "tissuestack.io._seqfish",
 }
 
 __all__ = list(_EXPORTS)

@@ -62,6 +62,7 @@ _MODULES: dict[str, str] = {
     "shapes": "tissuestack.io._generic",
     "points": "tissuestack.io._generic",
     "steinbock": "tissuestack.io._steinbock",
+    "seqfish": "tissuestack.io._seqfish",
 }
 
 

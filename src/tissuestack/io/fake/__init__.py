@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "write_merscope": "tissuestack.io.fake._merscope",
     "write_cosmx": "tissuestack.io.fake._cosmx",
     "write_steinbock": "tissuestack.io.fake._steinbock",
+    "write_seqfish": "tissuestack.io.fake._seqfish",
 }
 
 __all__ = list(_EXPORTS)
