@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "technologies": "tissuestack.io._technology",
     "steinbock": "tissuestack.io._steinbock",
     "seqfish": "tissuestack.io._seqfish",
+    "dbit": "tissuestack.io._dbit",
 }
 
 __all__ = list(_EXPORTS)

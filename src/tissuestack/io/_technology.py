@@ -63,6 +63,7 @@ _MODULES: dict[str, str] = {
     "points": "tissuestack.io._generic",
     "steinbock": "tissuestack.io._steinbock",
     "seqfish": "tissuestack.io._seqfish",
+    "dbit": "tissuestack.io._dbit",
 }
 
 

@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "write_cosmx": "tissuestack.io.fake._cosmx",
     "write_steinbock": "tissuestack.io.fake._steinbock",
     "write_seqfish": "tissuestack.io.fake._seqfish",
+    "write_dbit": "tissuestack.io.fake._dbit",
 }
 
 __all__ = list(_EXPORTS)
