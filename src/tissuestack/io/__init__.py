@@ -24,6 +24,9 @@ _EXPORTS: dict[str, str] = {
     "Technology": "tissuestack.io._technology",
     "get_technology": "tissuestack.io._technology",
     "technologies": "tissuestack.io._technology",
+    "steinbock": "tissuestack.io._steinbock",
+    "seqfish": "tissuestack.io._seqfish",
+    "dbit": "tissuestack.io._dbit",
 }
 
 __all__ = list(_EXPORTS)

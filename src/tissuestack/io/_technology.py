@@ -62,6 +62,9 @@ _MODULES: dict[str, str] = {
     "image": "tissuestack.io._generic",
     "shapes": "tissuestack.io._generic",
     "points": "tissuestack.io._generic",
+    "steinbock": "tissuestack.io._steinbock",
+    "seqfish": "tissuestack.io._seqfish",
+    "dbit": "tissuestack.io._dbit",
 }
 
 

@@ -15,6 +15,9 @@ _EXPORTS: dict[str, str] = {
     "write_merscope": "tissuestack.io.fake._merscope",
     "write_cosmx": "tissuestack.io.fake._cosmx",
     "write_codex": "tissuestack.io.fake._codex",
+    "write_steinbock": "tissuestack.io.fake._steinbock",
+    "write_seqfish": "tissuestack.io.fake._seqfish",
+    "write_dbit": "tissuestack.io.fake._dbit",
 }
 
 __all__ = list(_EXPORTS)
