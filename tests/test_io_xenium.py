@@ -376,6 +376,46 @@ def test_feature_types_option_and_all_features(bundles, feature_types):
     np.testing.assert_array_equal(np.asarray(sd["table"].X.todense()), dense)
 
 
+@pytest.mark.parametrize("version", ["1.7.1", "3.1.0", "4.0.0"])
+def test_control_codewords_leave_x_for_obsm_by_default(bundles, tmp_path, version):
+    """Issue 17 item 6: control probes and codewords are not genes; their counts move to obsm, one DataFrame per
+    feature type, with an option to keep them in X."""
+    path = bundles[version]
+    _, names, types, dense, _ = h5_dense(path / "cell_feature_matrix.h5")
+    kw = dict(transcripts=False, morphology_focus=False, aligned_images=False)
+    table = xenium(path, **kw)["table"]
+    genes = [n for n, t in zip(names, types, strict=True) if t == "Gene Expression"]
+    assert table.var_names.tolist() == genes
+    assert not any(
+        n.startswith(("NegControl", "Unassigned", "Deprecated", "Genomic")) for n in table.var_names
+    )
+    controls = {t for t in types if t != "Gene Expression"}
+    expected_keys = {t.lower().replace(" ", "_") for t in controls}
+    assert expected_keys <= set(table.obsm) and "negative_control_probe" in table.obsm
+    for feature_type in controls:
+        frame = table.obsm[feature_type.lower().replace(" ", "_")]
+        cols = [i for i, t in enumerate(types) if t == feature_type]
+        assert frame.columns.tolist() == [names[i] for i in cols]
+        assert frame.index.equals(table.obs_names)
+        np.testing.assert_array_equal(frame.to_numpy(), dense[:, cols])
+        assert frame.dtypes.iloc[0].kind == "u"
+    # the per-type DataFrames survive a store round trip in both formats
+    sdata = xenium(path, **kw)
+    for zarr_format in (3, 2):
+        out = tmp_path / f"x{zarr_format}.zarr"
+        sdata.write(out, zarr_format=zarr_format)
+        back = read_zarr(out)["table"].obsm["negative_control_probe"]
+        pd.testing.assert_frame_equal(back, table.obsm["negative_control_probe"])
+    # kept as genes on request, or dropped
+    as_genes = xenium(path, control_features="X", **kw)["table"]
+    assert as_genes.var_names.tolist() == names and "negative_control_probe" not in as_genes.obsm
+    np.testing.assert_array_equal(np.asarray(as_genes.X.todense()), dense)
+    dropped = xenium(path, control_features="drop", **kw)["table"]
+    assert dropped.var_names.tolist() == genes and set(dropped.obsm) == {"spatial"}
+    with pytest.raises(ValueError, match=r"control_features must be one of \('obsm', 'X', 'drop'\)"):
+        xenium(path, control_features="elsewhere", **kw)
+
+
 def test_single_channel_focus_and_no_aligned_image(read):
     sd = read("dapi_only")
     assert list(raster_levels(sd["morphology_focus"])[0].coords["c"].values) == ["DAPI"]

@@ -1176,6 +1176,47 @@ def _table_and_circles(
     return table, circles
 
 
+CONTROL_PLACEMENTS = ("obsm", "X", "drop")
+
+
+def control_key(feature_type: str) -> str:
+    """The ``obsm`` key of a feature type's counts: ``"Negative Control Probe"`` -> ``"negative_control_probe"``."""
+    return re.sub(r"[^0-9a-z]+", "_", feature_type.lower()).strip("_") or "other_features"
+
+
+def _narrow_counts(values: np.ndarray) -> np.ndarray:
+    """Counts in the narrowest unsigned integer type that holds them (controls are mostly 0 or 1)."""
+    if values.size == 0 or values.min() < 0 or not np.array_equal(values, np.round(values)):
+        return values
+    top = values.max()
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if top <= np.iinfo(dtype).max:
+            return values.astype(dtype)
+    return values.astype(np.int64)
+
+
+def _controls_to_obsm(adata: Any, feature_types: Sequence[str]) -> Any:
+    """Features whose type is not in ``feature_types`` (control probes and codewords) move out of ``X`` into
+    ``obsm[<feature type in snake case>]``: one DataFrame per feature type, a column per feature."""
+    types = adata.var["feature_types"].to_numpy().astype(str)
+    kept = np.isin(types, list(feature_types))
+    if kept.all():
+        return adata
+    X = adata.X.tocsc() if hasattr(adata.X, "tocsc") else np.asarray(adata.X)
+    frames = {}
+    for feature_type in dict.fromkeys(types[~kept]):
+        columns = np.flatnonzero(types == feature_type)
+        block = X[:, columns]
+        values = block.toarray() if hasattr(block, "toarray") else np.asarray(block)
+        frames[control_key(feature_type)] = pd.DataFrame(
+            _narrow_counts(values), index=adata.obs_names, columns=adata.var_names[columns].astype(str)
+        )
+    out = adata[:, kept].copy()
+    for key, frame in frames.items():
+        out.obsm[key] = frame
+    return out
+
+
 def _table(
     folder: Path,
     cells: _Cells | None,
@@ -1191,7 +1232,11 @@ def _table(
         folder, MATRIX_FILE, "the cell x feature counts", "pass cells_table=False to skip the table"
     )
     feature_types = tuple(options["feature_types"] or ())
-    adata = read_10x_h5(path, feature_types=list(feature_types) if feature_types else None)
+    placement = options["control_features"]
+    if placement not in CONTROL_PLACEMENTS:
+        raise ValueError(f"xenium: control_features must be one of {CONTROL_PLACEMENTS}, got {placement!r}")
+    everything = placement != "drop" or not feature_types
+    adata = read_10x_h5(path, feature_types=None if everything else list(feature_types))
     barcodes = adata.obs_names.to_numpy().astype(str)
     ids = metadata[CELL_ID].to_numpy()
     ids_str = ids.astype(str)
@@ -1215,10 +1260,15 @@ def _table(
         factors = np.ones(adata.n_vars, dtype=np.float32)
         factors[protein] = 1.0 / float(scale)
         adata.X = X @ sp.diags(factors).tocsr()
+    if feature_types and placement == "obsm":
+        adata = _controls_to_obsm(adata, feature_types)
     obs = metadata.drop(columns=["x_centroid", "y_centroid"])
     obs.index = pd.Index(barcodes)
     adata.obsm["spatial"] = metadata[["x_centroid", "y_centroid"]].to_numpy(dtype=np.float64)
     adata.obs = obs
+    for frame in adata.obsm.values():
+        if isinstance(frame, pd.DataFrame):
+            frame.index = adata.obs_names
     if cells is not None:
         row = pd.Index(cells.ids).get_indexer(ids) if len(cells.ids) else np.full(len(ids), -1)
         if (row >= 0).all():
@@ -1260,6 +1310,7 @@ _DEFAULTS: dict[str, Any] = {
     "aligned_images": True,
     "cells_table": True,
     "feature_types": ("Gene Expression", "Protein Expression"),
+    "control_features": "obsm",
     "min_qv": 0.0,
     "scale_factors": (2, 2, 2, 2),
     "pixel_coordinate_system": "pixels",
@@ -1278,6 +1329,10 @@ def iter_xenium(path: str | os.PathLike, **options: Any) -> Iterator[tuple[str, 
     opts = {**_DEFAULTS, **options}
     if isinstance(opts["feature_types"], str):
         opts["feature_types"] = (opts["feature_types"],)
+    if opts["control_features"] not in CONTROL_PLACEMENTS:
+        raise ValueError(
+            f"xenium: control_features must be one of {CONTROL_PLACEMENTS}, got {opts['control_features']!r}"
+        )
     folder = Path(path)
     if not folder.is_dir():
         state = "is a file" if folder.is_file() else "does not exist"
@@ -1357,6 +1412,7 @@ def xenium(
     aligned_images: bool = True,
     cells_table: bool = True,
     feature_types: Sequence[str] | None = ("Gene Expression", "Protein Expression"),
+    control_features: str = "obsm",
     min_qv: float = 0.0,
     scale_factors: Sequence[int] | None = (2, 2, 2, 2),
     pixel_coordinate_system: str | None = "pixels",
@@ -1383,9 +1439,15 @@ def xenium(
     cells_table
         Read the counts table.
     feature_types
-        Feature types kept in the table (``None`` or empty: all, including the control probes and codewords).
-        Protein values (XOA 4.x) are divided by the file's ``protein_scaling_factor``. The reference reader
-        keeps ``Gene Expression`` only.
+        Feature types whose counts form the table's ``X`` (``None`` or empty: all, including the control probes
+        and codewords). Protein values (XOA 4.x) are divided by the file's ``protein_scaling_factor``. The
+        reference reader keeps ``Gene Expression`` only.
+    control_features
+        Where the other features go (negative control probes and codewords, unassigned, deprecated and
+        intergenic codewords, genomic controls): ``"obsm"`` (default) puts each feature type's per-cell
+        counts in ``table.obsm[<type in snake case>]``, a DataFrame with one column per feature (e.g.
+        ``obsm["negative_control_probe"]["NegControlProbe_00001"]``) in the narrowest unsigned integer type;
+        ``"X"`` keeps them in ``X`` as genes (with their ``var["feature_types"]``); ``"drop"`` discards them.
     min_qv
         Keep only transcripts with ``qv >= min_qv`` (filtered while reading; 0 keeps everything).
     scale_factors
@@ -1420,6 +1482,7 @@ def xenium(
             aligned_images=aligned_images,
             cells_table=cells_table,
             feature_types=feature_types,
+            control_features=control_features,
             min_qv=min_qv,
             scale_factors=scale_factors,
             pixel_coordinate_system=pixel_coordinate_system,
@@ -1447,7 +1510,15 @@ TECHNOLOGY = Technology(
             "feature_types",
             tuple,
             ("Gene Expression", "Protein Expression"),
-            "feature types kept in the table (empty: all)",
+            "feature types counted in the table's X (empty: all)",
+        ),
+        Option(
+            "control_features",
+            str,
+            "obsm",
+            "where features of other types (control probes and codewords) go: obsm (a DataFrame per type), "
+            "X (kept as genes) or drop",
+            choices=CONTROL_PLACEMENTS,
         ),
         Option("min_qv", float, 0.0, "keep transcripts with qv >= this value"),
         Option("scale_factors", tuple, (2, 2, 2, 2), "pyramid factors for rasters without a stored pyramid"),
