@@ -15,6 +15,7 @@ _EXPORTS: dict[str, str] = {
     "write_merscope": "tissuestack.io.fake._merscope",
     "write_cosmx": "tissuestack.io.fake._cosmx",
     "write_codex": "tissuestack.io.fake._codex",
+    "write_stereoseq": "tissuestack.io.fake._stereoseq",
 }
 
 __all__ = list(_EXPORTS)
