@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "merscope": "tissuestack.io._merscope",
     "cosmx": "tissuestack.io._cosmx",
     "codex": "tissuestack.io._codex",
+    "stereoseq": "tissuestack.io._stereoseq",
     "read_image": "tissuestack.io._generic",
     "read_shapes": "tissuestack.io._generic",
     "read_points": "tissuestack.io._generic",

@@ -59,6 +59,7 @@ _MODULES: dict[str, str] = {
     "merscope": "tissuestack.io._merscope",
     "cosmx": "tissuestack.io._cosmx",
     "codex": "tissuestack.io._codex",
+    "stereoseq": "tissuestack.io._stereoseq",
     "image": "tissuestack.io._generic",
     "shapes": "tissuestack.io._generic",
     "points": "tissuestack.io._generic",

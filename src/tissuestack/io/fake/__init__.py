@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "write_steinbock": "tissuestack.io.fake._steinbock",
     "write_seqfish": "tissuestack.io.fake._seqfish",
     "write_dbit": "tissuestack.io.fake._dbit",
+    "write_stereoseq": "tissuestack.io.fake._stereoseq",
 }
 
 __all__ = list(_EXPORTS)
