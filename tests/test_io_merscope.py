@@ -502,3 +502,18 @@ def test_parquet_transcripts(copy):
     got = points.compute()
     np.testing.assert_allclose(got["x"].to_numpy(), tx["global_x"].to_numpy())
     assert got["gene"].astype(str).tolist() == tx["gene"].tolist()
+
+
+def test_folder_above_the_region_or_of_another_technology_says_what_was_expected(tmp_path):
+    from tissuestack.errors import ReaderError
+    from tissuestack.io import fake, merscope
+
+    region = fake.write_merscope(tmp_path / "experiment")
+    with pytest.raises(
+        ReaderError, match=r"not a MERSCOPE region folder, but it holds region folders: .*region_0"
+    ):
+        merscope(tmp_path / "experiment")
+    assert merscope(region)  # the region folder itself reads
+    other = fake.write_xenium(tmp_path / "xenium")
+    with pytest.raises(ReaderError, match=r"expected detected_transcripts.csv.*found .*experiment.xenium"):
+        merscope(other)

@@ -589,6 +589,28 @@ def _table(
 # ------------------------------------------------------------------------------------------------------------
 
 
+_REGION_MARKERS = ("detected_transcripts.csv", "cell_by_gene.csv", "cell_metadata.csv", "images")
+
+
+def _check_region_folder(path: Path) -> None:
+    """A folder without any of a region's files: say what a region folder holds and what is there instead
+    (region folders further down, when the path is the experiment or output folder above them)."""
+    if any((path / m).exists() for m in _REGION_MARKERS):
+        return
+    regions = sorted(p for p in [*path.glob("region_*"), *path.glob("*/region_*")] if p.is_dir())
+    if regions:
+        listed = ", ".join(str(r.relative_to(path)) for r in regions[:5])
+        raise ReaderError(
+            f"{path}: not a MERSCOPE region folder, but it holds region folders: {listed}; pass one of them "
+            f"(e.g. {regions[0]})"
+        )
+    found = sorted(p.name for p in path.iterdir())[:8]
+    raise ReaderError(
+        f"{path}: not a MERSCOPE region folder: expected {', '.join(_REGION_MARKERS)}; found "
+        f"{', '.join(found) if found else 'nothing'}"
+    )
+
+
 def iter_merscope(
     path: str | Path,
     *,
@@ -618,6 +640,7 @@ def iter_merscope(
     path = Path(path).absolute()
     if not path.is_dir():
         raise ReaderError(f"{path}: not a directory; expected a MERSCOPE region folder (region_<N>/)")
+    _check_region_folder(path)
     region_name = path.name if region_name is None else str(region_name)
     slide_name = path.parent.name if slide_name is None else str(slide_name)
     dataset_id = sanitize_name(f"{slide_name}_{region_name}" if dataset_id is None else dataset_id)
