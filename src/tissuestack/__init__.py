@@ -63,6 +63,9 @@ _EXPORTS: dict[str, str] = {
     "ReaderError": "tissuestack.errors",
     # aggregation
     "aggregate": "tissuestack.ops",
+    # alignment
+    "get_transformation_between_landmarks": "tissuestack.ops",
+    "align_elements_using_landmarks": "tissuestack.ops",
 }
 _SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
 
@@ -115,10 +118,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     )
     from tissuestack.ops import (
         aggregate,
+        align_elements_using_landmarks,
         concatenate,
         filter_table,
         get_centroids,
         get_extent,
+        get_transformation_between_landmarks,
         get_values,
         join_spatialelement_table,
         match_element_to_table,

@@ -11,16 +11,19 @@ from tissuestack.ops._joins import (
     match_element_to_table,
     match_table_to_element,
 )
+from tissuestack.ops._landmarks import align_elements_using_landmarks, get_transformation_between_landmarks
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
 
 __all__ = [
     "aggregate",
+    "align_elements_using_landmarks",
     "concatenate",
     "element_instances",
     "filter_table",
     "get_centroids",
     "get_extent",
+    "get_transformation_between_landmarks",
     "get_values",
     "join_spatialelement_table",
     "match_element_to_table",
