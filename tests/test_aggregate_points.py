@@ -282,8 +282,7 @@ def test_region_grid_reused_for_the_same_regions_and_rebuilt_when_they_change():
     from tissuestack.elements import record_of
 
     def grid_of(shapes):
-        entry = record_of(shapes).peek("region-grid")
-        return None if entry is None else entry[1]
+        return record_of(shapes).peek("region-grid")
 
     rng = np.random.default_rng(5)
     polys = gpd.GeoDataFrame(

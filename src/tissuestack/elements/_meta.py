@@ -106,13 +106,15 @@ class ElementMeta:
         return meta
 
     # -- the JSON dict, replaced (never changed in place) on every write -----------------------------------------
+    def _current(self) -> dict[str, Any]:
+        """The stored dict: the bound element's latest one (another view may have replaced it), else our own."""
+        return self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
+
     def _get(self, key: str) -> Any:
-        data = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
-        return data.get(key)
+        return self._current().get(key)
 
     def _put(self, key: str, value: Any) -> None:
-        base = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
-        data = {k: v for k, v in base.items() if k != key}
+        data = {k: v for k, v in self._current().items() if k != key}
         if value is not None or key == "transformations":
             data[key] = value
         self._data = data
@@ -121,8 +123,7 @@ class ElementMeta:
 
     def to_json(self) -> dict[str, Any]:
         """The metadata as stored in ``attrs`` (a deep copy)."""
-        data = self._attrs.get(ATTRS_KEY, self._data) if self._attrs is not None else self._data
-        return copy.deepcopy(data)
+        return copy.deepcopy(self._current())
 
     @property
     def transformations(self) -> dict[str, BaseTransformation]:

@@ -41,7 +41,7 @@ class ElementRecord:
     def __init__(self, obj: Any = None):  # accessor signature: the object is not kept (no reference cycle)
         self.n_rows: int | None = None
         self.source: Any = None
-        self._caches: dict[Any, tuple[tuple[Any, ...], Any]] = {}
+        self._caches: dict[Any, tuple[tuple[Any, ...], Any, Any]] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
@@ -49,27 +49,32 @@ class ElementRecord:
         # pickles its accessor cache along with the object
         return (ElementRecord, ())
 
-    def cached(self, key: Any, build: Callable[[], Any], *, depends_on: tuple[Any, ...] = ()) -> Any:
-        """The value cached under ``key``, built by ``build()`` when absent or when any object in ``depends_on``
-        is not the very object it was built from (e.g. a geometry array replaced in place on the element)."""
+    def cached(
+        self, key: Any, build: Callable[[], Any], *, depends_on: tuple[Any, ...] = (), params: Any = None
+    ) -> Any:
+        """The value cached under ``key``, built by ``build()`` when absent, when any object in ``depends_on`` is
+        not the very object it was built from (e.g. a geometry array replaced in place on the element), or when
+        ``params`` differ (compared by equality). One value per key: a rebuild replaces it."""
         with self._lock:
             entry = self._caches.get(key)
-        if (
-            entry is not None
-            and len(entry[0]) == len(depends_on)
-            and all(a is b for a, b in zip(entry[0], depends_on, strict=True))
-        ):
-            return entry[1]
+        if entry is not None:
+            deps, old_params, value = entry
+            if (
+                len(deps) == len(depends_on)
+                and all(a is b for a, b in zip(deps, depends_on, strict=True))
+                and old_params == params
+            ):
+                return value
         value = build()
         with self._lock:
-            self._caches[key] = (depends_on, value)
+            self._caches[key] = (depends_on, params, value)
         return value
 
     def peek(self, key: Any) -> Any:
         """The value cached under ``key`` without building it (``None`` when absent)."""
         with self._lock:
             entry = self._caches.get(key)
-        return None if entry is None else entry[1]
+        return None if entry is None else entry[2]
 
     def drop(self, key: Any = None) -> None:
         """Forget one cached value, or all of them."""

@@ -325,14 +325,7 @@ def _region_grid(shapes: Any, name: str, cell_size: float | None, max_cells: int
     if record is None:
         return build()
     # one grid per element (up to 128 MiB at the default budget): other grid parameters replace it
-    params = (cell_size, max_cells)
-    cached_params, grid = record.cached("region-grid", lambda: (params, build()), depends_on=(geometry, radius))
-    if cached_params != params:
-        record.drop("region-grid")
-        cached_params, grid = record.cached(
-            "region-grid", lambda: (params, build()), depends_on=(geometry, radius)
-        )
-    return grid
+    return record.cached("region-grid", build, depends_on=(geometry, radius), params=(cell_size, max_cells))
 
 
 def points_by_shapes(req: PairInput) -> PairResult:
