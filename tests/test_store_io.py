@@ -194,21 +194,24 @@ def test_failed_element_write_keeps_old_element(sdata, tmp_path):
     assert not [p for p in (path / "shapes").iterdir() if p.name.startswith(".")]
 
 
-def test_write_element_refuses_its_own_backing_files(sdata, tmp_path):
+def test_write_element_guards_files_other_elements_read(sdata, tmp_path):
     path = tmp_path / "s.zarr"
     sdata.subset(["transcripts"]).write(path)
     back = read_zarr(path)
     pts = back["transcripts"]
-    back["copy"] = pts
-    back.write_element("copy")  # same data under another name is fine
-    del back["transcripts"]
-    back.points["transcripts"] = pts
     with pytest.raises(StoreError, match=r"read lazily from the very files it would replace"):
-        back.write_element("transcripts", overwrite=True)
-    with pytest.raises(StoreError, match=r"read lazily from points/transcripts"):
+        store_io.write_element(path, "points", "transcripts", pts, overwrite=True)
+    back["copy"] = pts
+    back["other"] = pts
+    back.write_element("copy")  # same data under another name is fine; 'copy' then reads points/copy
+    assert back._source_of("points", "copy")[1] == "points/copy"
+    with pytest.raises(StoreError, match=r"\['other'\] of this object are read lazily from points/transcripts"):
         back.delete_element("transcripts")
-    back.delete_element("copy")  # the in-memory 'copy' reads points/transcripts, not points/copy
-    assert set(read_zarr(path)) == {"transcripts"}
+    del back["other"]
+    back.delete_element("transcripts")
+    assert "transcripts" not in back
+    assert set(read_zarr(path)) == {"copy"}
+    assert len(back["copy"]) == len(pts)
 
 
 def test_write_metadata_updates_transformations_channels_and_attrs(sdata, tmp_path):

@@ -47,7 +47,9 @@ def read_zarr(
         storage_options=storage_options,
         lazy_tables=lazy_tables,
     )
-    return from_opened(opened)
+    sdata = from_opened(opened)
+    sdata._open_options = {"lazy_tables": lazy_tables}
+    return sdata
 
 
 def from_opened(opened: store_io.OpenedStore) -> SpatialData:

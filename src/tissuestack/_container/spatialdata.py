@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -104,6 +104,10 @@ class SpatialData:
         self._root: StoreRoot | None = None  # the store this object was read from or last written to
         self._table_sources: dict[str, tuple[str, str]] = {}  # tables whose X is read lazily from a store
         self._store_info: dict[str, Any] = {}  # formats found when read from a store
+        # dask graph layer of every lazy table array read from a store -> (store, element key): tables derived
+        # from them (sliced, copied) still read those files
+        self._lazy_array_sources: dict[str, tuple[str, str]] = {}
+        self._open_options: dict[str, Any] = {}  # how the store was opened (lazy_tables), to re-open elements
         for kind, elements in zip(KINDS, (images, labels, points, shapes, tables), strict=True):
             for name, element in (elements or {}).items():
                 self._set(name, element, kind=kind, check_regions=False)
@@ -178,6 +182,8 @@ class SpatialData:
             loaded = element.load()
             if kind == "tables" and element.source is not None and _has_lazy_arrays(loaded):
                 self._table_sources[name] = element.source
+                for array in _lazy_arrays(loaded):
+                    self._lazy_array_sources[array.name] = element.source
             self._store[kind][name] = loaded
             element = loaded
         return element
@@ -477,20 +483,46 @@ class SpatialData:
         """The store this object was read from or last written to (local path or URL), if any."""
         return self._root.url if self._root is not None else None
 
+    def _source_of(self, kind: Kind, name: str) -> tuple[str, str] | None:
+        """``(store, element key)`` of the file set that lazily backs element ``name``, if any."""
+        element = self._store[kind][name]
+        if isinstance(element, Deferred):
+            return element.source
+        if kind == "shapes":
+            return None  # a GeoDataFrame is held in memory, whatever files it was read from
+        if kind != "tables" and has_meta(element):
+            return get_meta(element).source
+        if kind != "tables":
+            return None
+        if name in self._table_sources:
+            return self._table_sources[name]
+        for array in _lazy_arrays(element) if self._lazy_array_sources else ():
+            layers = array.__dask_graph__().layers
+            for layer, source in self._lazy_array_sources.items():
+                if layer in layers:
+                    return source
+        return None
+
     def _sources(self) -> set[tuple[str, str]]:
         """``(store, element key)`` of every file set that lazily backs an element of this object."""
         out: set[tuple[str, str]] = set()
         for kind in KINDS:
-            for name, element in self._store[kind].items():
-                if isinstance(element, Deferred):
-                    src = element.source
-                elif kind != "tables" and has_meta(element):
-                    src = get_meta(element).source
-                else:
-                    src = self._table_sources.get(name)
+            for name in self._store[kind]:
+                src = self._source_of(kind, name)
                 if src is not None:
                     out.add(src)
         return out
+
+    def _backed_by(self, source: tuple[str, str]) -> list[str]:
+        """Names of the elements of this object read lazily from ``source``."""
+        return [name for name, kind in self._kind_of.items() if self._source_of(kind, name) == source]
+
+    def _reopen(self, kind: Kind, name: str) -> None:
+        """Replace element ``name`` by the element on disk now (deferred: read on first access)."""
+        root = self._require_store()
+        lazy = kind == "tables" and (name in self._table_sources or self._open_options.get("lazy_tables", False))
+        self._store[kind][name] = store_io.open_element(root, kind, name, lazy_tables=lazy)
+        self._table_sources.pop(name, None)
 
     def write(
         self,
@@ -559,17 +591,32 @@ class SpatialData:
         formats: Mapping[str, str] | None = None,
         shapes_geometry_encoding: str = "WKB",
     ) -> None:
-        """Write element(s) ``name`` into the backing store (swapped in only when completely written)."""
+        """Write element(s) ``name`` into the backing store (swapped in only when completely written).
+
+        An element derived lazily from its own files (``sdata["tx"] = tx[tx.qv > 20]`` on a store-backed
+        ``tx``) may replace them: the new files are written completely before the old ones are swapped away,
+        and the element is then re-opened from the new files, so the object keeps working. Frames you still
+        hold in variables from before the write read the old files and no longer work. Refused when another
+        element of this object still reads those files (write or load it first).
+        """
         root = self._require_store()
         for one in [name] if isinstance(name, str) else list(name):
             kind = self.kind_of(one)
             element = self._store[kind][one]
-            if isinstance(element, Deferred) and element.source == (root.url, f"{kind}/{one}"):
+            key = (root.url, f"{kind}/{one}")
+            if isinstance(element, Deferred) and element.source == key:
                 # unchanged on disk: only its metadata may have changed
                 store_io.update_element_metadata(
                     root.url, kind, one, element, storage_options=root.storage_options
                 )
                 continue
+            source = self._source_of(kind, one)
+            others = [n for n in self._backed_by(key) if n != one]
+            if others and overwrite:
+                raise StoreError(
+                    f"{root.url}: cannot replace {key[1]}: element(s) {others} of this object still read its files; "
+                    "write them first, load them into memory, or delete them from the object"
+                )
             store_io.write_element(
                 root.url,
                 kind,
@@ -579,25 +626,99 @@ class SpatialData:
                 formats=formats,
                 storage_options=root.storage_options,
                 element_options={"shapes": {"geometry_encoding": shapes_geometry_encoding}},
+                replace_own_source=True,  # checked above: nothing else of this object reads those files
             )
+            if source is not None and source[0] == root.url:
+                # read lazily from this store's files (its own, replaced now, or another element's): read the
+                # files just written instead, so that the object does not depend on files that may change
+                self._reopen(kind, one)
 
-    def delete_element(self, name: str) -> None:
-        """Delete element ``name`` from the backing store (the in-memory element, if any, is kept).
+    def delete_element(self, name: str, *, tables: Literal["error", "update"] = "error") -> None:
+        """Delete element ``name`` from the backing store.
 
-        Refused while the in-memory element is still read lazily from those files: load it or delete it from
-        the object (``del sdata[name]``) first.
+        An element held in memory is kept in the object; one read lazily from the deleted files is removed
+        from the object too (it cannot be read any more). Refused while another element of the object reads
+        those files.
+
+        Parameters
+        ----------
+        name
+            The element to delete.
+        tables
+            What to do when tables annotate the element: ``"error"`` (default) refuses, naming them;
+            ``"update"`` drops their rows that annotate it (in the object and in the store; a table left
+            without rows is deleted).
         """
+        if tables not in ("error", "update"):
+            raise ValueError(f"tables must be 'error' or 'update', got {tables!r}")
         root = self._require_store()
         kind = self._kind_of.get(name)
         if kind is None:
             kind = _kind_on_disk(root, name)
         key = f"{kind}/{name}"
-        if (root.url, key) in self._sources():
+        backed = self._backed_by((root.url, key))
+        others = [n for n in backed if n != name]
+        if others:
             raise StoreError(
-                f"{root.url}: element {name!r} of this object is read lazily from {key}; delete it from the object "
-                "(del sdata[name]) or load it into memory before deleting its files"
+                f"{root.url}: element(s) {others} of this object are read lazily from {key}; delete them from the "
+                "object (del sdata[name]) or load them into memory before deleting its files"
             )
+        annotating = self._tables_annotating(name, root) if kind in _ANNOTATABLE else []
+        if annotating and tables == "error":
+            raise StoreError(
+                f"{root.url}: table(s) {annotating} annotate {name!r}; deleting it would leave them pointing at "
+                "nothing. Delete or update those tables first, or pass tables='update' to drop their rows for "
+                f"{name!r}"
+            )
+        if not root.exists(kind, name):
+            raise KeyError(f"{root.url}: no element {key} in the store")
+        for table_name in annotating:
+            self._drop_table_region(table_name, name, root)
         store_io.delete_element(root.url, kind, name, storage_options=root.storage_options)
+        if name in backed:
+            self._delete(name)
+
+    def _tables_annotating(self, name: str, root: StoreRoot) -> list[str]:
+        """Tables (of this object, or only in the store) whose region list includes ``name``."""
+        on_disk = store_io.table_regions(root)
+        out = []
+        for table_name, element in self._store["tables"].items():
+            if isinstance(element, Deferred):
+                region = on_disk.get(table_name, []) if element.source == (root.url, f"tables/{table_name}") else (
+                    get_table_keys(element.load())[0]
+                )
+            else:
+                region = get_table_keys(element)[0]
+            if name in (region or []):
+                out.append(table_name)
+        out.extend(t for t, region in on_disk.items() if t not in self._kind_of and name in region)
+        return out
+
+    def _drop_table_region(self, table_name: str, region_name: str, root: StoreRoot) -> None:
+        """Drop the rows of ``table_name`` annotating ``region_name``, in the object and in the store."""
+        in_object = table_name in self._kind_of
+        table = self._get("tables", table_name) if in_object else store_io.open_element(
+            root, "tables", table_name
+        ).load()
+        region, _, _ = get_table_keys(table)
+        rest = [r for r in region if r != region_name]
+        kept = _filter_table_to_regions(table, rest, table_name)
+        on_disk = root.exists("tables", table_name)
+        if kept is None:
+            if on_disk:
+                store_io.delete_element(root.url, "tables", table_name, storage_options=root.storage_options)
+            if in_object:
+                self._delete(table_name)
+            return
+        if in_object:
+            self._set(table_name, kept, kind="tables", check_regions=False)
+        if on_disk:
+            store_io.write_element(
+                root.url, "tables", table_name, kept, overwrite=True, storage_options=root.storage_options,
+                replace_own_source=True,
+            )
+            if in_object:
+                self._reopen("tables", table_name)
 
     def write_metadata(
         self,
@@ -664,8 +785,13 @@ def _filter_table_to_regions(table: Any, regions: list[str], name: str) -> Any:
     return table_rows(table, mask, regions=regions, name=name)
 
 
+def _lazy_arrays(table: Any) -> list[da.Array]:
+    arrays = [table.X, *table.layers.values()]
+    return [a for a in arrays if isinstance(a, da.Array)]
+
+
 def _has_lazy_arrays(table: Any) -> bool:
-    return isinstance(table.X, da.Array) or any(isinstance(v, da.Array) for v in table.layers.values())
+    return bool(_lazy_arrays(table))
 
 
 def _kind_on_disk(root: StoreRoot, name: str) -> Kind:

@@ -275,6 +275,32 @@ def open_store(
     return opened
 
 
+def table_regions(root: StoreRoot) -> dict[str, list[str]]:
+    """Table name -> the elements it annotates, for every table of a store (metadata only)."""
+    from tissuestack.store._tables import _regions
+
+    out: dict[str, list[str]] = {}
+    with quiet_zarr():
+        group = root.open_group()
+        if "tables" not in group:
+            return out
+        for name, g in group["tables"].groups():
+            if not name.startswith("."):
+                out[name] = _regions(g, g.attrs.asdict()) or []
+    return out
+
+
+def open_element(root: StoreRoot, kind: str, name: str, *, lazy_tables: bool = False) -> Deferred:
+    """Open one element of a store again (metadata only), e.g. after its files were replaced."""
+    opened = open_store(
+        root.url, selection=[name], storage_options=root.storage_options, lazy_tables=lazy_tables
+    )
+    element = opened.elements.get(kind, {}).get(name)
+    if element is None:
+        raise StoreError(f"{root.url}: {kind}/{name} is not in the store")
+    return element
+
+
 # ------------------------------------------------------------------------------------------------ writing
 
 
@@ -489,8 +515,14 @@ def write_element(
     storage_options: Mapping[str, Any] | None = None,
     element_options: Mapping[str, Mapping[str, Any]] | None = None,
     fail_after_data: bool = False,
+    replace_own_source: bool = False,
 ) -> None:
-    """Write one element into an existing store (temporary name, then swapped in)."""
+    """Write one element into an existing store (temporary name, then swapped in).
+
+    An element read lazily from the very files it replaces is refused unless ``replace_own_source``: the new
+    files are complete before the old ones are swapped away, so the write itself is safe, but the caller must
+    then re-open the element from the new files (as :meth:`SpatialData.write_element` does).
+    """
     check_name(name, f"{kind} element name")
     root, group = _open_existing(location, storage_options)
     zarr_format = group.metadata.zarr_format
@@ -504,7 +536,7 @@ def write_element(
     if existing is not None and not overwrite:
         raise StoreError(f"{root.url}: {key} exists; pass overwrite=True to replace it")
     meta = get_meta(element) if kind != "tables" and has_meta(element) else None
-    if meta is not None and meta.source == (root.url, key):
+    if meta is not None and meta.source == (root.url, key) and not replace_own_source:
         raise StoreError(
             f"{root.url}: {key} is read lazily from the very files it would replace; load it into memory first "
             "or write it under another name"
