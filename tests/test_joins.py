@@ -588,9 +588,11 @@ def test_filter_table_errors():
 def test_filter_table_result_is_valid_and_writable(tmp_path):
     sdata, _ = make_data(13, "str")
     out = filter_table(sdata, "table", obs="score > 0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         out.validate()
+    # the test data has table rows without a shape (on purpose): validate says so, and nothing else
+    assert seen and all("match no instance of" in str(w.message) for w in seen)
     out.write(tmp_path / "f.zarr")
 
 

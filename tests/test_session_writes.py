@@ -106,7 +106,9 @@ def test_delete_element_of_an_annotated_element(store):
     assert "cell_boundaries" not in sdata  # it was read lazily from the deleted files
     for obj in (sdata, back):
         if "table" in obj:
-            assert "cell_boundaries" not in np.atleast_1d(obj.tables["table"].uns["spatialdata_attrs"]["region"])
+            assert "cell_boundaries" not in np.atleast_1d(
+                obj.tables["table"].uns["spatialdata_attrs"]["region"]
+            )
     back.validate()
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tissuestack._compute import scheduler
 from tissuestack._container.io import from_opened
 from tissuestack._container.summary import summarize
 from tissuestack.elements import KINDS, get_table_keys, parse_as, raster_levels
@@ -27,6 +28,7 @@ from tissuestack.store._check import (
     raster_chunk_problems,
     stale_temporary_problems,
 )
+from tissuestack.store._points import _relative, points_row_group_stats
 from tissuestack.store._root import quiet_zarr
 
 __all__ = ["StoreProblem", "print_info", "validate_store"]
@@ -155,11 +157,58 @@ def validate_store(
             loaded[key] = element
         except Exception as err:
             problems.append(StoreProblem(key, None, _without_prefix(str(err), key), _fix_for(err)))
+            continue
+        if kind == "points":
+            problems.extend(_coordinate_problems(loc, element, deep=deep))
     for key, table in loaded.items():
         if key.startswith("tables/"):
             problems.extend(_table_link_problems(sdata, key, table, loaded, deep=deep))
     problems.extend(_structure_problems(sdata, root, on_disk))
     return problems
+
+
+def _coordinate_problems(loc: ElementLocation, element: Any, *, deep: bool) -> list[StoreProblem]:
+    """Points whose coordinates are NaN or infinite: from the row-group statistics (infinities), and with
+    ``deep`` from the coordinate columns themselves (NaN too, which statistics leave out)."""
+    axes = [a for a in ("x", "y", "z") if a in element.columns]
+    fix = (
+        "drop those rows (df[np.isfinite(df.x) & np.isfinite(df.y)]) and write the element again; "
+        "get_extent and aggregation skip or misplace them"
+    )
+    if deep:
+
+        def count(df: pd.DataFrame) -> pd.Series:
+            bad = ~np.isfinite(df[axes].to_numpy(dtype=np.float64))
+            return pd.Series(bad.sum(axis=0), index=axes)
+
+        counts = (
+            element[axes].map_partitions(count, meta=pd.Series(dtype=np.int64)).compute(scheduler=scheduler())
+        )
+        totals = counts.groupby(level=0).sum()
+        bad = {a: int(totals.get(a, 0)) for a in axes if int(totals.get(a, 0))}
+        if bad:
+            what = ", ".join(f"{n:,} in {a!r}" for a, n in bad.items())
+            return [StoreProblem(loc.key, None, f"NaN or infinite coordinates: {what}", fix)]
+        return []
+    try:
+        stats = points_row_group_stats(loc)
+    except Exception:
+        return []  # unreadable footers are reported by parquet_problems
+    cols = [c for c in stats.columns if c.endswith(("_min", "_max"))]
+    values = stats[cols].to_numpy()
+    infinite = np.isinf(values).any(axis=1)
+    if infinite.any():
+        files = sorted({_relative(loc, f) for f in stats.loc[infinite, "file"]})
+        return [
+            StoreProblem(
+                loc.key,
+                files[0],
+                f"infinite coordinates in {int(infinite.sum())} row group(s) of {len(files)} file(s) "
+                "(validate --deep also counts NaN values)",
+                fix,
+            )
+        ]
+    return []
 
 
 def _written_by_tissuestack(opened: store_io.OpenedStore) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 from tqdm.auto import tqdm
 
 from tissuestack._container._graph import Node, transformation_between
@@ -113,6 +114,7 @@ class SpatialData:
                 self._set(name, element, kind=kind, check_regions=False)
         for name, table in self._store["tables"].items():
             self._warn_missing_regions(name, table)
+            self._check_table_ids(name, table, kinds=("shapes",))
 
     # ------------------------------------------------------------------------------------------- views
     @property
@@ -254,6 +256,7 @@ class SpatialData:
         element = value if isinstance(value, Deferred) else parse_as(kind, value, name=name)
         if kind == "tables" and check_regions:
             self._warn_missing_regions(name, element)
+            self._check_table_ids(name, element, kinds=("shapes",))
         self._store[kind][name] = element
         self._kind_of[name] = kind
         self._table_sources.pop(name, None)
@@ -426,6 +429,31 @@ class SpatialData:
                 stacklevel=4,
             )
 
+    def _check_table_ids(self, name: str, table: Any, *, kinds: tuple[str, ...], load: bool = False) -> None:
+        """Refuse a table none of whose rows for an annotated element match an instance of it; warn when only
+        some do. Only elements of ``kinds`` are compared (shapes cost nothing; points and labels need a pass
+        over their data), and only loaded ones unless ``load``."""
+        if isinstance(table, Deferred):
+            return
+        region, region_key, instance_key = get_table_keys(table)
+        if not region or region_key not in table.obs or instance_key not in table.obs:
+            return
+        for r in region:
+            kind = self._kind_of.get(r)
+            if kind not in kinds or (not load and isinstance(self._store[kind][r], Deferred)):
+                continue
+            mismatch = table_id_mismatch(table, r, self._get(kind, r))
+            if mismatch is None:
+                continue
+            n_rows, n_bad, message = mismatch
+            text = f"table {name!r}: {message}"
+            if n_bad == n_rows:
+                raise ValidationError(
+                    f"{text}. Check the instance ids (obs[{instance_key!r}]) and the region column "
+                    f"(obs[{region_key!r}]); ts.match_table_to_element keeps the matching rows"
+                )
+            warnings.warn(f"{text}; joins and plots leave those rows out", stacklevel=4)
+
     # ----------------------------------------------------------------------------------- subsets
     def subset(
         self, names: Iterable[str], *, filter_tables: bool = True, include_orphan_tables: bool = False
@@ -520,7 +548,9 @@ class SpatialData:
     def _reopen(self, kind: Kind, name: str) -> None:
         """Replace element ``name`` by the element on disk now (deferred: read on first access)."""
         root = self._require_store()
-        lazy = kind == "tables" and (name in self._table_sources or self._open_options.get("lazy_tables", False))
+        lazy = kind == "tables" and (
+            name in self._table_sources or self._open_options.get("lazy_tables", False)
+        )
         self._store[kind][name] = store_io.open_element(root, kind, name, lazy_tables=lazy)
         self._table_sources.pop(name, None)
 
@@ -560,6 +590,8 @@ class SpatialData:
         progress
             Show a progress bar (default: when writing to a terminal).
         """
+        for name, table in self._store["tables"].items():
+            self._check_table_ids(name, table, kinds=("shapes",), load=True)
         with _progress(self._kind_of, progress) as report:
             root = store_io.write_store(
                 {k: dict(self._store[k]) for k in KINDS},
@@ -684,8 +716,10 @@ class SpatialData:
         out = []
         for table_name, element in self._store["tables"].items():
             if isinstance(element, Deferred):
-                region = on_disk.get(table_name, []) if element.source == (root.url, f"tables/{table_name}") else (
-                    get_table_keys(element.load())[0]
+                region = (
+                    on_disk.get(table_name, [])
+                    if element.source == (root.url, f"tables/{table_name}")
+                    else (get_table_keys(element.load())[0])
                 )
             else:
                 region = get_table_keys(element)[0]
@@ -697,9 +731,11 @@ class SpatialData:
     def _drop_table_region(self, table_name: str, region_name: str, root: StoreRoot) -> None:
         """Drop the rows of ``table_name`` annotating ``region_name``, in the object and in the store."""
         in_object = table_name in self._kind_of
-        table = self._get("tables", table_name) if in_object else store_io.open_element(
-            root, "tables", table_name
-        ).load()
+        table = (
+            self._get("tables", table_name)
+            if in_object
+            else store_io.open_element(root, "tables", table_name).load()
+        )
         region, _, _ = get_table_keys(table)
         rest = [r for r in region if r != region_name]
         kept = _filter_table_to_regions(table, rest, table_name)
@@ -714,7 +750,12 @@ class SpatialData:
             self._set(table_name, kept, kind="tables", check_regions=False)
         if on_disk:
             store_io.write_element(
-                root.url, "tables", table_name, kept, overwrite=True, storage_options=root.storage_options,
+                root.url,
+                "tables",
+                table_name,
+                kept,
+                overwrite=True,
+                storage_options=root.storage_options,
                 replace_own_source=True,
             )
             if in_object:
@@ -766,12 +807,43 @@ class SpatialData:
                         f"table {name!r} annotates {r!r}, a {self._kind_of[r]} element; tables annotate labels, "
                         "shapes or points"
                     )
+            self._check_table_ids(name, table, kinds=_ANNOTATABLE, load=True)
 
     def __repr__(self) -> str:
         return format_spatialdata(self)
 
     def _repr_pretty_(self, p, cycle) -> None:  # IPython
         p.text(repr(self))
+
+
+def table_id_mismatch(table: Any, region: str, element: Any) -> tuple[int, int, str] | None:
+    """``(rows, unmatched rows, description)`` for the rows of ``table`` annotating ``region`` whose instance id
+    is not an instance of ``element``; ``None`` when every row matches (or there is none)."""
+    from tissuestack.ops._joins import _comparable, _plain_ids, element_instances
+
+    _, region_key, instance_key = get_table_keys(table)
+    rows = np.asarray(table.obs[region_key] == region)
+    if not rows.any():
+        return None
+    wanted = _plain_ids(table.obs[instance_key].to_numpy()[rows])
+    have = element_instances(element, name=region)
+    a, b = _comparable(wanted, have)
+    unmatched = ~np.asarray(a.isin(b))
+    n_bad = int(unmatched.sum())
+    if not n_bad:
+        return None
+    share = (
+        f"none of its {len(wanted):,} rows for {region!r} match an instance of {region!r}"
+        if n_bad == len(wanted)
+        else f"{n_bad:,} of its {len(wanted):,} rows for {region!r} match no instance of {region!r}"
+    )
+    sample = ", ".join(repr(v) for v in pd.unique(np.asarray(wanted[unmatched]))[:3].tolist())
+    theirs = ", ".join(repr(v) for v in np.asarray(have[:3]).tolist())
+    dtypes = (
+        f" (table ids are {wanted.dtype}, element ids {have.dtype})" if wanted.dtype != have.dtype else ""
+    )
+    message = f"{share}: ids such as {sample} are not among the element's ids ({theirs}, ...){dtypes}"
+    return len(wanted), n_bad, message
 
 
 def _filter_table_to_regions(table: Any, regions: list[str], name: str) -> Any:

@@ -196,6 +196,8 @@ class PointsModel:
 
         _check_columns(frame, label)
         frame = _cast_coordinates(frame, label)
+        if isinstance(frame, pd.DataFrame):
+            _check_finite(frame, label)
         _check_key_column(frame, feature_key, "feature_key", label)
         _check_key_column(frame, instance_key, "instance_key", label)
         if instance_key is not None:
@@ -495,6 +497,18 @@ def _check_columns(frame: pd.DataFrame | dd.DataFrame, label: str) -> None:
             raise ValidationError(
                 f"{label}: column {axis!r} is missing; expected coordinate columns 'x', 'y' (and optionally "
                 "'z'), or pass coordinates={'x': ..., 'y': ...} to map source columns"
+            )
+
+
+def _check_finite(frame: pd.DataFrame, label: str) -> None:
+    """Refuse NaN or infinite coordinates (in-memory input; dask input is checked when written)."""
+    for axis in points_axes(frame):
+        v = frame[axis].to_numpy()
+        if v.size and v.dtype.kind == "f" and not (np.isfinite(v.min()) and np.isfinite(v.max())):
+            bad = np.flatnonzero(~np.isfinite(v))
+            raise ValidationError(
+                f"{label}: column {axis!r} holds {bad.size:,} NaN or infinite value(s) (first at row {bad[0]}); "
+                "expected finite coordinates. Drop those rows first, e.g. df[np.isfinite(df.x) & np.isfinite(df.y)]"
             )
 
 

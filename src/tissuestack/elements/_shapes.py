@@ -27,6 +27,7 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from shapely.errors import GEOSException
 
 from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normalize_transformations, set_meta
+from tissuestack.elements._record import record_of
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
 
@@ -191,6 +192,7 @@ class ShapesModel:
             normalize_transformations(transformations, existing),
             source=existing.source if existing is not None else None,  # as ElementMeta.copy does
         )
+        _repair_polygons(gdf, label)
         set_meta(gdf, meta)
         cls.validate(gdf, name=name)
         return gdf
@@ -203,7 +205,9 @@ class ShapesModel:
         ``geometry``; no geometry is missing; all geometries are Points (circles) or all are
         Polygons/MultiPolygons; none is empty; circles have a numeric ``radius`` column whose values are all
         finite and > 0; the index (instance ids) is unique; spatial metadata with a transformation is attached.
-        3D geometries only raise a warning. Invalid (e.g. self-intersecting) polygons are accepted.
+        3D geometries only raise a warning. Polygons must be valid (no self-intersection, bow-tie, ring
+        touching itself in a line, ...): :meth:`parse` repairs invalid ones with a warning. The validity check
+        is computed once per element object (cached on its record).
 
         Raises
         ------
@@ -270,6 +274,16 @@ class ShapesModel:
                 f"({int(dup.sum())} rows); expected unique ids"
             )
 
+        if is_polygon.all():
+            invalid = _invalid_polygons(gdf, geoms)
+            if invalid.any():
+                first = int(np.flatnonzero(invalid)[0])
+                raise ValidationError(
+                    f"{label}: column 'geometry' has {int(invalid.sum())} invalid polygon(s), at index "
+                    f"{_first_labels(index, invalid)} (the first: {shapely.is_valid_reason(geoms[first])}); "
+                    "expected valid polygons. ShapesModel.parse(gdf) repairs them (shapely.make_valid)"
+                )
+
         if bool(shapely.has_z(geoms).any()):
             warnings.warn(
                 f"{label}: some geometries have a z coordinate; shapes are expected to be 2D and operations may "
@@ -282,6 +296,50 @@ class ShapesModel:
             raise ValidationError(
                 f"{label}: no spatial metadata (transformations) is attached; parse it with ShapesModel.parse"
             )
+
+
+def _invalid_polygons(gdf: gpd.GeoDataFrame, geoms: np.ndarray) -> np.ndarray:
+    """Per row: the polygon is invalid. Cached on the element's record while its geometry array is the same."""
+    record = record_of(gdf)
+    if record is None:
+        return ~shapely.is_valid(geoms)
+    return record.cached(
+        "invalid_polygons", lambda: ~shapely.is_valid(geoms), depends_on=(gdf.geometry.array,)
+    )
+
+
+def _repair_polygons(gdf: gpd.GeoDataFrame, label: str) -> None:
+    """Replace invalid polygons by their repaired polygonal form, in place, with a warning naming them."""
+    geoms = _geometry_array(gdf)
+    type_ids = shapely.get_type_id(geoms)
+    polygonal = np.isin(type_ids, _POLYGON_TYPES)
+    if not polygonal.any() or not polygonal.all():
+        return  # circles, or mixed/unsupported types that validate() reports
+    invalid = ~shapely.is_valid(geoms)
+    if not invalid.any():
+        return
+    where = np.flatnonzero(invalid)
+    reason = shapely.is_valid_reason(geoms[where[0]])
+    fixed = shapely.make_valid(geoms[where], method="structure", keep_collapsed=False)
+    lost = shapely.is_empty(fixed) | (shapely.area(fixed) == 0)
+    if lost.any():
+        bad = np.zeros(len(geoms), dtype=bool)
+        bad[where[lost]] = True
+        raise ValidationError(
+            f"{label}: column 'geometry' has {int(lost.sum())} invalid polygon(s) without area, at index "
+            f"{_first_labels(gdf.index, bad)}; expected polygons enclosing an area"
+        )
+    fixed = shapely.force_2d(fixed) if not shapely.has_z(geoms[where]).any() else fixed
+    new = geoms.copy()
+    new[where] = fixed
+    gdf[GEOMETRY_COLUMN] = gpd.GeoSeries(new, index=gdf.index)
+    warnings.warn(
+        f"{label}: repaired {len(where)} invalid polygon(s) with shapely.make_valid, at index "
+        f"{_first_labels(gdf.index, invalid)} (the first: {reason}); their outlines changed where they crossed "
+        "themselves",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------

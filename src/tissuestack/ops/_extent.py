@@ -23,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -93,7 +94,24 @@ def _raster_extent(element: xr.DataArray | xr.DataTree, m: AffineMap) -> Extent 
     return _as_extent(m.out_axes, lo, hi)
 
 
-def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool) -> Extent | None:
+def _finite_rows(frame: dd.DataFrame, cols: list[str], name: str | None) -> dd.DataFrame:
+    """``frame`` without rows whose coordinates are NaN or infinite, with a warning naming the element."""
+
+    def finite(df: pd.DataFrame) -> pd.DataFrame:
+        return df[np.isfinite(df[cols].to_numpy(dtype=np.float64)).all(axis=1)]
+
+    kept = frame.map_partitions(finite, meta=frame._meta)
+    n_all, n_kept = dask.compute(frame.shape[0], kept.shape[0], scheduler=scheduler())
+    if n_all != n_kept:
+        warnings.warn(
+            f"points element {name or '(unnamed)'!r}: {n_all - n_kept:,} row(s) have NaN or infinite coordinates; "
+            "the extent covers the other rows (PointsModel.parse and write refuse such rows)",
+            stacklevel=4,
+        )
+    return kept
+
+
+def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool, name: str | None = None) -> Extent | None:
     cols = list(m.in_axes)
     frame = ddf[cols]
     if not exact or m.axis_aligned:
@@ -101,13 +119,20 @@ def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool) -> Extent | Non
         lo = lo[cols].to_numpy(dtype=np.float64)
         hi = hi[cols].to_numpy(dtype=np.float64)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-            return None
+            # infinite values (NaN ones are skipped by min/max), or no rows at all
+            frame = _finite_rows(frame, cols, name)
+            lo, hi = dask.compute(frame.min(), frame.max(), scheduler=scheduler())
+            lo = lo[cols].to_numpy(dtype=np.float64)
+            hi = hi[cols].to_numpy(dtype=np.float64)
+            if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+                return None
         return _as_extent(m.out_axes, *_corners_extent(lo, hi, m))
 
     out_cols = list(m.out_axes)
 
     def partition_extent(df: pd.DataFrame) -> pd.DataFrame:
         coords = df[cols].to_numpy(dtype=np.float64)
+        coords = coords[np.isfinite(coords).all(axis=1)]
         if len(coords) == 0:
             values = np.full((2, len(out_cols)), np.nan)
         else:
@@ -200,12 +225,14 @@ def _circles_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent 
     return _as_extent(m.out_axes, np.nanmin(out - spread, axis=0), np.nanmax(out + spread, axis=0))
 
 
-def _element_extent(element: Any, kind: str, t: BaseTransformation, exact: bool) -> Extent | None:
+def _element_extent(
+    element: Any, kind: str, t: BaseTransformation, exact: bool, name: str | None = None
+) -> Extent | None:
     """Extent of one element, or ``None`` when it has no data."""
     if kind in ("images", "labels"):
         return _raster_extent(element, spatial_map(element, t))
     if kind == "points":
-        return _points_extent(element, spatial_map(element, t), exact)
+        return _points_extent(element, spatial_map(element, t), exact, name)
     if kind == "shapes":
         if len(element) == 0:
             return None
@@ -283,7 +310,7 @@ def get_extent(
             if wanted is not None and name not in wanted:
                 continue
             reached = True
-            box = _element_extent(element, kind, t, exact)
+            box = _element_extent(element, kind, t, exact, name)
             if box is not None:
                 found.append(box)
         if not found:

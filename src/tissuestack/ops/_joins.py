@@ -339,6 +339,26 @@ def _join_one(
         t_in_e = np.zeros(len(t_ids), dtype=bool)
         t_in_e[e2t[matched]] = True
         rows_in_element_order = rows.positions[e2t[matched]]
+        if len(t_ids) and not t_in_e.any():
+            dtypes = (
+                f"; table ids are {t_ids.dtype}, element ids {instances.dtype}"
+                if t_ids.dtype != instances.dtype
+                else ""
+            )
+            warnings.warn(
+                f"join of {kind} element {name!r}: none of the {len(t_ids):,} table rows for {name!r} matches one "
+                f"of its {len(instances):,} instances (table ids e.g. {list(t_ids[:3])}, element ids e.g. "
+                f"{list(instances[:3])}{dtypes}); the join finds no pairs",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif how == "inner" and not t_in_e.all():
+            warnings.warn(
+                f"join of {kind} element {name!r}: {int((~t_in_e).sum()):,} of the {len(t_ids):,} table rows for "
+                f"{name!r} match none of its instances; the inner join leaves them out",
+                UserWarning,
+                stacklevel=4,
+            )
 
     # table side
     if how == "left":
@@ -659,5 +679,6 @@ def filter_table(
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not elements of this SpatialData")
+        warnings.filterwarnings("ignore", message=".*match no instance of")  # as in the input: said there
         out.replace(table_name, new_table)
     return out

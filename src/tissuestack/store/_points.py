@@ -82,7 +82,7 @@ from fsspec.implementations.cached import SimpleCacheFileSystem
 
 from tissuestack._compute import import_distributed, scheduler
 from tissuestack.elements import get_meta, points_axes, record_of, set_meta
-from tissuestack.errors import FormatError, StoreError
+from tissuestack.errors import FormatError, StoreError, ValidationError
 from tissuestack.store._registry import register_codec
 from tissuestack.store._root import ElementLocation
 from tissuestack.store._spatial_attrs import encode_spatial_attrs, meta_from_attrs
@@ -508,18 +508,29 @@ def _write_in_memory(
     return n_files
 
 
+class NonFiniteCoordinates(ValueError):
+    """Coordinates that are NaN or infinite, found while writing (the caller names the element)."""
+
+    def __init__(self, axis: str, count: int) -> None:
+        super().__init__(axis, count)
+        self.axis, self.count = axis, count
+
+
 def _bounds_of(part: pd.DataFrame) -> tuple[float, float, float, float]:
-    """Finite min/max of x and y, computed on the columns' own dtype (no float64 copy)."""
+    """Min/max of x and y, computed on the columns' own dtype (no float64 copy).
+
+    Raises :class:`NonFiniteCoordinates` when a coordinate is NaN or infinite (min/max propagate NaN, so one
+    pass detects both).
+    """
     out = []
     for axis in ("x", "y"):
         v = part[axis].to_numpy()
         if not v.size:
             out.extend([np.nan, np.nan])
             continue
-        lo, hi = np.nanmin(v), np.nanmax(v)
-        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: infinities present
-            finite = v[np.isfinite(v)]
-            lo, hi = (finite.min(), finite.max()) if finite.size else (np.nan, np.nan)
+        lo, hi = v.min(), v.max()
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise NonFiniteCoordinates(axis, int((~np.isfinite(v)).sum()))
         out.extend([float(lo), float(hi)])
     return out[0], out[1], out[2], out[3]
 
@@ -682,14 +693,22 @@ def write_points(
         writer.prepare()
         return writer
 
-    if isinstance(df, pd.DataFrame) or df.npartitions == 1:
-        part = df if isinstance(df, pd.DataFrame) else df.partitions[0].compute(scheduler=scheduler())
-        _write_in_memory(part, make_writer, rows_per_file, workers)
-    elif known_rows is not None and known_rows <= IN_MEMORY_ROWS:
-        # small enough to sort in memory, and the count is known: skip the scanning pass
-        _write_in_memory(df.compute(scheduler=scheduler()), make_writer, rows_per_file, workers)
-    else:
-        _write_partitioned(df, loc, make_writer, rows_per_file, workers, spill_dir)
+    try:
+        if isinstance(df, pd.DataFrame) or df.npartitions == 1:
+            part = df if isinstance(df, pd.DataFrame) else df.partitions[0].compute(scheduler=scheduler())
+            _write_in_memory(part, make_writer, rows_per_file, workers)
+        elif known_rows is not None and known_rows <= IN_MEMORY_ROWS:
+            # small enough to sort in memory, and the count is known: skip the scanning pass
+            _write_in_memory(df.compute(scheduler=scheduler()), make_writer, rows_per_file, workers)
+        else:
+            _write_partitioned(df, loc, make_writer, rows_per_file, workers, spill_dir)
+    except NonFiniteCoordinates as err:
+        name = loc.name.split(".tmp-")[0].lstrip(".") if loc.name.startswith(".") else loc.name
+        raise ValidationError(
+            f"points element {name!r}: column {err.axis!r} holds NaN or infinite values"
+            f"{f' ({err.count:,} in one partition)' if err.count else ''}; expected finite coordinates. Drop "
+            f"those rows first, e.g. df[np.isfinite(df.x) & np.isfinite(df.y)]"
+        ) from None
 
     sd_attrs: dict[str, str] = {}
     if meta.instance_key is not None:
@@ -784,15 +803,20 @@ def _categories(
         if all(isinstance(v, list) for v in lists) and all(v == lists[0] for v in lists):
             out[column] = lists[0]
             continue
+
         # other writers' files: the union of the dictionaries of the whole column (read as a dictionary, plain
         # strings included), every row group of every file: a value first met late in a file is still a category
         def dictionaries(path: str, column: str = column) -> list[list[Any]]:
             try:
                 if loc.root.is_local:
-                    chunk = pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
+                    chunk = (
+                        pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
+                    )
                 else:
                     with fs.open(path, "rb") as fh:
-                        chunk = pq.ParquetFile(fh, read_dictionary=[column]).read(columns=[column]).column(column)
+                        chunk = (
+                            pq.ParquetFile(fh, read_dictionary=[column]).read(columns=[column]).column(column)
+                        )
             except Exception as err:
                 raise StoreError(
                     f"{loc.key}: cannot read column {column!r} of {_relative(loc, path)}: {err}"
@@ -805,7 +829,9 @@ def _categories(
 
         values: dict[Any, None] = {}
         with ThreadPoolExecutor(max_workers=min(len(files), _n_workers()) or 1) as pool:
-            for lists in pool.map(dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]):
+            for lists in pool.map(
+                dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]
+            ):
                 for lst in lists:
                     for v in lst:
                         if v is not None:
@@ -917,7 +943,9 @@ def read_points(
     set_meta(df, meta_from_attrs(attrs, group, loc, n_rows=n_rows))
     read_columns = None if selected is None else selected + ([index] if isinstance(index, str) else [])
     record = record_of(df)
-    if record is not None:  # this exact frame reads its rows straight from these files (derived frames do not)
+    if (
+        record is not None
+    ):  # this exact frame reads its rows straight from these files (derived frames do not)
         record.source = PointsScan(loc, list(files), footers, fs, read_columns, strings, df._meta)
     return df
 
