@@ -406,7 +406,7 @@ def test_polygon_centroids_affine():
     gdf = ShapesModel.parse(geoms, transformations={"global": t}, index=[f"c{i}" for i in range(len(geoms))])
     df = get_centroids(gdf).compute()
     assert df.index.tolist() == gdf.index.tolist()
-    for label, g in zip(gdf.index, geoms, strict=True):
+    for label, g in zip(gdf.index, gdf.geometry, strict=True):  # as parsed (an invalid one is repaired)
         # slow: the centroid of the transformed polygon (centroids are affine-equivariant)
         m = t.to_affine_matrix(("x", "y"), ("x", "y"))
         moved = shapely.affinity.affine_transform(g, [m[0, 0], m[0, 1], m[1, 0], m[1, 1], m[0, 2], m[1, 2]])

@@ -120,8 +120,15 @@ def test_refuses_to_replace_a_non_zarr_folder(sdata, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     (folder / "holiday.jpg").write_bytes(b"x")
-    with pytest.raises(StoreError, match=r"is not a Zarr store; refusing"):
+    with pytest.raises(StoreError, match=r"is a folder that is not a Zarr store; it is never replaced"):
         sdata.write(folder, overwrite=True)
+    # without overwrite the error does not suggest overwrite=True (which would be refused too)
+    with pytest.raises(StoreError, match=r"never replaced, even with overwrite=True") as info:
+        sdata.write(folder)
+    assert "pass overwrite=True" not in str(info.value)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(StoreError, match=r"is a file, not a Zarr store"):
+        sdata.write(tmp_path / "notes.txt")
     assert (folder / "holiday.jpg").exists()
 
 

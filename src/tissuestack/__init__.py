@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "TransformationError": "tissuestack.errors",
     "AmbiguousPathError": "tissuestack.errors",
     "NoPathError": "tissuestack.errors",
+    "UnknownCoordinateSystemError": "tissuestack.errors",
     "FormatError": "tissuestack.errors",
     "StoreError": "tissuestack.errors",
     "ReaderError": "tissuestack.errors",
@@ -114,6 +115,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         ReaderError,
         StoreError,
         TransformationError,
+        UnknownCoordinateSystemError,
         ValidationError,
     )
     from tissuestack.ops import (

@@ -54,10 +54,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "info",
         help="show what a store holds (tree, sizes, format versions, coordinate systems)",
         description="Show the elements of a SpatialData Zarr store (local path or URL) without loading data. "
-        "With --json, print the JSON schema of the reference's summary tool (loads data to checksum it).",
+        "With --json, print one JSON document instead: for every element its kind, shape or row count, dtypes, "
+        "columns, checksums of its data and its transformations as affine matrices, plus the coordinate "
+        "systems (reads the data to checksum it). Two stores, or one store read by two tools, can be compared "
+        "by diffing these documents.",
     )
     info.add_argument("store", help="store path or URL")
-    info.add_argument("--json", action="store_true", help="print the reference-compatible JSON summary")
+    info.add_argument("--json", action="store_true", help="print a JSON summary of every element (shapes, dtypes, checksums, transformations) for diffing")
     _storage_option_arg(info)
     info.set_defaults(func=_cmd_info)
 

@@ -13,6 +13,7 @@ __all__ = [
     "ReaderError",
     "StoreError",
     "TransformationError",
+    "UnknownCoordinateSystemError",
     "ValidationError",
 ]
 
@@ -30,6 +31,11 @@ class NoPathError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownCoordinateSystemError(NoPathError):
+    """A coordinate system name that the element or SpatialData object does not have (one error type wherever
+    the name is given: on an element, on a SpatialData, in a query or an aggregation). A ``KeyError``."""
 
 
 class AmbiguousPathError(ValueError):

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tissuestack.errors import AmbiguousPathError, NoPathError, TransformationError
+from tissuestack.errors import (
+    AmbiguousPathError,
+    NoPathError,
+    TransformationError,
+    UnknownCoordinateSystemError,
+)
 from tissuestack.transforms import BaseTransformation, Identity, compose
 
 __all__ = ["Node", "transformation_between"]
@@ -139,8 +144,9 @@ def transformation_between(
     graph = _Graph(transformations)
     for node in (source, target, via):
         if node is not None and not graph.has(node):
-            what = "element" if node.kind == "element" else "coordinate system"
-            raise NoPathError(f"unknown {what} {node.name!r}")
+            if node.kind == "element":
+                raise NoPathError(f"unknown element {node.name!r}")
+            raise UnknownCoordinateSystemError(f"unknown coordinate system {node.name!r}")
     if via is None:
         return _resolve(graph, source, target)[0]
     first, _ = _resolve(graph, source, via)

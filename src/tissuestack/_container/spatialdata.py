@@ -35,7 +35,7 @@ from tissuestack.elements import (
     set_table_annotates,
     table_rows,
 )
-from tissuestack.errors import StoreError, ValidationError
+from tissuestack.errors import StoreError, UnknownCoordinateSystemError, ValidationError
 from tissuestack.store import StoreRoot
 from tissuestack.store import _io as store_io
 from tissuestack.transforms import BaseTransformation
@@ -330,7 +330,10 @@ class SpatialData:
             return Node("cs", ref)
         if ref in self._kind_of:
             raise ValidationError(f"{role} {ref!r} is a table; tables have no coordinate systems")
-        raise KeyError(f"{role} {ref!r} is neither an element nor a coordinate system")
+        raise UnknownCoordinateSystemError(
+            f"{role} {ref!r} is neither an element nor a coordinate system; coordinate systems: "
+            f"{self.coordinate_systems}"
+        )
 
     def get_transformation_between(
         self, source: str | Any, target: str | Any, *, via: str | Any | None = None
@@ -354,7 +357,9 @@ class SpatialData:
         known = set(self.coordinate_systems)
         unknown = [old for old in mapping if old not in known]
         if unknown:
-            raise KeyError(f"unknown coordinate system(s) {unknown}; known: {sorted(known)}")
+            raise UnknownCoordinateSystemError(
+                f"unknown coordinate system(s) {unknown}; known: {sorted(known)}"
+            )
         for new in mapping.values():
             if not isinstance(new, str) or not new:
                 raise ValidationError(f"new coordinate system name must be a non-empty string, got {new!r}")
@@ -501,7 +506,9 @@ class SpatialData:
         wanted = [coordinate_system] if isinstance(coordinate_system, str) else list(coordinate_system)
         unknown = [cs for cs in wanted if cs not in self.coordinate_systems]
         if unknown:
-            raise KeyError(f"unknown coordinate system(s) {unknown}; known: {self.coordinate_systems}")
+            raise UnknownCoordinateSystemError(
+                f"unknown coordinate system(s) {unknown}; known: {self.coordinate_systems}"
+            )
         names = [n for n, meta in self._spatial_metas() if any(cs in meta.transformations for cs in wanted)]
         return self.subset(names, filter_tables=filter_tables, include_orphan_tables=include_orphan_tables)
 

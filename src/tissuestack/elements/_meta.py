@@ -231,10 +231,19 @@ def get_meta(element: Any, *, create: bool = False) -> ElementMeta:
     if create and attrs is not None:
         attrs[ATTRS_KEY] = {"transformations": {}}
         return ElementMeta._bound(attrs, record_of(element))
+    kind_name = type(element).__name__
+    if kind_name in ("DataArray", "DataTree", "Dataset"):
+        model, lost = (
+            "tissuestack.Image2DModel.parse (or Labels2DModel, the 3D models)",
+            "xarray arithmetic drops attrs unless xr.set_options(keep_attrs=True)",
+        )
+    elif kind_name == "GeoDataFrame":
+        model, lost = "tissuestack.ShapesModel.parse", "a frame built anew from computed data has none"
+    else:
+        model, lost = "tissuestack.PointsModel.parse", "a frame built anew from computed data has none"
     raise ValidationError(
-        f"no spatial metadata is attached to this {type(element).__name__}: parse it with the model of its kind "
-        "(e.g. tissuestack.PointsModel.parse) or take it from a SpatialData object; a frame that lost it (e.g. "
-        "built anew from computed data) gets it back with the model's parse(..., transformations=...)"
+        f"no spatial metadata is attached to this {kind_name}: parse it with {model} or take it from a "
+        f"SpatialData object ({lost}); the model's parse(..., transformations=...) attaches it again"
     )
 
 

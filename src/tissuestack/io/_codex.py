@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._merscope import check_csv_tail, natural_key, pyramid_factors
 from tissuestack.io._technology import Option, Technology, collect
 
@@ -405,6 +406,7 @@ def _table(cells: _Cells, regions: list[int]) -> Any:
 # ------------------------------------------------------------------------------------------------------------
 
 
+@with_folder_hints('codex')
 def iter_codex(
     path: str | Path,
     *,

@@ -70,7 +70,7 @@ def convert(
     from tqdm.auto import tqdm
 
     from tissuestack.elements import check_name, get_kind
-    from tissuestack.store._io import _is_zarr_root, _swap, consolidate, write_element, write_store
+    from tissuestack.store._io import _swap, consolidate, refuse_non_store, write_element, write_store
     from tissuestack.store._root import StoreRoot
 
     tech = get_technology(technology) if isinstance(technology, str) else technology
@@ -78,12 +78,9 @@ def convert(
         raise ValueError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     root = StoreRoot.open(output, storage_options=storage_options, read_only=False)
     if root.fs.exists(root.path):
+        refuse_non_store(root)
         if not overwrite:
             raise StoreError(f"{root.url} exists; pass overwrite=True (--overwrite) to replace it")
-        if not _is_zarr_root(root) and root.fs.isdir(root.path) and root.fs.ls(root.path):
-            raise StoreError(f"{root.url} exists and is not a Zarr store; refusing to replace it")
-        if not root.fs.isdir(root.path):
-            raise StoreError(f"{root.url} exists and is a file, not a Zarr store; refusing to replace it")
 
     tmp = root.sibling("tmp")
     show = sys.stderr.isatty() if progress is None else bool(progress)
@@ -100,7 +97,15 @@ def convert(
             storage_options=storage_options,
         )
         stream = tech.iter_elements(input, **options)
-        with tqdm(desc=f"convert {tech.name}", unit="element", disable=not show, file=sys.stderr) as bar:
+        # the reader yields elements one by one and their number is not known in advance: count them, with the
+        # element being written, instead of a rate and a total
+        with tqdm(
+            desc=f"convert {tech.name}",
+            unit="element",
+            disable=not show,
+            file=sys.stderr,
+            bar_format="{desc}: {n_fmt} element(s) written [{elapsed}]{postfix}",
+        ) as bar:
             for name, element in stream:
                 kind = get_kind(element)
                 check_name(name, f"{kind} element name")

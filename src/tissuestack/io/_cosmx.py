@@ -55,6 +55,7 @@ import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._common import frame_columns, lazy_frame, spill_csv_to_parquet
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._merscope import (
     categorical_with,
     check_csv_tail,
@@ -671,6 +672,7 @@ def _choose_placement(
     return default
 
 
+@with_folder_hints('cosmx')
 def iter_cosmx(
     path: str | Path,
     *,

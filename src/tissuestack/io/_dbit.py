@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._steinbock import read_h5ad_file
 from tissuestack.io._technology import Option, Technology, collect
 
@@ -112,6 +113,7 @@ def _squares(a: np.ndarray, b: np.ndarray, scale: float, inset: float) -> np.nda
     return shapely.polygons(ring)
 
 
+@with_folder_hints('dbit')
 def iter_dbit(
     path: str | Path,
     *,

@@ -43,6 +43,7 @@ import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._common import frame_columns, lazy_frame, tabular_format
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 
 __all__ = ["TECHNOLOGY", "iter_merscope", "merscope"]
@@ -611,6 +612,7 @@ def _check_region_folder(path: Path) -> None:
     )
 
 
+@with_folder_hints('merscope')
 def iter_merscope(
     path: str | Path,
     *,

@@ -35,6 +35,7 @@ import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._common import frame_columns, lazy_frame
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._merscope import categorical_with, check_csv_tail, natural_key, read_csv_frame
 from tissuestack.io._technology import Option, Technology, collect
 
@@ -199,6 +200,7 @@ def _boundaries(file: Path, labels: np.ndarray, scale: Any, name: str) -> Any:
     return shapes
 
 
+@with_folder_hints('seqfish')
 def iter_seqfish(
     path: str | Path,
     *,

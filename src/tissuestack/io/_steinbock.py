@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 
 __all__ = ["TECHNOLOGY", "iter_steinbock", "read_h5ad_file", "steinbock"]
@@ -133,6 +134,7 @@ def _cells_table(file: Path, images: Sequence[str], labelled: set[str], names: M
         raise ReaderError(f"{file}: {err}") from err
 
 
+@with_folder_hints('steinbock')
 def iter_steinbock(
     path: str | Path,
     *,

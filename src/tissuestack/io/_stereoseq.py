@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._merscope import natural_key, pyramid_factors
 from tissuestack.io._technology import Option, Technology, collect
 
@@ -476,6 +477,7 @@ def _square_level(file: Path, size: int, tfs: dict) -> tuple[Any, Any]:
 # ------------------------------------------------------------------------------------------------------------
 
 
+@with_folder_hints('stereoseq')
 def iter_stereoseq(
     path: str | Path,
     *,

@@ -39,6 +39,7 @@ import pandas as pd
 
 from tissuestack.elements import Image2DModel, ShapesModel, TableModel, check_name, sanitize_name
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 from tissuestack.io._tenx_h5 import read_10x_h5, tenx_h5_attributes
 from tissuestack.io._tiff import tiff_metadata, tiff_to_element
@@ -397,6 +398,7 @@ def _find_fullres(path: Path, library_id: str | None, dataset_id: str) -> Path |
     return None
 
 
+@with_folder_hints('visium')
 def iter_visium(
     path: str | Path,
     *,

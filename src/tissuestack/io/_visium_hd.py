@@ -46,6 +46,7 @@ import pandas as pd
 
 from tissuestack.elements import Image2DModel, ShapesModel, TableModel, check_name, sanitize_name
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 from tissuestack.io._visium import (
     FULLRES_SUFFIXES,
@@ -628,6 +629,7 @@ def _cytassist_element(
 # ------------------------------------------------------------------------------------------------------------
 
 
+@with_folder_hints('visium_hd')
 def iter_visium_hd(
     path: str | Path,
     *,

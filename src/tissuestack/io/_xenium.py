@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 from tissuestack.transforms import Affine, BaseTransformation, Identity, Scale
 
@@ -1317,6 +1318,7 @@ _DEFAULTS: dict[str, Any] = {
 }
 
 
+@with_folder_hints('xenium')
 def iter_xenium(path: str | os.PathLike, **options: Any) -> Iterator[tuple[str, Any]]:
     """Stream the elements of a Xenium bundle as ``(name, element)`` pairs (the options of :func:`xenium`).
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from tissuestack._container import SpatialData
 from tissuestack.elements import SPATIAL_KINDS, get_kind, get_meta
-from tissuestack.errors import NoPathError, ValidationError
+from tissuestack.errors import NoPathError, UnknownCoordinateSystemError, ValidationError
 from tissuestack.transforms import BaseTransformation
 
 __all__ = ["elements_in", "resolve_element", "transformation_to"]
@@ -27,7 +27,7 @@ def transformation_to(
     transformations = get_meta(element).transformations
     if target_coordinate_system not in transformations:
         known = ", ".join(repr(c) for c in transformations)
-        raise NoPathError(
+        raise UnknownCoordinateSystemError(
             f"the element has no transformation to coordinate system {target_coordinate_system!r} "
             f"(it has {known}); pass the SpatialData object to search paths through other elements"
         )
@@ -40,7 +40,7 @@ def elements_in(
     """``(name, kind, element, transformation to the target)`` for every spatial element that can reach the
     target coordinate system through the graph; elements with no path are skipped (ambiguity still raises)."""
     if target_coordinate_system not in sdata.coordinate_systems:
-        raise KeyError(
+        raise UnknownCoordinateSystemError(
             f"unknown coordinate system {target_coordinate_system!r}; known: {sdata.coordinate_systems}"
         )
     for name, element in sdata.spatial_items():

@@ -312,6 +312,20 @@ def _is_zarr_root(root: StoreRoot) -> bool:
     return root.exists("zarr.json") or root.exists(".zgroup")
 
 
+def refuse_non_store(root: StoreRoot) -> None:
+    """Raise when ``root`` exists and is a file or a non-empty folder that is not a Zarr store: such a location
+    is never replaced, with or without ``overwrite``."""
+    if not root.fs.isdir(root.path):
+        raise StoreError(
+            f"{root.url} exists and is a file, not a Zarr store; it is never replaced: write to another path"
+        )
+    if not _is_zarr_root(root) and root.fs.ls(root.path):
+        raise StoreError(
+            f"{root.url} exists and is a folder that is not a Zarr store; it is never replaced, even with "
+            "overwrite=True: write to another path (or remove that folder yourself)"
+        )
+
+
 def _resolve_versions(zarr_format: int, formats: Mapping[str, str] | None) -> dict[str, str]:
     if zarr_format not in DEFAULT_ELEMENT_VERSIONS:
         raise FormatError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
@@ -395,10 +409,9 @@ def write_store(
     _check_user_attrs(attrs)
     root = StoreRoot.open(location, storage_options=storage_options, read_only=False)
     if root.fs.exists(root.path):
+        refuse_non_store(root)
         if not overwrite:
             raise StoreError(f"{root.url} exists; pass overwrite=True to replace it")
-        if not _is_zarr_root(root) and root.fs.ls(root.path):
-            raise StoreError(f"{root.url} exists and is not a Zarr store; refusing to replace it")
         backing = _sources_inside(root, protected_sources)
         if backing:
             raise StoreError(
