@@ -11,7 +11,7 @@ import tissuestack.io
 from tissuestack.cli import main
 from tissuestack.io import get_technology
 
-NAMES = ["steinbock", "seqfish", "dbit", "curio", "mcmicro"]
+NAMES = ["steinbock", "seqfish", "dbit", "curio", "mcmicro", "macsima"]
 
 
 @pytest.mark.parametrize("name", NAMES)
