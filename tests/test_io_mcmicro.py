@@ -143,6 +143,19 @@ def test_same_mask_name_from_two_methods(tmp_path, folder):
     assert s[f"{SAMPLE}--unmicst_cell"].uns["spatialdata_attrs"]["region"] == f"{SAMPLE}_unmicst_cell"
 
 
+@pytest.mark.filterwarnings("ignore:table .* annotates:UserWarning")
+def test_table_without_its_mask_warns(tmp_path, folder):
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    (copy / "segmentation" / f"unmicst-{SAMPLE}" / "nuclei.ome.tif").unlink()
+    with pytest.warns(
+        UserWarning, match=rf"unmicst_nuclei.csv: no segmentation/unmicst-{SAMPLE}/nuclei.ome.tif"
+    ):
+        s = mcmicro(copy, raw=False, illumination=False)
+    assert s[f"{SAMPLE}--unmicst_nuclei"].uns["spatialdata_attrs"]["region"] == f"{SAMPLE}_nuclei"
+    assert set(s.labels) == {f"{SAMPLE}_cell"}
+
+
 def test_cli_convert_and_read_back(tmp_path, folder, sdata):
     out = tmp_path / "mcmicro.zarr"
     assert main(["convert", "mcmicro", str(folder), str(out), "--no-illumination", "--no-progress"]) == 0

@@ -409,6 +409,13 @@ def iter_mcmicro(
         if region is None:
             candidates = [v for (s2, _, m2), v in label_names.items() if s2 == s and m2 == mask]
             region = candidates[0] if len(candidates) == 1 else sanitize_name(f"{prefix(s)}_{mask}")
+            if not candidates:
+                warnings.warn(
+                    f"{file}: no segmentation/{method}-{s}/{mask}{IMAGE_SUFFIX}; the table annotates {region!r}, "
+                    "which is not read",
+                    UserWarning,
+                    stacklevel=2,
+                )
         name = sanitize_name(file.stem)
         yield name, _table(file, markers, region, name)
 
