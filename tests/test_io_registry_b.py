@@ -1,5 +1,5 @@
-"""The second-round readers (steinbock, seqFISH, DBiT-seq, MACSima) in the technology registry: option tables
-agree with the reader signatures, and ``tissuestack convert --list`` shows them."""
+"""The second- and third-round readers (steinbock, seqFISH, DBiT-seq, Curio, MCMICRO, MACSima) in the technology
+registry: option tables agree with the reader signatures, and ``tissuestack convert --list`` shows them."""
 
 from __future__ import annotations
 
