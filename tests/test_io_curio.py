@@ -105,6 +105,7 @@ def test_write_order_and_registry(folder):
 def test_cli_convert_and_read_back(tmp_path, folder, sdata):
     out = tmp_path / "curio.zarr"
     assert main(["convert", "curio", str(folder), str(out), "--units-per-um", "2", "--no-progress"]) == 0
+    assert main(["validate", str(out)]) == 0
     back = read_zarr(out)
     assert back["cells"].index.tolist() == sdata["cells"].index.tolist()
     np.testing.assert_allclose(

@@ -177,6 +177,7 @@ def test_write_order_registry_and_round_trip(tmp_path, v0):
     s = macsima(v0)
     out = tmp_path / "macsima.zarr"
     assert main(["convert", "macsima", str(v0), str(out), "--skip-cycles", "2", "--no-progress"]) == 0
+    assert main(["validate", str(out)]) == 0
     back = read_zarr(out)
     assert set(back.images) == {"legacy_image"}  # cycle 2 skipped: two DAPI channels, no split
     got = raster_levels(back["legacy_image"])[0]

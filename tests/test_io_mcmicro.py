@@ -143,6 +143,15 @@ def test_same_mask_name_from_two_methods(tmp_path, folder):
     assert s[f"{SAMPLE}--unmicst_cell"].uns["spatialdata_attrs"]["region"] == f"{SAMPLE}_unmicst_cell"
 
 
+def test_raw_files_that_are_not_tiffs_are_skipped(tmp_path, folder):
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    (copy / "raw" / f"{SAMPLE}-cycle-02.rcpnl").write_bytes(b"RareCyte panel")
+    with pytest.warns(UserWarning, match=r"cycle-02.rcpnl: not a TIFF, skipped"):
+        s = mcmicro(copy, illumination=False, tables=False)
+    assert set(s.images) == {f"{SAMPLE}_image", RAW}
+
+
 @pytest.mark.filterwarnings("ignore:table .* annotates:UserWarning")
 def test_table_without_its_mask_warns(tmp_path, folder):
     copy = tmp_path / "m"
@@ -159,6 +168,7 @@ def test_table_without_its_mask_warns(tmp_path, folder):
 def test_cli_convert_and_read_back(tmp_path, folder, sdata):
     out = tmp_path / "mcmicro.zarr"
     assert main(["convert", "mcmicro", str(folder), str(out), "--no-illumination", "--no-progress"]) == 0
+    assert main(["validate", str(out)]) == 0
     back = read_zarr(out)
     assert set(back.images) == {f"{SAMPLE}_image", RAW} and set(back.labels) == set(sdata.labels)
     for name in (f"{SAMPLE}_image", f"{SAMPLE}_cell"):
@@ -205,6 +215,7 @@ def test_tma_mode_override_and_round_trip(tmp_path, tma_folder, tma):
     assert set(s.images) == set(tma.images)
     out = tmp_path / "tma.zarr"
     assert main(["convert", "mcmicro", str(copy), str(out), "--tma", "--no-progress"]) == 0
+    assert main(["validate", str(out)]) == 0
     back = read_zarr(out)
     assert set(back.labels) == set(tma.labels) and set(back.tables) == set(tma.tables)
     np.testing.assert_allclose(affine_xy(back["core_2_cell"]), affine_xy(tma["core_2_cell"]))
