@@ -1,5 +1,5 @@
-"""The second-round readers (steinbock, seqFISH, DBiT-seq, MACSima) in the technology registry: option tables
-agree with the reader signatures, and ``tissuestack convert --list`` shows them."""
+"""The second- and third-round readers (steinbock, seqFISH, DBiT-seq, Curio, MCMICRO, MACSima) in the technology
+registry: option tables agree with the reader signatures, and ``tissuestack convert --list`` shows them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tissuestack.io
 from tissuestack.cli import main
 from tissuestack.io import get_technology
 
-NAMES = ["steinbock", "seqfish", "dbit"]
+NAMES = ["steinbock", "seqfish", "dbit", "curio", "mcmicro", "macsima"]
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "steinbock": "tissuestack.io._steinbock",
     "seqfish": "tissuestack.io._seqfish",
     "dbit": "tissuestack.io._dbit",
+    "curio": "tissuestack.io._curio",
+    "mcmicro": "tissuestack.io._mcmicro",
+    "macsima": "tissuestack.io._macsima",
 }
 
 __all__ = list(_EXPORTS)

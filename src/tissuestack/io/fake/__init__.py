@@ -19,6 +19,9 @@ _EXPORTS: dict[str, str] = {
     "write_seqfish": "tissuestack.io.fake._seqfish",
     "write_dbit": "tissuestack.io.fake._dbit",
     "write_stereoseq": "tissuestack.io.fake._stereoseq",
+    "write_curio": "tissuestack.io.fake._curio",
+    "write_mcmicro": "tissuestack.io.fake._mcmicro",
+    "write_macsima": "tissuestack.io.fake._macsima",
 }
 
 __all__ = list(_EXPORTS)
