@@ -28,6 +28,9 @@ _EXPORTS: dict[str, str] = {
     "steinbock": "tissuestack.io._steinbock",
     "seqfish": "tissuestack.io._seqfish",
     "dbit": "tissuestack.io._dbit",
+    "xenium_explorer_selection": "tissuestack.io._xenium_explorer",
+    "add_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
+    "write_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
 }
 
 __all__ = list(_EXPORTS)
