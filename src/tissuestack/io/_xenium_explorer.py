@@ -258,7 +258,10 @@ def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Sel
     xy = np.empty((len(frame), 2), dtype=np.float64)
     for j, axis in enumerate(("x", "y")):
         raw = frame[columns[axis]]
-        values = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        try:  # numpy parses with Python's correctly rounded float(): coordinates survive a round trip exactly
+            values = raw.to_numpy(dtype=str).astype(np.float64)
+        except ValueError:
+            values = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values)
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
