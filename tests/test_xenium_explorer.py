@@ -371,6 +371,8 @@ def test_overlay_on_a_xenium_reading(tmp_path, xenium_reading):
     with pytest.raises(KeyError, match="exists already"):
         io.add_xenium_explorer_selection(sdata, path)
     io.add_xenium_explorer_selection(sdata, path, overwrite=True, like="nucleus_boundaries")
+    with pytest.raises(ValueError, match="'cell_labels' is a labels element; expected shapes or points"):
+        io.add_xenium_explorer_selection(sdata, path, overwrite=True, like="cell_labels")
     # exported from the reading, it is the file's polygon again
     out = io.write_xenium_explorer_selection("selections", tmp_path / "out.csv", sdata=sdata)
     assert io.xenium_explorer_selection(out).geometry.iloc[0].equals(shapely.Polygon(box))
@@ -384,3 +386,39 @@ def test_overlay_on_a_xenium_reading(tmp_path, xenium_reading):
         shapely.get_coordinates(cells.geometry.array) / XENIUM_PIXEL_SIZE,
     )
     assert list(back.index) == list(cells.index)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_import_and_export(tmp_path, xenium_reading, capsys):
+    from tissuestack import read_zarr
+    from tissuestack.cli import main
+
+    store = tmp_path / "x.zarr"
+    sdata = xenium_reading.subset(["cell_boundaries", "nucleus_boundaries"])
+    sdata.write(store)
+    rows = _rows("left", [(0.5, 0.5), (6.0, 0.5), (6.0, 6.0)]) + _rows(
+        "right", [(7.0, 0.5), (12.0, 0.5), (12.0, 6.0)]
+    )
+    path = _csv(tmp_path / "two.csv", "Selection,X,Y", rows)
+    assert main(["selections", "import", str(store), str(path), "--name", "rois"]) == 0
+    assert "added 2 selection(s)" in capsys.readouterr().out
+    reread = read_zarr(store)
+    rois = reread["rois"]
+    assert list(rois.index) == ["left", "right"]
+    expected = io.xenium_explorer_selection(path)
+    assert rois.geometry.geom_equals_exact(expected.geometry, tolerance=0).all()
+    np.testing.assert_allclose(_matrix(rois, "pixels"), _matrix(reread["cell_boundaries"], "pixels"))
+    # a second import under the same name is refused (exit status 2, message names the element)
+    assert main(["selections", "import", str(store), str(path), "--name", "rois"]) == 2
+    assert "'rois' exists already" in capsys.readouterr().err
+    out = tmp_path / "rois.geojson"
+    assert main(["selections", "export", str(store), "rois", str(out)]) == 0
+    back = io.xenium_explorer_selection(out)
+    assert back.geometry.geom_equals_exact(expected.geometry, tolerance=0).all()
+    assert main(["selections", "export", str(store), "rois", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    bad = _csv(tmp_path / "bad.csv", "Selection,X", ["a,1"])
+    assert main(["selections", "import", str(store), str(bad), "--name", "bad"]) == 2
+    assert "bad.csv" in capsys.readouterr().err and "bad" not in read_zarr(store)

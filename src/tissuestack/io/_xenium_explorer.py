@@ -521,6 +521,11 @@ def add_xenium_explorer_selection(
     if like is not None:
         if like not in sdata:
             raise KeyError(f"like: no element named {like!r} in the SpatialData object")
+        if sdata.kind_of(like) not in ("shapes", "points"):
+            raise ValueError(
+                f"like: {like!r} is a {sdata.kind_of(like)} element; expected shapes or points in µm (rasters are "
+                "in pixels)"
+            )
         transformations = dict(get_meta(sdata[like]).transformations)
         shapes = ShapesModel.parse(shapes, transformations=transformations, name=name)
     if name in sdata and not overwrite:
