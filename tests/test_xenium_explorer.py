@@ -150,6 +150,21 @@ def test_malformed_csv_names_file_and_expectation(tmp_path, header, rows, expect
     assert "bad.csv" in str(err.value)
 
 
+def test_blank_lines_and_crlf_keep_line_numbers(tmp_path):
+    rows = ["a,0,0", "", "a,1,0", "  ", "a,1,1", "a,0,0", "", "b,0,0", "b,1,0", "b,x,1"]
+    path = tmp_path / "blank.csv"
+    path.write_bytes(("\r\n".join(["#one", "", "#two", "Selection,X,Y", *rows]) + "\r\n").encode())
+    with pytest.raises(ReaderError, match=r"line 14: 'X' is 'b,x,1'|line 14: 'X' is 'x'"):
+        io.xenium_explorer_selection(path)
+    path.write_bytes(path.read_bytes().replace(b"b,x,1", b"b,2,2"))
+    shapes = io.xenium_explorer_selection(path)
+    assert list(shapes.index) == ["a", "b"]
+    assert shapes.geometry.loc["a"].equals(shapely.Polygon([(0, 0), (1, 0), (1, 1)]))
+    path.write_bytes(path.read_bytes().replace(b"b,2,2", b"b,0,0"))
+    with pytest.raises(ReaderError, match=r"selection 'b' \(the ring from line 12\) has 2 distinct vertices"):
+        io.xenium_explorer_selection(path)
+
+
 def test_missing_and_headerless_files(tmp_path):
     with pytest.raises(ReaderError, match="does not exist"):
         io.xenium_explorer_selection(tmp_path / "none.csv")

@@ -113,19 +113,27 @@ def _detect_format(path: Path, text: str) -> str:
     return "geojson" if text.lstrip()[:1] in ("{", "[") else "csv"
 
 
+def _distinct_at_most_3(ring: np.ndarray) -> int:
+    """The number of distinct vertices of ``ring``, counted up to 3 (two vectorized passes, no sort)."""
+    if len(ring) == 0:
+        return 0
+    not_first = (ring != ring[0]).any(axis=1)
+    if not not_first.any():
+        return 1
+    second = ring[int(np.argmax(not_first))]
+    return 3 if (not_first & (ring != second).any(axis=1)).any() else 2
+
+
 def _check_ring(ring: np.ndarray, path: Path, what: str) -> np.ndarray:
     """A ring as a closed float64 (n, 2) array; ReaderError when it has fewer than 3 distinct vertices."""
-    if len(ring) and np.array_equal(ring[0], ring[-1]):
-        open_ring = ring[:-1]
-    else:
-        open_ring = ring
-    distinct = len(np.unique(open_ring, axis=0)) if len(open_ring) else 0
+    closed = len(ring) > 1 and bool((ring[0] == ring[-1]).all())
+    distinct = _distinct_at_most_3(ring)
     if distinct < 3:
         raise ReaderError(
             f"{_where(path)}: {what} has {distinct} distinct vertices; expected a polygon ring of at least 3 "
             "distinct vertices"
         )
-    return np.concatenate([open_ring, open_ring[:1]])
+    return ring if closed else np.concatenate([ring, ring[:1]])
 
 
 def _split_rings(coords: np.ndarray) -> list[np.ndarray]:
@@ -205,71 +213,112 @@ def _transformations(
 # ------------------------------------------------------------------------------------------------ CSV
 
 
-def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Selection]:
+def _header(path: Path, text: str) -> tuple[int, int, list[str]]:
+    """``(line index, character offset)`` of the header line after the leading ``#`` comment and blank lines,
+    and the comments' text."""
+    comments: list[str] = []
+    offset, line = 0, 0
+    while offset < len(text):
+        end = text.find("\n", offset)
+        end = len(text) if end < 0 else end
+        stripped = text[offset:end].strip()
+        if stripped and not stripped.startswith("#"):
+            return line, offset, comments
+        if stripped:
+            comments.append(stripped[1:].strip())
+        offset, line = end + 1, line + 1
+    raise ReaderError(
+        f"{_where(path)}: no header line after the comment lines; expected a Xenium Explorer selection "
+        "export ('#' comment lines, then a header such as 'Selection,X,Y' and one row per vertex)"
+    )
+
+
+def _data_line_numbers(body: str, header: int, n: int) -> np.ndarray:
+    """1-based file line of each of the ``n`` data rows (blank lines, which the parser skips, are counted)."""
+    if not re.search(r"\n[ \t\r]*\n", body.rstrip("\r\n") + "\n"):
+        return np.arange(n) + header + 2
+    lines = body.splitlines()[1:]
+    kept = np.flatnonzero([bool(line.strip()) for line in lines])
+    return kept[:n] + header + 2
+
+
+def _bad_coordinate(path: Path, raw: Any, column: str, line_numbers: np.ndarray) -> ReaderError | None:
+    """The error naming the first non-numeric or non-finite value of ``raw``; ``None`` when all are good."""
     import pandas as pd
 
-    lines = text.splitlines()
-    comments: list[str] = []
-    header = 0
-    while header < len(lines) and (not lines[header].strip() or lines[header].lstrip().startswith("#")):
-        if lines[header].strip():
-            comments.append(lines[header].lstrip()[1:].strip())
-        header += 1
-    if header == len(lines):
-        raise ReaderError(
-            f"{_where(path)}: no header line after the comment lines; expected a Xenium Explorer selection "
-            "export ('#' comment lines, then a header such as 'Selection,X,Y' and one row per vertex)"
-        )
-    head = lines[header]
+    values = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return None
+    k = int(np.flatnonzero(bad)[0])
+    return ReaderError(
+        f"{_where(path)}: line {int(line_numbers[k])}: {column!r} is {raw.iloc[k]!r}; expected finite numeric "
+        f"coordinates in µm ({int(bad.sum())} bad value(s) in column {column!r})"
+    )
+
+
+def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Selection]:
+    import csv
+
+    import pandas as pd
+
+    header, offset, comments = _header(path, text)
+    body = text[offset:]
+    head = body.split("\n", 1)[0]
     sep = "," if "," in head else "\t" if "\t" in head else ";" if ";" in head else ","
-    try:
-        frame = pd.read_csv(
-            io.StringIO("\n".join(lines[header:])),
-            sep=sep,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=False,
-        )
-    except (ValueError, pd.errors.ParserError) as err:
-        raise ReaderError(f"{_where(path)}: not a readable CSV table after line {header}: {err}") from err
-    columns = {str(c).strip().lower(): c for c in frame.columns}
+    found = [c.strip() for c in next(csv.reader([head.rstrip("\r")], delimiter=sep))]
+    columns = {c.lower(): c for c in found}
     missing = [c for c in ("x", "y") if c not in columns]
     if missing:
         raise ReaderError(
             f"{_where(path)}: no {' / '.join(repr(c.upper()) for c in missing)} column; expected vertex "
-            f"coordinates in µm in columns 'X' and 'Y' (header line {header + 1} has {list(frame.columns)})"
+            f"coordinates in µm in columns 'X' and 'Y' (header line {header + 1} has {found})"
         )
     if name_column is not None:
         if name_column.strip().lower() not in columns:
             raise ReaderError(
-                f"{_where(path)}: no column {name_column!r} (name_column); the header has {list(frame.columns)}"
+                f"{_where(path)}: no column {name_column!r} (name_column); the header has {found}"
             )
         name_key = columns[name_column.strip().lower()]
     else:
         name_key = next((columns[c] for c in CSV_NAME_COLUMNS if c in columns), None)
+    x_key, y_key = columns["x"], columns["y"]
+    usecols = [x_key, y_key] + ([name_key] if name_key is not None else [])
 
-    line_numbers = np.arange(len(frame)) + header + 2  # 1-based line of each data row
-    blank = (frame.apply(lambda col: col.str.strip()) == "").all(axis=1).to_numpy()
-    if blank.any():
-        frame = frame.loc[~blank]
-        line_numbers = line_numbers[~blank]
+    def read(dtype: Any) -> Any:
+        try:
+            frame = pd.read_csv(
+                io.StringIO(body),
+                sep=sep,
+                usecols=lambda c: str(c).strip() in usecols,
+                dtype=dtype,
+                keep_default_na=False,
+                na_values=[""],
+                skipinitialspace=True,
+                float_precision="round_trip",  # correctly rounded: coordinates survive a round trip exactly
+            )
+        except (ValueError, pd.errors.ParserError) as err:
+            raise ReaderError(f"{_where(path)}: not a readable CSV table after line {header}: {err}") from err
+        frame.columns = [str(c).strip() for c in frame.columns]
+        return frame
+
+    try:  # fast path: numbers parsed by the CSV parser
+        frame = read({x_key: np.float64, y_key: np.float64, **({name_key: str} if name_key else {})})
+    except ReaderError:
+        frame = None
+    if frame is not None:
+        xy = np.column_stack([frame[x_key].to_numpy(np.float64), frame[y_key].to_numpy(np.float64)])
+    if frame is None or not np.isfinite(xy).all():  # find and report the first bad value
+        frame = read(str)
+        line_numbers = _data_line_numbers(body, header, len(frame))
+        for key in (x_key, y_key):
+            err = _bad_coordinate(path, frame[key].fillna(""), key, line_numbers)
+            if err is not None:
+                raise err
+        raise ReaderError(f"{_where(path)}: cannot parse columns {x_key!r} / {y_key!r} as numbers")
     if len(frame) == 0:
         raise ReaderError(f"{_where(path)}: no vertex rows after the header; expected one row per vertex")
-    xy = np.empty((len(frame), 2), dtype=np.float64)
-    for j, axis in enumerate(("x", "y")):
-        raw = frame[columns[axis]]
-        try:  # numpy parses with Python's correctly rounded float(): coordinates survive a round trip exactly
-            values = raw.to_numpy(dtype=str).astype(np.float64)
-        except ValueError:
-            values = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ReaderError(
-                f"{_where(path)}: line {int(line_numbers[k])}: {columns[axis]!r} is {raw.iloc[k]!r}; expected "
-                f"finite numeric coordinates in µm ({int(bad.sum())} bad value(s) in column {columns[axis]!r})"
-            )
-        xy[:, j] = values
+    line_numbers = _data_line_numbers(body, header, len(frame))
 
     if name_key is None:
         named = [m.group(1) for c in comments if (m := _SELECTION_COMMENT.match(c)) and m.group(1)]
@@ -277,10 +326,13 @@ def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Sel
         for suffix in (".gz", ".csv", ".txt", ".tsv"):
             stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
         stem = re.sub(r"_coordinates$", "", stem)
-        names = np.full(len(frame), named[0] if named else stem, dtype=object)
+        codes = np.zeros(len(frame), dtype=np.int64)
+        uniques = np.array([named[0] if named else stem], dtype=object)
     else:
-        names = frame[name_key].str.strip().to_numpy(dtype=object)
-        empty = names == ""
+        raw_codes, raw_uniques = pd.factorize(frame[name_key].fillna(""))
+        stripped, merged = pd.factorize(pd.Index(raw_uniques).astype(str).str.strip())
+        codes, uniques = stripped[raw_codes], np.asarray(merged, dtype=object)
+        empty = uniques[codes] == ""
         if empty.any():
             k = int(np.flatnonzero(empty)[0])
             raise ReaderError(
@@ -288,11 +340,11 @@ def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Sel
                 f"selection the vertex belongs to in every row ({int(empty.sum())} empty)"
             )
 
-    starts = np.flatnonzero(np.concatenate([[True], names[1:] != names[:-1]]))
-    ends = np.append(starts[1:], len(names))
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    ends = np.append(starts[1:], len(codes))
     by_name: dict[str, list[np.ndarray]] = {}
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        name, row = str(names[a]), a
+        name, row = str(uniques[codes[a]]), a
         for ring in _split_rings(xy[a:b]):
             what = f"selection {name!r} (the ring from line {int(line_numbers[row])})"
             by_name.setdefault(name, []).append(_check_ring(ring, path, what))
