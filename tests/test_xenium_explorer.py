@@ -118,6 +118,13 @@ def test_csv_name_column_variants_and_noncontiguous_rows(tmp_path):
     assert shapes.geometry.loc["1"].equals(shapely.Polygon(FAR))
 
 
+def test_csv_spaces_around_values(tmp_path):
+    path = _csv(tmp_path / "spaced.csv", "Selection, X, Y", ["  s , 0.1 ,0", "s,1, 0", " s,1,1 "])
+    shapes = io.xenium_explorer_selection(path)
+    assert list(shapes.index) == ["s"]
+    assert shapes.geometry.iloc[0].equals(shapely.Polygon([(0.1, 0), (1, 0), (1, 1)]))
+
+
 def test_csv_gzip_and_bom(tmp_path):
     text = "\ufeff#Selection name: Z\n#c\nX,Y\n" + "\n".join(_rows(None, SQUARE)) + "\n"
     path = tmp_path / "z_coordinates.csv.gz"

@@ -257,6 +257,56 @@ def _bad_coordinate(path: Path, raw: Any, column: str, line_numbers: np.ndarray)
     )
 
 
+def _arrow_columns(
+    body: str, sep: str, found: list[str], usecols: list[str], x_key: str, y_key: str, name_key: str | None
+) -> Any:
+    """The used columns parsed by Arrow's CSV reader (multithreaded, correctly rounded floats: coordinates
+    survive a round trip exactly), as a pandas frame; ``None`` when a coordinate is not a finite number."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    types = {x_key: pa.float64(), y_key: pa.float64()}
+    if name_key is not None:
+        types[name_key] = pa.string()
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(body.encode("utf-8")),
+            read_options=pacsv.ReadOptions(column_names=found, skip_rows=1),
+            parse_options=pacsv.ParseOptions(delimiter=sep),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types, include_columns=usecols, strings_can_be_null=False
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    frame = table.to_pandas()
+    if (
+        frame[[x_key, y_key]].isna().to_numpy().any()
+        or not np.isfinite(frame[[x_key, y_key]].to_numpy()).all()
+    ):
+        return None
+    return frame
+
+
+def _pandas_columns(path: Path, body: str, header: int, sep: str, usecols: list[str]) -> Any:
+    """The used columns as text (slow path, for error messages and numbers with spaces around them)."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(body),
+            sep=sep,
+            usecols=lambda c: str(c).strip() in usecols,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+        )
+    except (ValueError, pd.errors.ParserError) as err:
+        raise ReaderError(f"{_where(path)}: not a readable CSV table after line {header}: {err}") from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
 def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Selection]:
     import csv
 
@@ -284,40 +334,19 @@ def _csv_selections(path: Path, text: str, name_column: str | None) -> list[_Sel
         name_key = next((columns[c] for c in CSV_NAME_COLUMNS if c in columns), None)
     x_key, y_key = columns["x"], columns["y"]
     usecols = [x_key, y_key] + ([name_key] if name_key is not None else [])
-
-    def read(dtype: Any) -> Any:
-        try:
-            frame = pd.read_csv(
-                io.StringIO(body),
-                sep=sep,
-                usecols=lambda c: str(c).strip() in usecols,
-                dtype=dtype,
-                keep_default_na=False,
-                na_values=[""],
-                skipinitialspace=True,
-                float_precision="round_trip",  # correctly rounded: coordinates survive a round trip exactly
-            )
-        except (ValueError, pd.errors.ParserError) as err:
-            raise ReaderError(f"{_where(path)}: not a readable CSV table after line {header}: {err}") from err
-        frame.columns = [str(c).strip() for c in frame.columns]
-        return frame
-
-    try:  # fast path: numbers parsed by the CSV parser
-        frame = read({x_key: np.float64, y_key: np.float64, **({name_key: str} if name_key else {})})
-    except ReaderError:
-        frame = None
-    if frame is not None:
-        xy = np.column_stack([frame[x_key].to_numpy(np.float64), frame[y_key].to_numpy(np.float64)])
-    if frame is None or not np.isfinite(xy).all():  # find and report the first bad value
-        frame = read(str)
+    frame = _arrow_columns(body, sep, found, usecols, x_key, y_key, name_key)
+    if frame is None:  # find and report the first bad value, or read numbers with spaces around them
+        frame = _pandas_columns(path, body, header, sep, usecols)
         line_numbers = _data_line_numbers(body, header, len(frame))
         for key in (x_key, y_key):
             err = _bad_coordinate(path, frame[key].fillna(""), key, line_numbers)
             if err is not None:
                 raise err
-        raise ReaderError(f"{_where(path)}: cannot parse columns {x_key!r} / {y_key!r} as numbers")
+        frame[x_key] = frame[x_key].str.strip().to_numpy(dtype=str).astype(np.float64)  # correctly rounded
+        frame[y_key] = frame[y_key].str.strip().to_numpy(dtype=str).astype(np.float64)
     if len(frame) == 0:
         raise ReaderError(f"{_where(path)}: no vertex rows after the header; expected one row per vertex")
+    xy = np.column_stack([frame[x_key].to_numpy(np.float64), frame[y_key].to_numpy(np.float64)])
     line_numbers = _data_line_numbers(body, header, len(frame))
 
     if name_key is None:
@@ -631,12 +660,18 @@ def _csv_text(names: Sequence[str], geoms: np.ndarray, coordinate_system: str) -
     )
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["Selection", "X", "Y"])
+    quoted = []
+    for name in names:  # CSV quoting once per name, not per vertex
+        one = io.StringIO()
+        csv.writer(one, lineterminator="").writerow([name])
+        quoted.append(one.getvalue())
     parts, part_owner = shapely.get_parts(geoms, return_index=True)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, vertex_ring = shapely.get_coordinates(rings, return_index=True)
-    owners = np.asarray(names, dtype=object)[part_owner[ring_part[vertex_ring]]]
-    for owner, (x, y) in zip(owners.tolist(), coords.tolist(), strict=True):
-        writer.writerow([owner, repr(x), repr(y)])
+    owners = np.asarray(quoted, dtype=object)[part_owner[ring_part[vertex_ring]]].tolist()
+    # repr: the shortest text that parses back to the same float
+    xs, ys = map(repr, coords[:, 0].tolist()), map(repr, coords[:, 1].tolist())
+    buffer.write("".join([f"{o},{x},{y}\n" for o, x, y in zip(owners, xs, ys, strict=True)]))
     return buffer.getvalue()
 
 
