@@ -309,6 +309,9 @@ def test_round_trip_is_identical(tmp_path, fmt):
     # and again: the file written from the re-read element is byte-identical
     again = io.write_xenium_explorer_selection(back, tmp_path / f"again.{fmt}")
     assert again.read_bytes() == path.read_bytes()
+    gz = io.write_xenium_explorer_selection(back, tmp_path / f"out.{fmt}.gz")
+    assert gzip.decompress(gz.read_bytes()) == path.read_bytes()
+    assert io.xenium_explorer_selection(gz).geometry.geom_equals_exact(shapes.geometry, tolerance=0).all()
     with pytest.raises(FileExistsError):
         io.write_xenium_explorer_selection(shapes, path)
     io.write_xenium_explorer_selection(shapes, path, overwrite=True, format=fmt)
