@@ -98,6 +98,26 @@ def test_csv_selections_holes_islands_multipolygons(tmp_path):
         assert s1.contains(shapely.Point(point)) is inside, point
 
 
+def test_csv_many_nested_rings_match_brute_force(tmp_path):
+    def square(x, y, side):
+        return [(x, y), (x + side, y), (x + side, y + side), (x, y + side)]
+
+    expected, rows = [], []
+    for k in range(40):  # parts on a grid, each with two holes; every third hole holds an island
+        x, y = 100.0 * (k % 8), 100.0 * (k // 8)
+        holes = [square(x + 10, y + 10, 30), square(x + 50, y + 50, 30)]
+        rows += _rows("many", square(x, y, 90)) + _rows("many", holes[0]) + _rows("many", holes[1])
+        expected.append(shapely.Polygon(square(x, y, 90), holes))
+        if k % 3 == 0:
+            rows += _rows("many", square(x + 15, y + 15, 10))
+            expected.append(shapely.Polygon(square(x + 15, y + 15, 10)))
+    path = _csv(tmp_path / "many.csv", "Selection,X,Y", rows)
+    geom = io.xenium_explorer_selection(path).geometry.iloc[0]
+    assert geom.equals(shapely.MultiPolygon(expected))
+    assert len(geom.geoms) == len(expected)
+    assert np.isclose(geom.area, sum(p.area for p in expected))
+
+
 def test_csv_name_column_variants_and_noncontiguous_rows(tmp_path):
     rows = _rows("a", SQUARE) + _rows("b", HOLE) + _rows("a", FAR)
     path = _csv(tmp_path / "named.csv", "Name,X,Y", rows)
@@ -123,6 +143,12 @@ def test_csv_spaces_around_values(tmp_path):
     shapes = io.xenium_explorer_selection(path)
     assert list(shapes.index) == ["s"]
     assert shapes.geometry.iloc[0].equals(shapely.Polygon([(0.1, 0), (1, 0), (1, 1)]))
+
+
+def test_csv_in_a_windows_code_page(tmp_path):
+    path = tmp_path / "cp.csv"
+    path.write_bytes("#Selection name: Zone µ\n#Area (µm^2): 1\nX,Y\n0,0\n1,0\n1,1\n".encode("cp1252"))
+    assert list(io.xenium_explorer_selection(path).index) == ["Zone µ"]
 
 
 def test_csv_gzip_and_bom(tmp_path):

@@ -100,7 +100,7 @@ def _read_bytes(path: Path) -> bytes:
 def _decode(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:  # older exports write "µm" in the comment lines in a Windows code page
+    except UnicodeDecodeError:  # not UTF-8: e.g. "µm" of a comment line saved in a Windows code page
         return data.decode("cp1252", errors="replace")
 
 
@@ -153,27 +153,37 @@ def _split_rings(coords: np.ndarray) -> list[np.ndarray]:
 
 def _nest(rings: list[np.ndarray]) -> list[list[np.ndarray]]:
     """Group the rings of one selection into polygons by even-odd nesting: a ring inside an odd number of the
-    others is a hole of the innermost ring around it, the others are exteriors (parts) in file order."""
+    others is a hole of the innermost ring around it, the others are exteriors (parts) in file order. Candidate
+    pairs come from an STRtree, so that a selection of many rings costs about k log k, not k x k tests."""
     import shapely
 
     if len(rings) == 1:
         return [rings]
     polygons = shapely.polygons([shapely.linearrings(r) for r in rings])
     try:
-        inside = shapely.within(polygons[:, None], polygons[None, :])
+        inner, outer = shapely.STRtree(polygons).query(polygons, predicate="within")
     except shapely.errors.GEOSException:  # invalid (self-intersecting) rings: each ring is its own part
         return [[r] for r in rings]
-    np.fill_diagonal(inside, False)
-    mutual = inside & inside.T  # identical rings: the later one lies inside the earlier one only
-    inside &= ~(mutual & np.triu(np.ones_like(inside), 1))
-    depth = inside.sum(axis=1)
-    parts: dict[int, list[np.ndarray]] = {}
-    for i in np.flatnonzero(depth % 2 == 0):
-        parts[int(i)] = [rings[i]]
-    for i in np.flatnonzero(depth % 2 == 1):
-        containers = np.flatnonzero(inside[i])
-        parent = int(containers[np.argmax(depth[containers])])
-        parts[parent].append(rings[i])
+    keep = inner != outer
+    inner, outer = inner[keep], outer[keep]
+    # identical rings lie within each other: only the later one counts as inside the earlier one
+    n = len(rings)
+    pair = inner * n + outer
+    mutual = np.isin(pair, outer * n + inner)
+    keep = ~mutual | (inner > outer)
+    inner, outer = inner[keep], outer[keep]
+    depth = np.bincount(inner, minlength=n)
+    parts: dict[int, list[np.ndarray]] = {int(i): [rings[i]] for i in np.flatnonzero(depth % 2 == 0)}
+    holes = depth[inner] % 2 == 1
+    # the parent of a hole is its innermost container: the one of greatest depth
+    order = np.lexsort((depth[outer[holes]], inner[holes]))
+    hole_inner, hole_outer = inner[holes][order], outer[holes][order]
+    last = np.append(hole_inner[1:] != hole_inner[:-1], True) if len(hole_inner) else np.zeros(0, dtype=bool)
+    for i, parent in zip(hole_inner[last].tolist(), hole_outer[last].tolist(), strict=True):
+        if parent in parts:
+            parts[parent].append(rings[i])
+        else:  # overlapping rather than nested rings: keep the ring as a part of its own
+            parts[i] = [rings[i]]
     return [parts[i] for i in sorted(parts)]
 
 
