@@ -343,6 +343,25 @@ def test_round_trip_is_identical(tmp_path, fmt):
     io.write_xenium_explorer_selection(shapes, path, overwrite=True, format=fmt)
 
 
+def test_geojson_round_trip_without_fast_paths(tmp_path, monkeypatch):
+    import sys
+
+    from tissuestack.io import _xenium_explorer
+
+    shapes = _random_selections(seed=3)
+    fast = io.write_xenium_explorer_selection(shapes, tmp_path / "fast.geojson")
+    monkeypatch.setattr(
+        _xenium_explorer, "_geos_geojson_is_exact", lambda: False
+    )  # old GEOS: shapely mapping
+    monkeypatch.setitem(sys.modules, "orjson", None)  # orjson absent: the standard library's json
+    slow = io.write_xenium_explorer_selection(shapes, tmp_path / "slow.geojson")
+    for path in (fast, slow):
+        back = io.xenium_explorer_selection(path)
+        assert list(back.index) == list(shapes.index)
+        assert back.geometry.geom_equals_exact(shapes.geometry, tolerance=0).all()
+    assert json.loads(fast.read_text()) == json.loads(slow.read_text())
+
+
 def test_export_transforms_into_microns(tmp_path):
     pixels = np.array([[0, 0], [100, 0], [100, 50], [0, 50]], dtype=float)
     shapes = ShapesModel.parse(
