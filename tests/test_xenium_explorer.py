@@ -492,32 +492,3 @@ def test_cli_import_and_export(tmp_path, xenium_reading, capsys):
     bad = _csv(tmp_path / "bad.csv", "Selection,X", ["a,1"])
     assert main(["selections", "import", str(store), str(bad), "--name", "bad"]) == 2
     assert "bad.csv" in capsys.readouterr().err and "bad" not in read_zarr(store)
-
-
-# ------------------------------------------------------------------------------------------------ reference
-
-
-_REFERENCE_SCRIPT = """
-import json, sys
-from spatialdata_io import xenium_explorer_selection
-polygons = xenium_explorer_selection(sys.argv[1], pixel_size=float(sys.argv[2]), return_list=True)
-print(json.dumps([p.wkt for p in polygons]))
-"""
-
-
-def test_reference_reads_our_csv_in_pixels(tmp_path):
-    from io_helpers import run_reference
-
-    rng = np.random.default_rng(5)
-    names = ["b", "a", "c"]  # the reference groups by name (sorted)
-    shapes = ShapesModel.parse(
-        [shapely.Polygon(_random_polygon(rng, *rng.uniform(100, 900, 2), 30.0)) for _ in names], index=names
-    )
-    path = io.write_xenium_explorer_selection(shapes, tmp_path / "sel_coordinates.csv")
-    ours = io.xenium_explorer_selection(path)
-    wkts = run_reference(_REFERENCE_SCRIPT, path, XENIUM_PIXEL_SIZE)
-    theirs = dict(zip(sorted(names), shapely.from_wkt(wkts), strict=True))
-    m = _matrix(ours, "pixels")
-    for name in names:
-        expected = shapely.get_coordinates(ours.geometry.loc[name]) @ m[:2, :2].T + m[:2, 2]
-        np.testing.assert_allclose(shapely.get_coordinates(theirs[name]), expected, rtol=1e-12, atol=1e-9)
