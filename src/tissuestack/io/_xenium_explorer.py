@@ -603,7 +603,8 @@ def add_xenium_explorer_selection(
         An element of ``sdata`` whose intrinsic coordinates are µm (a Xenium reading's shapes or points) whose
         transformations the selections take, so that they land where it is in every coordinate system. Default:
         the first of ``cell_boundaries``, ``nucleus_boundaries``, ``cell_circles``, ``transcripts`` present,
-        else the transformations of :func:`xenium_explorer_selection` (``global`` and ``pixels``).
+        else the transformations of :func:`xenium_explorer_selection` (``global`` and ``pixels``). An element
+        found here replaces the transformations that ``coordinate_system`` / ``pixel_size`` would give.
     overwrite
         Replace an existing element called ``name``.
     **options
