@@ -110,7 +110,47 @@ def _build_parser() -> argparse.ArgumentParser:
     tech.add_argument("technology", nargs="?", help="technology name (see --list)")
     tech.add_argument("arguments", nargs=argparse.REMAINDER, help="INPUT OUTPUT.zarr and options")
     tech.set_defaults(func=_cmd_convert_technology)
+    _selections_parser(sub)
     return parser
+
+
+def _selections_parser(sub: Any) -> None:
+    selections = sub.add_parser(
+        "selections",
+        help="import / export Xenium Explorer selections (CSV or GeoJSON, µm) into / from a store",
+        description="Xenium Explorer selections: 'import' adds a CSV / GeoJSON export to a store as a shapes "
+        "element placed like the cells (µm in 'global', morphology pixels in 'pixels'); 'export' writes a shapes "
+        "element of a store as a selection file in µm.",
+    )
+    actions = selections.add_subparsers(dest="action", metavar="ACTION", required=True)
+    imp = actions.add_parser("import", help="add a selection file to a store as a shapes element")
+    imp.add_argument("store", help="store path")
+    imp.add_argument("file", help="Xenium Explorer selection export (.csv or .geojson)")
+    imp.add_argument("--name", default="selections", help="element name (default selections)")
+    imp.add_argument("--name-column", default=None, help="CSV column / GeoJSON property with the names")
+    imp.add_argument(
+        "--like",
+        default=None,
+        help="element (in µm) whose transformations the selections take (default: cells)",
+    )
+    imp.add_argument(
+        "--pixel-size", type=float, default=None, help="µm per morphology pixel (default 0.2125)"
+    )
+    imp.add_argument("--overwrite", action="store_true", help="replace an element of that name")
+    imp.set_defaults(func=_cmd_selections_import)
+    exp = actions.add_parser("export", help="write a shapes element of a store as a selection file")
+    exp.add_argument("store", help="store path or URL")
+    exp.add_argument("element", help="shapes element name")
+    exp.add_argument("file", help="output .csv or .geojson")
+    exp.add_argument("--format", choices=("csv", "geojson"), default=None, help="default from the suffix")
+    exp.add_argument(
+        "--coordinate-system", default="global", help="the µm coordinate system (default global)"
+    )
+    exp.add_argument(
+        "--name-column", default=None, help="column with the selection names (default the index)"
+    )
+    exp.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    exp.set_defaults(func=_cmd_selections_export)
 
 
 def _storage_option_arg(parser: argparse.ArgumentParser) -> None:
@@ -306,6 +346,40 @@ def _cmd_convert_technology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_selections_import(args: argparse.Namespace) -> int:
+    from tissuestack import read_zarr  # heavy imports only for this command
+    from tissuestack.io._xenium_explorer import add_xenium_explorer_selection
+
+    sdata = read_zarr(args.store)
+    options: dict[str, Any] = {"name_column": args.name_column}
+    if args.pixel_size is not None:
+        options["pixel_size"] = args.pixel_size
+    shapes = add_xenium_explorer_selection(
+        sdata, args.file, args.name, like=args.like, overwrite=args.overwrite, **options
+    )
+    sdata.write_element(args.name, overwrite=args.overwrite)
+    print(f"added {len(shapes)} selection(s) to {args.store} as shapes {args.name!r}")
+    return 0
+
+
+def _cmd_selections_export(args: argparse.Namespace) -> int:
+    from tissuestack import read_zarr  # heavy imports only for this command
+    from tissuestack.io._xenium_explorer import write_xenium_explorer_selection
+
+    sdata = read_zarr(args.store)
+    path = write_xenium_explorer_selection(
+        args.element,
+        args.file,
+        sdata=sdata,
+        format=args.format,
+        coordinate_system=args.coordinate_system,
+        name_column=args.name_column,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {len(sdata[args.element])} selection(s) of {args.element!r} to {path}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from tissuestack import datasets  # heavy: imported only by the commands that need it
 
@@ -343,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args))
-    except (StoreError, FormatError, ValidationError, KeyError) as err:
+    except (StoreError, FormatError, ValidationError, KeyError, FileExistsError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"tissuestack: error: {message}", file=sys.stderr)
         return 2

@@ -31,6 +31,9 @@ _EXPORTS: dict[str, str] = {
     "curio": "tissuestack.io._curio",
     "mcmicro": "tissuestack.io._mcmicro",
     "macsima": "tissuestack.io._macsima",
+    "xenium_explorer_selection": "tissuestack.io._xenium_explorer",
+    "add_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
+    "write_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
 }
 
 __all__ = list(_EXPORTS)
