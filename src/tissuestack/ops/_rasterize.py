@@ -42,7 +42,8 @@ Per kind
   full resolution; the chosen level is ``result.attrs["rasterize_level"]``. ``return_regions_as_labels`` does
   not apply (images stay images, labels stay labels); the result is single scale.
 
-A SpatialData object gives a new SpatialData with every element that reaches the target system rasterised
+A SpatialData object gives a new SpatialData with every element that reaches the target system (and has the
+grid's axes: 2D shapes and rasters only on an x/y grid, 3D rasters on an x/y/z grid) rasterised
 under its own name (images, and labels for labels elements or shapes with ``return_regions_as_labels``), with
 the tables kept. ``value_key``, ``table_name`` and ``agg_func`` must then be ``None``.
 """
@@ -686,6 +687,16 @@ def _rasterize_element(
     )
 
 
+def _fits_grid(element: Any, kind: str, grid: _Grid) -> bool:
+    """Whether an element of a SpatialData can be rasterised on the grid (the others are left out)."""
+    if kind == "shapes":
+        return grid.axes == ("x", "y")
+    if kind == "points":
+        return set(grid.axes) <= set(points_axes(element))
+    spatial = {str(d) for d in raster_levels(element)[0].dims if d != "c"}
+    return spatial == set(grid.axes)
+
+
 def rasterize(
     data: Any,
     axes: Sequence[str],
@@ -754,7 +765,7 @@ def rasterize(
         images: dict[str, Any] = {}
         labels: dict[str, Any] = {}
         for name, kind, element, t in elements_in(data, target_coordinate_system):
-            if kind == "points" and grid.axes != points_axes(element) and "z" in grid.axes:
+            if not _fits_grid(element, kind, grid):
                 continue
             as_labels = return_regions_as_labels and kind == "shapes"
             out = _rasterize_element(element, t, grid, None, None, as_labels, None, data, name)
