@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -67,7 +68,7 @@ import shapely
 import xarray as xr
 from scipy import ndimage
 
-from tissuestack._compute import scheduler
+from tissuestack._compute import paused_gc, scheduler
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     Image2DModel,
@@ -181,6 +182,36 @@ def _grid(
         factor = float(value) / extent[names.index(axis)]
     size = np.maximum(np.round(extent * factor), 1).astype(np.int64)
     return _Grid(cs, names, lo, size, extent / size)
+
+
+def _block_chunks(shape: tuple[int, ...], dims: tuple[str, ...]) -> tuple[tuple[int, ...], ...]:
+    """The models' default chunks (``c`` whole, ``z`` 16, ``y``/``x`` 1024) for a result of ``shape``."""
+    target = tuple(
+        max(n, 1) if d == "c" else (16 if d == "z" else _BLOCK) for d, n in zip(dims, shape, strict=True)
+    )
+    return da.core.normalize_chunks(target, shape)
+
+
+def _chunked(data: np.ndarray, dims: tuple[str, ...]) -> da.Array:
+    """A computed raster as a dask array with the models' default chunks.
+
+    (Built directly: letting the model rechunk a single-chunk array would make dask import ``distributed``
+    to choose a rechunk method, about 1 s on first use.)
+    """
+    return da.from_array(data, chunks=_block_chunks(data.shape, dims))
+
+
+def _delayed_chunked(value: Any, shape: tuple[int, ...], dtype: Any, dims: tuple[str, ...]) -> da.Array:
+    """A delayed raster of ``shape`` as a dask array with the models' default chunks (one task per block)."""
+    chunks = _block_chunks(shape, dims)
+    starts = [np.r_[0, np.cumsum(c)[:-1]].astype(int) for c in chunks]
+    grid = [len(c) for c in chunks]
+    blocks = []
+    for pos in np.ndindex(*grid):
+        sl = tuple(slice(int(starts[a][i]), int(starts[a][i] + chunks[a][i])) for a, i in enumerate(pos))
+        bshape = tuple(int(chunks[a][i]) for a, i in enumerate(pos))
+        blocks.append(da.from_delayed(dask.delayed(operator.getitem)(value, sl), shape=bshape, dtype=dtype))
+    return da.block(_nest(blocks, grid))
 
 
 def _rows_for(m: Any, grid: _Grid, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -330,9 +361,8 @@ def _rasterize_points(
                 dask.delayed(_merge_points)(parts[i : i + _FANIN], func) for i in range(0, len(parts), _FANIN)
             ]
         dtype = np.int64 if func == "count" else np.float64
-        data = da.from_delayed(
-            dask.delayed(_finish_points)(parts[0], func, shape, n_c), shape=(n_c, *shape), dtype=dtype
-        )
+        final = dask.delayed(_finish_points)(parts[0], func, shape, n_c)
+        data = _delayed_chunked(final, (n_c, *shape), dtype, ("c", *grid.array_axes))
     model = Image3DModel if len(shape) == 3 else Image2DModel
     arr = xr.DataArray(data, dims=("c", *grid.array_axes))
     return model.parse(arr, c_coords=channels, transformations={grid.cs: grid.to_target()})
@@ -439,7 +469,8 @@ def _rasterize_shapes(
     name: str | None,
     what: str,
 ) -> xr.DataArray:
-    runs = _shape_runs(gdf, t, grid, what)
+    with paused_gc():  # millions of allocations, no cycles
+        runs = _shape_runs(gdf, t, grid, what)
     shape = grid.shape
     mapping: dict | None = None
     transformations = {grid.cs: grid.to_target()}
@@ -473,7 +504,7 @@ def _rasterize_shapes(
                 n_c = len(cat.categories)
                 out3 = np.zeros((n_c, *shape), dtype=np.int64)
                 burn_category_counts(*runs, codes, out3)
-                arr = xr.DataArray(out3, dims=("c", "y", "x"))
+                arr = xr.DataArray(_chunked(out3, ("c", "y", "x")), dims=("c", "y", "x"))
                 return Image2DModel.parse(
                     arr, c_coords=[str(c) for c in cat.categories], transformations=transformations
                 )
@@ -501,11 +532,11 @@ def _rasterize_shapes(
                     )
                 out = out.astype(np.int64)
     if as_labels:
-        result = Labels2DModel.parse(xr.DataArray(out, dims=("y", "x")), transformations=transformations)
+        arr = xr.DataArray(_chunked(out, ("y", "x")), dims=("y", "x"))
+        result = Labels2DModel.parse(arr, transformations=transformations)
     else:
-        result = Image2DModel.parse(
-            xr.DataArray(out[None], dims=("c", "y", "x")), c_coords=[channel], transformations=transformations
-        )
+        arr = xr.DataArray(_chunked(out[None], ("c", "y", "x")), dims=("c", "y", "x"))
+        result = Image2DModel.parse(arr, c_coords=[channel], transformations=transformations)
     if mapping is not None:
         result.attrs[MAPPING_ATTR] = mapping
     return result
@@ -914,7 +945,8 @@ def rasterize_bins(
         values, mapping = _instance_values(rows.ids)
         canvas = np.zeros(shape, dtype=_label_dtype(int(values.max())))
         canvas[v, u] = values
-        result = Labels2DModel.parse(xr.DataArray(canvas, dims=("y", "x")), transformations=transformations)
+        arr = xr.DataArray(_chunked(canvas, ("y", "x")), dims=("y", "x"))
+        result = Labels2DModel.parse(arr, transformations=transformations)
         if mapping is not None:
             result.attrs[MAPPING_ATTR] = mapping
         return result
@@ -934,7 +966,7 @@ def rasterize_bins(
             if not pd.api.types.is_numeric_dtype(col.dtype) or isinstance(col.dtype, pd.CategoricalDtype):
                 raise ValidationError(f"{what}: obs column {k!r} is not numeric")
             image[i, v, u] = col.to_numpy(dtype=np.float64)
-        data: Any = image
+        data: Any = _chunked(image, ("c", "y", "x"))
     else:
         missing = [k for k, o in zip(keys, in_obs, strict=True) if not o and k not in table.var_names]
         if missing or any(in_obs):
