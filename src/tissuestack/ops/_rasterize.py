@@ -198,7 +198,7 @@ def _chunked(data: np.ndarray, dims: tuple[str, ...]) -> da.Array:
     (Built directly: letting the model rechunk a single-chunk array would make dask import ``distributed``
     to choose a rechunk method, about 1 s on first use.)
     """
-    return da.from_array(data, chunks=_block_chunks(data.shape, dims))
+    return da.from_array(data, chunks=_block_chunks(data.shape, dims), name=False)  # no hashing of the data
 
 
 def _delayed_chunked(value: Any, shape: tuple[int, ...], dtype: Any, dims: tuple[str, ...]) -> da.Array:
