@@ -499,3 +499,13 @@ def test_bins_not_a_grid(rng):
     obs["array_col"], obs["array_row"] = obs["array_col"].to_numpy()[perm], obs["array_row"].to_numpy()[perm]
     with pytest.raises(ts.ValidationError, match="regular grid"):
         ts.rasterize_bins(sdata, "bins", "table", "array_col", "array_row")
+
+
+def test_shapes_scanned_in_chunks_match(rng, monkeypatch):
+    from tissuestack.ops import _rasterize
+
+    shapes = ShapesModel.parse(_stars(rng, 60), index=[f"s{i}" for i in range(60)])
+    args = (shapes, ("x", "y"), [0, 0], [40, 40], "global")
+    whole = np.asarray(ts.rasterize(*args, target_width=80).data)
+    monkeypatch.setattr(_rasterize, "_SHAPES_CHUNK", 7)
+    np.testing.assert_array_equal(np.asarray(ts.rasterize(*args, target_width=80).data), whole)

@@ -53,7 +53,9 @@ from __future__ import annotations
 import functools
 import math
 import operator
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,6 +99,7 @@ _SPATIAL = ("x", "y", "z")
 _BLOCK = 1024  # output block edge (y, x) of resampled rasters
 _Z_BLOCK = 64
 _FANIN = 8
+_SHAPES_CHUNK = 25_000  # polygons scanned per task
 MAPPING_ATTR = "label_index_to_category"
 LEVEL_ATTR = "rasterize_level"
 _POINT_FUNCS = ("count", "sum", "mean", "max", "min")
@@ -391,10 +394,24 @@ def _shape_runs(
         mm = np.hstack([inv, (-inv @ off)[:, None]])
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)
         return circle_runs(shapely.get_x(geoms), shapely.get_y(geoms), radius, mm, height, width)
-    flat = flatten_polygons(geoms)
-    x = lin[0, 0] * flat.x + lin[0, 1] * flat.y + off[0]
-    y = lin[1, 0] * flat.x + lin[1, 1] * flat.y + off[1]
-    return polygon_runs(x, y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+    bounds = np.linspace(0, len(geoms), -(-len(geoms) // _SHAPES_CHUNK) + 1).astype(np.int64)
+    spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+
+    def scan(span: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        a, b = span
+        flat = flatten_polygons(geoms[a:b])
+        x = lin[0, 0] * flat.x + lin[0, 1] * flat.y + off[0]
+        y = lin[1, 0] * flat.x + lin[1, 1] * flat.y + off[1]
+        shape_i, *rest = polygon_runs(x, y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+        return (shape_i + a, *rest)
+
+    workers = min(len(spans), os.cpu_count() or 1)
+    if workers <= 1:
+        parts = [scan(sp_) for sp_ in spans]
+    else:  # shapely and the numba kernel release the GIL: chunks of shapes are scanned in parallel
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(scan, spans))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # still sorted by shape
 
 
 def _label_dtype(max_value: int) -> np.dtype:
