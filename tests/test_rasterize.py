@@ -509,3 +509,26 @@ def test_shapes_scanned_in_chunks_match(rng, monkeypatch):
     whole = np.asarray(ts.rasterize(*args, target_width=80).data)
     monkeypatch.setattr(_rasterize, "_SHAPES_CHUNK", 7)
     np.testing.assert_array_equal(np.asarray(ts.rasterize(*args, target_width=80).data), whole)
+
+
+def test_same_results_under_a_distributed_client(rng):
+    distributed = pytest.importorskip("distributed")
+    _, pts = _points(rng, n=800, parts=3)
+    lab = Labels2DModel.parse(rng.integers(0, 9, (30, 40)).astype(np.int32), chunks=16)
+    sdata, *_ = _bins_sdata(rng)
+
+    def run():
+        return (
+            np.asarray(ts.rasterize(pts, ("x", "y"), [0, 0], [20, 15], "global", target_width=20).data),
+            np.asarray(
+                ts.rasterize(lab, ("x", "y"), [-3, 2], [41, 33], "global", target_unit_to_pixels=0.8).data
+            ),
+            np.asarray(ts.rasterize_bins(sdata, "bins", "table", "array_col", "array_row").data),
+        )
+
+    local = run()
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None):
+        remote = run()
+    for a, b in zip(local, remote, strict=True):
+        assert a.any()
+        np.testing.assert_array_equal(a, b)
