@@ -20,6 +20,7 @@ from tissuestack import (
     ShapesModel,
     SpatialData,
     TableModel,
+    Translation,
     compose,
     get_transformation,
 )
@@ -532,3 +533,25 @@ def test_same_results_under_a_distributed_client(rng):
     for a, b in zip(local, remote, strict=True):
         assert a.any()
         np.testing.assert_array_equal(a, b)
+
+
+def test_labels_3d_nearest(rng):
+    lab = rng.integers(0, 20, (6, 10, 12)).astype(np.int32)  # z, y, x
+    t = compose(Scale([0.9, 1.1, 2.0], ("x", "y", "z")), Translation([1.3, -0.4, 0.7], ("x", "y", "z")))
+    labels = ts.Labels3DModel.parse(lab, transformations={"global": t})
+    lo, hi = np.array([0.0, 0.0, 0.0]), np.array([12.0, 11.0, 13.0])  # x, y, z
+    out = ts.rasterize(labels, ("x", "y", "z"), lo, hi, "global", target_unit_to_pixels=1.5)
+    assert out.dims == ("z", "y", "x")
+    arr = np.asarray(out.data)
+    m = t.to_affine_matrix(("x", "y", "z"), ("x", "y", "z"))
+    inv = np.linalg.inv(m)
+    size = (hi - lo) / np.array([arr.shape[2], arr.shape[1], arr.shape[0]])
+    zz, yy, xx = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
+    pts = np.stack([lo[0] + (xx + 0.5) * size[0], lo[1] + (yy + 0.5) * size[1], lo[2] + (zz + 0.5) * size[2]])
+    u = np.einsum("ij,j...->i...", inv[:3, :3], pts) + inv[:3, 3].reshape(3, 1, 1, 1)
+    j, i, k = np.floor(u).astype(int)
+    ok = (k >= 0) & (k < 6) & (i >= 0) & (i < 10) & (j >= 0) & (j < 12)
+    expected = np.zeros(arr.shape, dtype=np.int32)
+    expected[ok] = lab[k[ok], i[ok], j[ok]]
+    np.testing.assert_array_equal(arr, expected)
+    assert arr.any()
