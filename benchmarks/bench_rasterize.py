@@ -44,6 +44,7 @@ def _reference() -> str | None:
     """The reference's python: shared/tools/reference-env next to the checkout, else its default venv."""
     return _reference_python() or (str(_DEFAULT_REFERENCE) if _DEFAULT_REFERENCE.exists() else None)
 
+
 OPS = ("cells", "cell_type", "transcripts")
 
 RUNNER = """
