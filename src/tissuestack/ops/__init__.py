@@ -1,4 +1,4 @@
-"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins."""
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins, rasterisation."""
 
 from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
@@ -12,6 +12,7 @@ from tissuestack.ops._joins import (
     match_table_to_element,
 )
 from tissuestack.ops._landmarks import align_elements_using_landmarks, get_transformation_between_landmarks
+from tissuestack.ops._rasterize import rasterize, rasterize_bins
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
 
@@ -28,6 +29,8 @@ __all__ = [
     "join_spatialelement_table",
     "match_element_to_table",
     "match_table_to_element",
+    "rasterize",
+    "rasterize_bins",
     "store_aggregation",
     "transform",
 ]
