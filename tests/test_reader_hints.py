@@ -11,8 +11,9 @@ from tissuestack.errors import ReaderError
 from tissuestack.io._detect import detect_technology
 from tissuestack.io._technology import get_technology
 
-NESTED = ["xenium", "visium", "visium_hd", "cosmx", "steinbock", "seqfish", "dbit"]
-ALL = [*NESTED, "merscope", "codex", "stereoseq"]
+NESTED = ["xenium", "visium", "visium_hd", "cosmx", "steinbock", "seqfish", "dbit", "curio", "mcmicro"]
+# merscope, codex and stereoseq fakes nest deeper; macsima searches subfolders itself (one level up reads)
+ALL = [*NESTED, "merscope", "codex", "stereoseq", "macsima"]
 
 
 @pytest.fixture(scope="module")

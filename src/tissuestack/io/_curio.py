@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._steinbock import read_h5ad_file
 from tissuestack.io._technology import Option, Technology, collect
 
@@ -179,6 +180,7 @@ def _spatial(adata: Any, file: Path) -> np.ndarray:
     return xy
 
 
+@with_folder_hints('curio')
 def iter_curio(
     path: str | Path,
     *,

@@ -44,6 +44,9 @@ _SIGNATURES: dict[str, Callable[[Path], str | None]] = {
     "steinbock": lambda f: _all(f, "ome", "masks*"),
     "seqfish": lambda f: _first(f, "*_CellCoordinates.csv"),
     "dbit": lambda f: _all(f, "barcode*.txt", "*.h5ad"),
+    "curio": lambda f: _all(f, "*_anndata.h5ad", "*_cluster_assignment.txt"),
+    "mcmicro": lambda f: _all(f, "markers.csv", "registration"),
+    "macsima": lambda f: _first(f, "CYC-*_SCN-*.tif*"),
 }
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 
 __all__ = ["TECHNOLOGY", "iter_macsima", "macsima", "parse_macsima_ome"]
@@ -476,6 +477,7 @@ def _folder_elements(
         yield from subset("nuclei_", nuclei)
 
 
+@with_folder_hints('macsima')
 def iter_macsima(
     path: str | Path,
     *,

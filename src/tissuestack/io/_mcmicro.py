@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from tissuestack.errors import ReaderError, ValidationError
+from tissuestack.io._detect import with_folder_hints
 from tissuestack.io._technology import Option, Technology, collect
 
 __all__ = ["TECHNOLOGY", "iter_mcmicro", "mcmicro"]
@@ -296,6 +297,7 @@ def _extra_images(path: Path, raw: bool, illumination: bool, chunks: Any) -> Ite
             yield name, _raster(file, "image", {system: Identity()}, name, chunks)
 
 
+@with_folder_hints('mcmicro')
 def iter_mcmicro(
     path: str | Path,
     *,
