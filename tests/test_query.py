@@ -636,7 +636,7 @@ def test_in_memory_points_query_equals_pandas(index, name):
 def test_take_rows_matches_concat_of_iloc():
     from concurrent.futures import ThreadPoolExecutor
 
-    from tissuestack.query._bbox import take_rows
+    from tissuestack.query._points_query import take_rows
 
     pdf = _mixed_points(n=400, index="range")
     frames = [pdf.iloc[0:150], pdf.iloc[150:151], pdf.iloc[151:400]]

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import shapely
 
-from tissuestack.query._bbox import Region, run_query
+from tissuestack.query._bbox import run_query
+from tissuestack.query._region import Region
 
 __all__ = ["check_polygon", "polygon_query"]
 
