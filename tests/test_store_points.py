@@ -19,16 +19,13 @@ from tissuestack.elements import PointsModel, get_meta, set_meta
 from tissuestack.errors import StoreError
 from tissuestack.store import get_codec
 from tissuestack.store._points import (
-    FOOTER_KEY,
-    NULL_INDEX,
-    _Grid,
     describe_points,
-    hilbert_key,
     points_files,
     points_row_group_stats,
     read_points,
     write_points,
 )
+from tissuestack.store._points_layout import FOOTER_KEY, NULL_INDEX, Grid, hilbert_key
 from tissuestack.store._root import ElementLocation, StoreRoot
 from tissuestack.transforms import Identity, Scale
 
@@ -242,7 +239,7 @@ def test_files_are_spatially_sorted(tmp_path: Path, rng: np.random.Generator) ->
     files = points_files(loc)
     info = json.loads(pq.read_metadata(files[0]).metadata[FOOTER_KEY])
     assert info["sort"]["curve"] == "hilbert" and info["sort"]["bits"] == 16
-    grid = _Grid.from_bounds(*info["sort"]["bounds"])
+    grid = Grid.from_bounds(*info["sort"]["bounds"])
     coords = pd.concat([pd.read_parquet(f, columns=["x", "y"]) for f in files])
     keys = grid.keys(coords.x.to_numpy(), coords.y.to_numpy())
     assert (np.diff(keys.astype(np.int64)) >= 0).all()

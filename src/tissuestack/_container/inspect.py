@@ -28,7 +28,8 @@ from tissuestack.store._check import (
     raster_chunk_problems,
     stale_temporary_problems,
 )
-from tissuestack.store._points import _relative, points_row_group_stats
+from tissuestack.store._points import points_row_group_stats
+from tissuestack.store._points_files import relative_path
 from tissuestack.store._root import quiet_zarr
 
 __all__ = ["StoreProblem", "print_info", "validate_store"]
@@ -198,7 +199,7 @@ def _coordinate_problems(loc: ElementLocation, element: Any, *, deep: bool) -> l
     values = stats[cols].to_numpy()
     infinite = np.isinf(values).any(axis=1)
     if infinite.any():
-        files = sorted({_relative(loc, f) for f in stats.loc[infinite, "file"]})
+        files = sorted({relative_path(loc, f) for f in stats.loc[infinite, "file"]})
         return [
             StoreProblem(
                 loc.key,

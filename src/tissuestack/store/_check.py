@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import zarr
 
 from tissuestack.elements import KINDS
-from tissuestack.store._points import _read_footer, _relative, points_files
+from tissuestack.store._points_files import points_files, read_footer, relative_path
 from tissuestack.store._root import ElementLocation, StoreRoot, quiet_zarr
 from tissuestack.store._shapes import PARQUET_FILE
 
@@ -249,9 +249,9 @@ def parquet_problems(loc: ElementLocation, *, deep: bool) -> list[StoreProblem]:
         files = [loc.file(PARQUET_FILE)]
     problems = []
     for path in files:
-        label = _relative(loc, path) if loc.kind == "points" else f"{loc.key}/{PARQUET_FILE}"
+        label = relative_path(loc, path) if loc.kind == "points" else f"{loc.key}/{PARQUET_FILE}"
         try:
-            footer = _read_footer(loc, path, fs) if loc.kind == "points" else _footer(loc, path)
+            footer = read_footer(loc, path, fs) if loc.kind == "points" else _footer(loc, path)
             if deep:
                 with fs.open(path, "rb") as fh:
                     pf = pq.ParquetFile(fh)
