@@ -21,7 +21,7 @@ from tissuestack.cli import main
 from tissuestack.elements import Image2DModel, ShapesModel, get_meta, get_transformation, raster_levels
 from tissuestack.errors import ReaderError, StoreError, ValidationError
 from tissuestack.io import Option, Technology, convert, get_technology
-from tissuestack.store import _points as store_points
+from tissuestack.store import _points_write as store_points
 
 RNG = np.random.default_rng(3)
 

@@ -28,12 +28,8 @@ from tissuestack import read_zarr
 from tissuestack.elements import get_meta, get_transformation, raster_levels
 from tissuestack.errors import ReaderError
 from tissuestack.io import convert, get_technology, xenium
-from tissuestack.io._xenium import (
-    _split_rings,
-    cell_id_strings,
-    iter_xenium,
-    parse_xenium_version,
-)
+from tissuestack.io._xenium import cell_id_strings, iter_xenium, parse_xenium_version
+from tissuestack.io._xenium_shapes import _split_rings
 from tissuestack.io.fake import write_xenium
 
 PS = 0.2125
@@ -508,7 +504,7 @@ def test_skipping_elements(bundles):
 
 def test_transcripts_partitions_follow_row_groups(tmp_path):
     path = write_xenium(tmp_path / "b", version="4.0.0", n_cells=30, n_transcripts=2500, row_group_size=300)
-    import tissuestack.io._xenium as module
+    import tissuestack.io._xenium_transcripts as module
 
     original = module._PARTITION_ROWS
     module._PARTITION_ROWS = 700  # two row groups per partition

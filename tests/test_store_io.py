@@ -389,7 +389,7 @@ def test_progress_bar_counts_elements(sdata, tmp_path, capsys):
 
 def test_write_and_read_under_a_distributed_client(tmp_path, monkeypatch):
     distributed = pytest.importorskip("distributed")
-    from tissuestack.store import _points
+    from tissuestack.store import _points_write as _points
 
     monkeypatch.setattr(_points, "IN_MEMORY_ROWS", 1_000)  # force the streaming (spill) path for points
     data = datasets.synthetic(
