@@ -16,7 +16,7 @@ import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["import_distributed", "paused_gc", "scheduler"]
+__all__ = ["import_distributed", "paused_gc", "rechunk", "scheduler"]
 
 _DISTRIBUTED_LOCK = threading.Lock()
 
@@ -42,6 +42,18 @@ def scheduler() -> Callable[..., Any] | None:
             return _local_threaded()
         return None
     return _local_threaded()
+
+
+def rechunk(array: Any, chunks: Any) -> Any:
+    """``array.rechunk(chunks)`` without importing ``distributed`` just to learn that no Client exists.
+
+    dask picks the rechunk method by asking ``distributed`` for a default Client (importing it costs 0.5-1 s on
+    the first call of a process). A Client cannot exist unless ``distributed`` was imported, so until then the
+    plain task-based method is what dask would choose anyway.
+    """
+    if "distributed" not in sys.modules and dask.config.get("array.rechunk.method", None) is None:
+        return array.rechunk(chunks, method="tasks")
+    return array.rechunk(chunks)
 
 
 def _imported_distributed() -> types.ModuleType | None:

@@ -15,6 +15,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from tissuestack._compute import rechunk
 from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normalize_transformations, set_meta
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
@@ -236,7 +237,7 @@ class RasterModel:
             target = tuple(chunks)
             if len(target) != arr.ndim:
                 raise ValidationError(f"chunks {target} must have one entry per axis {arr.dims}")
-        return arr.copy(data=arr.data.rechunk(target))
+        return arr.copy(data=rechunk(arr.data, target))
 
     @classmethod
     def _with_coords(cls, arr: xr.DataArray, c_coords: Sequence[Any] | None, source: Any, label: str):

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tissuestack._compute import rechunk
 from tissuestack.errors import ReaderError
 
 __all__ = ["TiffMetadata", "open_tiff", "tiff_metadata", "tiff_to_element"]
@@ -396,7 +397,7 @@ def _canonical_dims(
 def _rechunk_level(arr: Any, dims: list[str], chunks: Mapping[str, int] | None) -> Any:
     if not chunks:
         return arr
-    return arr.rechunk(tuple(chunks.get(d, arr.chunks[i]) for i, d in enumerate(dims)))
+    return rechunk(arr, tuple(chunks.get(d, arr.chunks[i]) for i, d in enumerate(dims)))
 
 
 def _chunk_mapping(chunks: Any, model_dims: tuple[str, ...], path: Any) -> dict[str, int] | None:

@@ -49,7 +49,7 @@ import scipy.sparse as sp
 import shapely
 import xarray as xr
 
-from tissuestack._compute import scheduler
+from tissuestack._compute import rechunk, scheduler
 from tissuestack.elements import raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.kernels._zonal import (
@@ -262,7 +262,7 @@ def image_by_labels(inp: PairInput) -> PairResult:
     n_c = len(ch_idx)
     if img.size == 0 or n == 0:
         return _statistics_result([(None, n_c)], n, inp.agg_func, names, uns)
-    lab = lab.rechunk(img.chunks[1:])
+    lab = rechunk(lab, img.chunks[1:])
     want_m2 = inp.agg_func == "std"
     consts = [dask.delayed(c) for c in (lut, lut_start, sorted_ids, sorted_rows)]
     img_blocks = img.to_delayed()

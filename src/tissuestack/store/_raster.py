@@ -22,7 +22,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
-from tissuestack._compute import scheduler
+from tissuestack._compute import rechunk, scheduler
 from tissuestack.elements import ElementMeta, get_meta, raster_levels
 from tissuestack.elements._raster import SCALE_VAR, scale_level_name
 from tissuestack.errors import FormatError, StoreError
@@ -185,7 +185,7 @@ def _regular_chunks(arr: da.Array) -> tuple[da.Array, tuple[int, ...]]:
     chunks = tuple(c[0] if c else 1 for c in arr.chunks)
     regular = all(all(x == c[0] for x in c[:-1]) and c[-1] <= c[0] for c in arr.chunks if c)
     if not regular:
-        arr = arr.rechunk(chunks)
+        arr = rechunk(arr, chunks)
     return arr, tuple(max(c, 1) for c in chunks)
 
 
