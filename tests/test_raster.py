@@ -224,3 +224,19 @@ def test_error_not_array():
 def test_error_bad_chunks():
     with pytest.raises(ValidationError, match=r"chunks name unknown axes \['q'\]"):
         Image2DModel.parse(np.zeros((1, 4, 4)), chunks={"q": 2})
+
+
+def test_parsing_and_writing_an_image_does_not_import_distributed(tmp_path):
+    """dask asks distributed for a Client to pick a rechunk method; importing it costs ~1 s per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, tissuestack as ts\n"
+        "img = ts.Image2DModel.parse(np.zeros((1, 300, 300), np.uint8), dims=('c', 'y', 'x'), scale_factors=[2],"
+        " chunks=(1, 64, 64))\n"
+        f"ts.SpatialData(images={{'im': img}}).write({str(tmp_path / 's.zarr')!r})\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
