@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import weakref
 
@@ -15,12 +14,11 @@ import pytest
 import shapely
 import tifffile
 
-import tissuestack.io
 from tissuestack import read_zarr
 from tissuestack.cli import main
 from tissuestack.elements import Image2DModel, ShapesModel, get_meta, get_transformation, raster_levels
 from tissuestack.errors import ReaderError, StoreError, ValidationError
-from tissuestack.io import Option, Technology, convert, get_technology
+from tissuestack.io import Option, Technology, convert
 from tissuestack.store import _points_write as store_points
 
 RNG = np.random.default_rng(3)
@@ -347,22 +345,3 @@ def test_convert_fake_xenium_smoke(tmp_path):
     sdata = read_zarr(out)
     assert len(sdata.tables) == 1 and len(sdata.points) == 1 and len(sdata.labels) >= 1
     assert _leftovers(tmp_path, "xenium.zarr") == []
-
-
-@pytest.mark.parametrize("name", ["xenium", "visium", "visium_hd", "merscope", "cosmx"])
-def test_reader_signatures_and_option_tables_agree(name):
-    """Each vendor reader states its options three times (the streaming generator, the public function and the
-    CLI option table): names and defaults must agree."""
-    tech = get_technology(name)
-    public = inspect.signature(getattr(tissuestack.io, name)).parameters
-    stream = inspect.signature(tech.iter_elements).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in stream.values()):
-        assert [(p.name, p.kind, p.default) for p in stream.values()] == [
-            (p.name, p.kind, p.default) for p in public.values()
-        ]
-    for option in tech.options:
-        assert option.name in public, option.name
-        default = public[option.name].default
-        assert option.default == (
-            tuple(default) if option.type is tuple and default is not None else default
-        ), option.name
