@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import UserDict
 
 import anndata as ad
@@ -402,7 +403,8 @@ def test_scanpy_preprocessing_and_spatial_plot_on_legacy_output():
     expected = np.log1p(counts / counts.sum(axis=1, keepdims=True) * 1e4)
     np.testing.assert_allclose(np.asarray(adata.X), expected, rtol=1e-5)
     # sc.pl.spatial reads uns["spatial"]: spots land at scalef * obsm["spatial"] on the hires image
-    with pytest.warns(FutureWarning):  # scanpy >= 1.11 points to squidpy; the plot still works
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # scanpy >= 1.11 points to squidpy; it still works
         ax = sc.pl.spatial(adata, img_key="hires", color="spot", show=False)[0]
     (image,) = ax.images
     assert image.get_array().shape == (60, 70, 3)
