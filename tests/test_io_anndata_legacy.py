@@ -24,7 +24,7 @@ from tissuestack import (
     read_zarr,
 )
 from tissuestack.elements import get_transformation, raster_levels
-from tissuestack.errors import ValidationError
+from tissuestack.errors import UnknownCoordinateSystemError, ValidationError
 from tissuestack.io import from_legacy_anndata, to_legacy_anndata, visium
 from tissuestack.io.fake import write_visium
 from tissuestack.transforms import Affine, Identity, Scale, Sequence, Translation
@@ -160,6 +160,28 @@ def test_from_legacy_several_libraries():
     np.testing.assert_array_equal(
         back.uns["spatial"]["B"]["images"]["hires"], b.uns["spatial"]["B"]["images"]["hires"]
     )
+
+
+def test_several_libraries_round_trip():
+    a, b = legacy(n=6, seed=1, library_id="A"), legacy(n=8, seed=2, library_id="B")
+    both = ad.concat({"A": a, "B": b}, label="library_id", uns_merge="unique", index_unique="-")
+    sdata = from_legacy_anndata(both)
+    with pytest.raises(UnknownCoordinateSystemError, match="pass coordinate_system"):
+        to_legacy_anndata(sdata)  # two sections share no coordinate system
+    back = to_legacy_anndata(sdata, coordinate_system=["A", "B"])
+    np.testing.assert_array_equal(back.obsm["spatial"], both.obsm["spatial"])
+    assert back.obs["library_id"].astype(str).tolist() == both.obs["library_id"].astype(str).tolist()
+    assert set(back.uns["spatial"]) == {"A", "B"}
+    for lib, source in (("A", a), ("B", b)):
+        entry, original = back.uns["spatial"][lib], source.uns["spatial"][lib]
+        assert entry["scalefactors"] == pytest.approx(original["scalefactors"])
+        for key in ("hires", "lowres"):
+            np.testing.assert_array_equal(entry["images"][key], original["images"][key])
+    again = from_legacy_anndata(back)
+    assert set(again.shapes) == {"A_spots", "B_spots"}
+    np.testing.assert_array_equal(shapely.get_coordinates(again["A_spots"].geometry.array), a.obsm["spatial"])
+    with pytest.raises(ValidationError, match="pass neither library_id"):
+        to_legacy_anndata(sdata, coordinate_system=["A", "B"], library_id="A")
 
 
 def test_from_legacy_errors():

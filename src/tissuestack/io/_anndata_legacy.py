@@ -500,7 +500,8 @@ def to_legacy_anndata(
     *,
     images: Sequence[str] | Mapping[str, str] | None = None,
     library_id: str | None = None,
-    coordinate_system: str | None = None,
+    coordinate_system: str | Sequence[str] | None = None,
+    library_key: str = DEFAULT_LIBRARY_KEY,
     max_size: int | Mapping[str, int | None] | None = None,
 ) -> ad.AnnData:
     """Convert a table and the elements it annotates into the legacy scanpy/squidpy spatial AnnData layout.
@@ -524,6 +525,12 @@ def to_legacy_anndata(
     coordinate_system
         The coordinate system whose units are the "full-resolution pixels" of the layout. Default: ``"global"``
         if every annotated element has a transformation to it, else the only coordinate system they share.
+        Several coordinate systems (``["A", "B"]``, as :func:`from_legacy_anndata` makes of several libraries)
+        give one library each, named after it: every annotated element has a transformation to exactly one of
+        them, its images are found by name (``A_hires_image``) and ``obs[library_key]`` says which library each
+        row belongs to.
+    library_key
+        The ``obs`` column written with several coordinate systems.
     max_size
         Longest side of the exported images; the finest pyramid level that fits is used, and a level still larger
         is block-averaged down. One int for all images or a mapping per key; default 2000 px for ``hires`` and
@@ -563,40 +570,98 @@ def to_legacy_anndata(
             raise ValidationError(
                 f"table {table_name!r} annotates {name!r}, which is not a shapes or labels element of sdata"
             )
-    cs = coordinate_system or _default_coordinate_system(sdata, present)
-
-    xy = np.full((table.n_obs, 2), np.nan)
-    diameters = np.full(table.n_obs, np.nan)
-    row_region = table.obs[region_key].astype(str).to_numpy()
-    ids = table.obs[instance_key]
-    for name in present:
-        rows = row_region == name
-        centroids = _centroids(sdata, name, cs)
-        where = centroids.index.get_indexer(pd.Index(ids[rows]))
-        if (where < 0).any():
-            lost = pd.Index(ids[rows])[where < 0][:5].tolist()
-            raise ValidationError(
-                f"table {table_name!r}: {int((where < 0).sum())} rows of region {name!r} name instances that "
-                f"{name!r} lacks (first: {lost})"
-            )
-        xy[rows] = centroids[["x", "y"]].to_numpy()[where]
-        element = sdata[name]
-        if get_kind(element) == "shapes":
-            m = _xy_affine(sdata, name, cs)
-            linear = math.sqrt(abs(np.linalg.det(m[:2, :2])))
-            if shapes_type(element) == "circles":
-                diameter = 2.0 * element[RADIUS_COLUMN].to_numpy(dtype=np.float64) * linear
-            else:
-                area = shapely.area(np.asarray(element.geometry.array))
-                diameter = 2.0 * np.sqrt(area / math.pi) * linear
-            diameters[rows] = diameter[element.index.get_indexer(pd.Index(ids[rows]))]
-
     own = table.uns.get(SPATIAL_KEY)
     own = own if isinstance(own, Mapping) else {}
-    if library_id is None:
-        library_id = next(iter(own)) if len(own) == 1 else present[0] if len(present) == 1 else table_name
-    old = own.get(library_id, {}) if isinstance(own.get(library_id, {}), Mapping) else {}
+    several = not isinstance(coordinate_system, str | None) and len(coordinate_system) > 1
+    if several:
+        if library_id is not None or isinstance(images, Mapping):
+            raise ValidationError(
+                "with several coordinate systems (one library each, named after it) pass neither library_id nor "
+                "an images mapping; images may be a sequence of 'hires' / 'lowres'"
+            )
+        libraries = _split_libraries(sdata, present, list(coordinate_system))  # type: ignore[arg-type]
+    else:
+        if coordinate_system is not None and not isinstance(coordinate_system, str):
+            (coordinate_system,) = coordinate_system
+        cs = coordinate_system or _default_coordinate_system(sdata, present)
+        if library_id is None:
+            library_id = next(iter(own)) if len(own) == 1 else present[0] if len(present) == 1 else table_name
+        libraries = [(library_id, cs, present)]
 
+    xy = np.full((table.n_obs, 2), np.nan)
+    row_region = table.obs[region_key].astype(str).to_numpy()
+    row_library = np.empty(table.n_obs, dtype=object)
+    ids = table.obs[instance_key]
+    entries: dict[str, Any] = {}
+    for lib, cs, names in libraries:
+        diameters = []
+        for name in names:
+            rows = row_region == name
+            row_library[rows] = lib
+            row_ids = pd.Index(ids[rows])
+            centroids = _centroids(sdata, name, cs)
+            where = centroids.index.get_indexer(row_ids)
+            if (where < 0).any():
+                raise ValidationError(
+                    f"table {table_name!r}: {int((where < 0).sum())} rows of region {name!r} name instances that "
+                    f"{name!r} lacks (first: {row_ids[where < 0][:5].tolist()})"
+                )
+            xy[rows] = centroids[["x", "y"]].to_numpy()[where]
+            diameters.append(_diameters(sdata, name, cs, row_ids))
+        old = own.get(lib, {}) if isinstance(own.get(lib, {}), Mapping) else {}
+        entries[lib] = _library_entry(sdata, lib, cs, np.concatenate(diameters), images, max_size, old)
+
+    out = table.copy()
+    out.uns.pop(TABLE_ATTRS_KEY, None)
+    out.obsm[SPATIAL_KEY] = xy
+    out.uns[SPATIAL_KEY] = entries
+    if several:
+        out.obs[library_key] = pd.Categorical(row_library.astype(str), categories=list(entries))
+    return out
+
+
+def _split_libraries(
+    sdata: SpatialData, regions: list[str], systems: list[str]
+) -> list[tuple[str, str, list[str]]]:
+    """``(library id = coordinate system, coordinate system, its regions)``: each region in exactly one."""
+    by_cs: dict[str, list[str]] = {cs: [] for cs in systems}
+    for name in regions:
+        direct = [cs for cs in systems if cs in get_transformation(sdata[name], get_all=True)]
+        if len(direct) != 1:
+            raise ValidationError(
+                f"element {name!r} has a transformation to {len(direct)} of the coordinate systems {systems}; "
+                "expected exactly one (each coordinate system is one library)"
+            )
+        by_cs[direct[0]].append(name)
+    return [(cs, cs, names) for cs, names in by_cs.items() if names]
+
+
+def _diameters(sdata: SpatialData, name: str, cs: str, ids: pd.Index) -> np.ndarray:
+    """Diameter in ``cs`` of the instances ``ids`` of a shapes element (a circle's, or the disk of the same area
+    as a polygon); empty for labels."""
+    element = sdata[name]
+    if get_kind(element) != "shapes":
+        return np.zeros(0)
+    m = _xy_affine(sdata, name, cs)
+    linear = math.sqrt(abs(np.linalg.det(m[:2, :2])))
+    if shapes_type(element) == "circles":
+        diameter = 2.0 * element[RADIUS_COLUMN].to_numpy(dtype=np.float64) * linear
+    else:
+        area = shapely.area(np.asarray(element.geometry.array))
+        diameter = 2.0 * np.sqrt(area / math.pi) * linear
+    return diameter[element.index.get_indexer(ids)]
+
+
+def _library_entry(
+    sdata: SpatialData,
+    library_id: str,
+    cs: str,
+    diameters: np.ndarray,
+    images: Any,
+    max_size: Any,
+    old: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``uns["spatial"][library_id]``: images, scale factors and the table's own metadata."""
     plan = _image_plan(sdata, images, library_id, cs)
     sizes = max_size if isinstance(max_size, Mapping) else None
     legacy_images: dict[str, np.ndarray] = {}
@@ -607,11 +672,11 @@ def to_legacy_anndata(
         elif max_size is None:
             limit = DEFAULT_MAX_SIZE.get(key)
         else:
-            limit = int(max_size)  # type: ignore[arg-type]
+            limit = int(max_size)
         legacy_images[key], scalef = _export_image(sdata, name, cs, limit)
         scalefactors[scalef_key(key)] = float(scalef)
-    if np.isfinite(diameters).any():
-        scalefactors[SPOT_DIAMETER_KEY] = float(np.nanmedian(diameters))
+    if len(diameters):
+        scalefactors[SPOT_DIAMETER_KEY] = float(np.median(diameters))
         old_sf = old.get("scalefactors", {}) if isinstance(old.get("scalefactors", {}), Mapping) else {}
         # the fiducial diameter is kept when the frame is evidently the same (same spot diameter)
         if (
@@ -620,15 +685,8 @@ def to_legacy_anndata(
             and math.isclose(float(old_sf[SPOT_DIAMETER_KEY]), scalefactors[SPOT_DIAMETER_KEY], rel_tol=1e-6)
         ):
             scalefactors[FIDUCIAL_DIAMETER_KEY] = float(old_sf[FIDUCIAL_DIAMETER_KEY])
-
-    out = table.copy()
-    out.uns.pop(TABLE_ATTRS_KEY, None)
-    out.obsm[SPATIAL_KEY] = xy
-    out.uns[SPATIAL_KEY] = {
-        library_id: {
-            "images": legacy_images,
-            "scalefactors": scalefactors,
-            "metadata": dict(old.get("metadata", {}) or {}),
-        }
+    return {
+        "images": legacy_images,
+        "scalefactors": scalefactors,
+        "metadata": dict(old.get("metadata", {}) or {}),
     }
-    return out
