@@ -116,6 +116,11 @@ def test_legacy_round_trip_through_sdata_and_store(tmp_path):
         assert entry["images"][key].dtype == np.uint8
         np.testing.assert_array_equal(entry["images"][key], original["images"][key])
     assert "spatialdata_attrs" not in back.uns
+    back.write_h5ad(tmp_path / "legacy.h5ad")  # what scanpy users do next
+    reread = ad.read_h5ad(tmp_path / "legacy.h5ad")
+    np.testing.assert_array_equal(
+        reread.uns["spatial"]["lib1"]["images"]["hires"], original["images"]["hires"]
+    )
     # and once more: the legacy output converts again to the same elements
     again = from_legacy_anndata(back)
     np.testing.assert_array_equal(

@@ -11,7 +11,8 @@ AnnData with
   *library key*, usually ``library_id``) telling which library each row belongs to.
 
 :func:`from_legacy_anndata` turns such an object into spots (circles), images and a table annotating the spots;
-:func:`to_legacy_anndata` goes the other way for any table annotating circles, polygons or labels.
+:func:`to_legacy_anndata` goes the other way for any table annotating circles, polygons or labels (one library
+per coordinate system).
 """
 
 from __future__ import annotations
