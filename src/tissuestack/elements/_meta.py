@@ -192,8 +192,11 @@ def _attrs_of(element: Any) -> dict | None:
     try:
         attrs = element.attrs
     except (AttributeError, NotImplementedError):
-        frame = getattr(element, "_meta", None)  # dask collections: the meta frame, carried by derivations
-        attrs = getattr(frame, "attrs", None) if hasattr(type(element), "__dask_graph__") else None
+        attrs = None
+    if not isinstance(attrs, dict) and hasattr(type(element), "__dask_graph__"):
+        # dask collections: the meta frame, carried by derivations (also when another library, e.g. spatialdata
+        # imported by squidpy, registers an ``attrs`` accessor of its own on dask frames)
+        attrs = getattr(getattr(element, "_meta", None), "attrs", None)
     return attrs if isinstance(attrs, dict) else None
 
 

@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "xenium_explorer_selection": "tissuestack.io._xenium_explorer",
     "add_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
     "write_xenium_explorer_selection": "tissuestack.io._xenium_explorer",
+    "from_legacy_anndata": "tissuestack.io._anndata_legacy",
+    "to_legacy_anndata": "tissuestack.io._anndata_legacy",
 }
 
 __all__ = list(_EXPORTS)
