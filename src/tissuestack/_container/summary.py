@@ -1,4 +1,5 @@
-"""A JSON summary of a SpatialData object with exactly the schema of ``shared/tools/reference_summary.py``.
+"""A JSON summary of a SpatialData object with exactly the schema of the reference's summary script
+(``reference_summary.py`` of the compatibility tooling, which is not part of this repository).
 
 The same keys, checksums and affine matrices as the reference's own summary, so that what tissuestack reads
 from a store can be compared with what the reference reads from it (``tissuestack info --json STORE``).

@@ -1,4 +1,4 @@
-"""Naming rules for elements, tables and table keys (FORMAT.md §1.5), and a sanitizer."""
+"""Naming rules for elements, tables and table keys (docs/format.md §1.5), and a sanitizer."""
 
 from __future__ import annotations
 

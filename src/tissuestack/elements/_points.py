@@ -1,10 +1,10 @@
 """Points elements: molecule or spot coordinates as a lazy ``dask.dataframe.DataFrame``.
 
-A points element has numeric coordinate columns ``x``, ``y`` and optionally ``z`` (FORMAT.md §5.3), an optional
-categorical *feature* column (e.g. the gene of each transcript) whose categories are known in every partition,
-and an optional *instance* column (e.g. the cell each transcript belongs to). Its transformations and the names of
-the feature and instance columns live in the metadata registry of :mod:`tissuestack.elements._meta`, because dask
-DataFrames have no ``attrs``.
+A points element has numeric coordinate columns ``x``, ``y`` and optionally ``z`` (docs/format.md §5.3), an
+optional categorical *feature* column (e.g. the gene of each transcript) whose categories are known in every
+partition, and an optional *instance* column (e.g. the cell each transcript belongs to). Its transformations
+and the names of the feature and instance columns live in the metadata registry of
+:mod:`tissuestack.elements._meta`, because dask DataFrames have no ``attrs``.
 
 Validation only looks at dtypes and metadata, never at the data: it is free on a larger-than-memory frame.
 """
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 AXES: tuple[str, ...] = ("x", "y", "z")
-#: dtypes allowed for the coordinate columns (FORMAT.md §5.3)
+#: dtypes allowed for the coordinate columns (docs/format.md §5.3)
 COORDINATE_DTYPES: tuple[np.dtype, ...] = tuple(np.dtype(t) for t in ("int32", "int64", "float32", "float64"))
 #: smallest and largest default partitions when an in-memory frame is turned into a dask frame
 DEFAULT_CHUNKSIZE = 1_000_000

@@ -5,8 +5,8 @@ A shapes element is either
 * **circles**: every geometry is a ``Point`` and a numeric ``radius`` column holds finite radii > 0, or
 * **polygons**: every geometry is a ``Polygon`` or ``MultiPolygon`` (both may be mixed),
 
-in a geometry column named ``geometry`` without a CRS (FORMAT.md §6). The index holds the instance ids that
-tables refer to, so it must be unique. All checks use shapely 2 array functions over every row.
+in a geometry column named ``geometry`` without a CRS (docs/format.md §6). The index holds the instance ids
+that tables refer to, so it must be unique. All checks use shapely 2 array functions over every row.
 """
 
 from __future__ import annotations

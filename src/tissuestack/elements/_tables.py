@@ -1,12 +1,13 @@
 """Tables: ``anndata.AnnData`` objects, optionally annotating regions (labels or shapes elements).
 
-Which elements a table annotates is recorded in ``adata.uns["spatialdata_attrs"]`` (FORMAT.md §7.2)::
+Which elements a table annotates is recorded in ``adata.uns["spatialdata_attrs"]`` (docs/format.md §7.2)::
 
     {"region": "cells" | ["cells", "nuclei"], "region_key": "region", "instance_key": "cell_id"}
 
 ``obs[region_key]`` (categorical) says which element each row annotates and ``obs[instance_key]`` the instance
 id within it (label value or shapes index label). A table without the entry annotates nothing (an *orphan*
-table) and is valid. Tables also follow the naming rules of FORMAT.md §1.5 for their column and slot keys.
+table) and is valid. Tables also follow the naming rules of docs/format.md §1.5 for their column and slot
+keys.
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class TableModel:
         ``instance_key`` column exists, has no missing values and an integer, string or categorical dtype; each
         (region, instance id) pair occurs once.
 
-        Names (FORMAT.md §1.5): ``obs`` and ``var`` column names follow the element naming rule, are not
+        Names (docs/format.md §1.5): ``obs`` and ``var`` column names follow the element naming rule, are not
         ``_index`` and are unique ignoring case; keys of ``obsm``, ``obsp``, ``varm``, ``varp``, ``uns`` and
         ``layers`` follow the rule and are unique ignoring case within each slot.
 

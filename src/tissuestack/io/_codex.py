@@ -1,6 +1,6 @@
 """Akoya CODEX / PhenoCycler processor output: per-cell marker intensities (FCS or CSV) and stitched region images.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.1); files are found relative to the data folder ``path`` (never the
+Layout (``docs/vendors.md`` §6.1); files are found relative to the data folder ``path`` (never the
 working directory)::
 
     <path>/reg001_compensated.fcs   reg001_uncompensated.fcs      per-cell data per region (or *.csv twins);

@@ -1,7 +1,7 @@
 """NanoString / Bruker CosMx SMI flat-file exports: per-FOV images and cell labels, transcripts, cell polygons and
 the cell table, placed in one ``global`` coordinate system in µm.
 
-Two layouts are read (``shared/VENDOR_FORMATS.md`` §5):
+Two layouts are read (``docs/vendors.md`` §5):
 
 * **legacy flat files** (e.g. the public ``Lung5_Rep1`` release): uncompressed ``<id>_exprMat_file.csv``,
   ``<id>_metadata_file.csv``, ``<id>_fov_positions_file.csv`` (``fov, x_global_px, y_global_px``),

@@ -1,6 +1,6 @@
 """Curio Seeker (Slide-seq) output folders: beads as circles and the bead table with clusters, metrics and markers.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.3), every file starting with the sample prefix ``<s>``::
+Layout (``docs/vendors.md`` §6.3), every file starting with the sample prefix ``<s>``::
 
     <folder>/<s>_anndata.h5ad                            beads x genes; obsm["spatial"] = obsm["X_spatial"] = (x, y)
     <folder>/<s>_cluster_assignment.txt                  tab-separated, no header: barcode, cluster

@@ -1,7 +1,7 @@
 """DBiT-seq (deterministic barcoding in tissue) folders: the barcode grid as squares, the counts table and an
 optional image scaled to the grid.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.7)::
+Layout (``docs/vendors.md`` §6.7)::
 
     <folder>/<dataset>.h5ad              pixels x genes; obs names = B barcode (8 nt) + A barcode (8 nt)
     <folder>/*barcode_list*              tab-separated, no header: A<n> / B<n> (n = 1-2 digits) and an 8-nt barcode

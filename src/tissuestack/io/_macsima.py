@@ -1,6 +1,6 @@
 """MACSima (Miltenyi MACSiQ View) processed output: single-channel OME-TIFFs assembled into one image.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.8): a folder (searched recursively for ``*.tif`` / ``*.tiff``) of
+Layout (``docs/vendors.md`` §6.8): a folder (searched recursively for ``*.tif`` / ``*.tiff``) of
 single-channel OME-TIFFs, one per cycle, marker and scan type. File names are not parsed; everything comes from
 the OME-XML of each file (read with :mod:`xml.etree.ElementTree`):
 

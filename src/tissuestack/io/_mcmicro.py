@@ -1,6 +1,6 @@
 """MCMICRO (multiple-choice microscopy pipeline) output folders, whole-slide or tissue microarray (TMA).
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.4)::
+Layout (``docs/vendors.md`` §6.4)::
 
     <folder>/qc/params.yml                                     ``workflow: tma: true|false`` selects the mode
     <folder>/markers.csv                                       channel_number, cycle_number, marker_name, ...

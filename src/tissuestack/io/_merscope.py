@@ -1,6 +1,6 @@
 """Vizgen MERSCOPE region folders: z-plane mosaics, detected transcripts, cell boundaries and the cell table.
 
-Layout (``shared/VENDOR_FORMATS.md`` §4)::
+Layout (``docs/vendors.md`` §4)::
 
     <yyyymmddhhmm>_<experiment>_<instrument>/region_<N>/
       detected_transcripts.csv                (or detected_transcripts.parquet)

@@ -1,7 +1,7 @@
 """Spatial Genomics seqFISH output folders: per-ROI DAPI image, segmentation, transcripts, cell boundaries and
 the cell table.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.6), one set of files per ROI prefix (ROIs are found by the
+Layout (``docs/vendors.md`` §6.6), one set of files per ROI prefix (ROIs are found by the
 ``_CellCoordinates.csv`` files)::
 
     <roi>_CellCoordinates.csv   label, area, center_x, center_y (µm)

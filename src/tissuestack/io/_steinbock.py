@@ -1,6 +1,6 @@
 """steinbock (imaging mass cytometry) output folders: per-image OME-TIFFs, cell masks and the cell table.
 
-Layout (``shared/VENDOR_FORMATS.md`` §6.5)::
+Layout (``docs/vendors.md`` §6.5)::
 
     <steinbock folder>/
       cells.h5ad                      ``steinbock export anndata`` (obs names "<image> <cell id>")

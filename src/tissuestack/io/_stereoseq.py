@@ -1,6 +1,6 @@
 """STOmics Stereo-seq (SAW) output: cell-bin GEF (cells, counts, borders), square-bin GEF levels, registered images.
 
-Two layouts (``shared/VENDOR_FORMATS.md`` §6.2), recognised from the folders present; ``<SN>`` is the chip serial
+Two layouts (``docs/vendors.md`` §6.2), recognised from the folders present; ``<SN>`` is the chip serial
 number, taken from the GEF file names (text before the first ``.``) unless ``dataset_id`` is given::
 
     SAW v6/v7 (numbered)                          SAW v8 (outs/)

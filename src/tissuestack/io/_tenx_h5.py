@@ -1,6 +1,6 @@
 """10x Genomics feature-barcode matrix HDF5 (``*_feature_bc_matrix.h5``, Xenium ``cell_feature_matrix.h5``).
 
-Two layouts (``shared/VENDOR_FORMATS.md`` §0.2):
+Two layouts (``docs/vendors.md`` §0.2):
 
 * Cell Ranger / Space Ranger >= 3 and Xenium: group ``matrix`` with ``barcodes``, ``data``, ``indices``,
   ``indptr``, ``shape`` = [n_features, n_barcodes] and ``features/{id, name, feature_type, genome, ...}``;

@@ -1,7 +1,7 @@
 """10x Genomics Visium (Space Ranger 1.x to 4.x ``outs/`` folder): spots as circles, their counts table and the
 hires, lowres and full-resolution images.
 
-Layout (``shared/VENDOR_FORMATS.md`` §2)::
+Layout (``docs/vendors.md`` §2)::
 
     outs/
       (<library_id>_)filtered_feature_bc_matrix.h5   (or raw_feature_bc_matrix.h5)

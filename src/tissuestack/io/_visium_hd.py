@@ -1,7 +1,7 @@
 """10x Genomics Visium HD (Space Ranger 3.x / 4.x ``outs/`` folder): every bin size as squares (or circles) with
 its counts table, the cell (and nucleus) segmentation polygons with their tables, and the images.
 
-Layout (``shared/VENDOR_FORMATS.md`` §3)::
+Layout (``docs/vendors.md`` §3)::
 
     outs/
       (<prefix>_)feature_slice.h5              metadata_json: sample id, hd_layout_json, transform matrices

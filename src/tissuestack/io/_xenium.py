@@ -1,6 +1,6 @@
 """10x Genomics Xenium (Xenium Onboard Analysis 1.0 to 4.x output bundle, the "outs" folder).
 
-Layout (``shared/VENDOR_FORMATS.md`` §1)::
+Layout (``docs/vendors.md`` §1)::
 
     outs/
       experiment.xenium                       pixel size (µm per morphology pixel), software versions

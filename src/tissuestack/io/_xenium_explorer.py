@@ -1,6 +1,6 @@
 """Xenium Explorer selections: read its CSV / GeoJSON exports as a shapes element, and write shapes back.
 
-Formats (``shared/VENDOR_FORMATS.md`` §1.2)
+Formats (``docs/vendors.md`` §1.2)
 -------------------------------------------
 
 * CSV (``<name>_coordinates.csv``): comment lines starting with ``#`` (Xenium Explorer writes two, e.g.

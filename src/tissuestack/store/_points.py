@@ -1,4 +1,4 @@
-"""Points codec (FORMAT.md §5): a spatially sorted Parquet dataset inside the element group.
+"""Points codec (docs/format.md §5): a spatially sorted Parquet dataset inside the element group.
 
 Layout and compatibility
 ------------------------

@@ -309,7 +309,7 @@ def write_points(
     compression: str | None = "snappy",
     spill_dir: str | os.PathLike | None = None,
 ) -> None:
-    """Write a points element: spatially sorted Parquet files, then the group attributes (FORMAT.md §5).
+    """Write a points element: spatially sorted Parquet files, then the group attributes (docs/format.md §5).
 
     Parameters
     ----------

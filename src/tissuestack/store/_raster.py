@@ -1,4 +1,5 @@
-"""Images and labels: OME-NGFF multiscale groups with the SpatialData transformation extension (FORMAT.md §4).
+"""Images and labels: OME-NGFF multiscale groups with the SpatialData transformation extension
+(docs/format.md §4).
 
 Raster 0.1 / 0.2 use NGFF-0.4 placement (Zarr v2, top-level ``multiscales``); raster 0.3 uses NGFF-0.5 placement
 (Zarr v3, everything under ``ome``). Reading is lazy (dask arrays over the Zarr arrays). Writing computes all
@@ -52,7 +53,7 @@ def _multiscales_and_omero(attrs: Mapping[str, Any]) -> tuple[list[dict], dict |
 
 
 def raster_version(attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> str:
-    """Raster format version from the NGFF version string (the library's rule, FORMAT.md §4.7)."""
+    """Raster format version from the NGFF version string (the library's rule, docs/format.md §4.7)."""
     ms, _, ngff = _multiscales_and_omero(attrs)
     if not ms:
         raise FormatError(

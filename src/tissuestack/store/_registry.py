@@ -39,7 +39,7 @@ __all__ = [
 CONTAINER_FORMATS: dict[str, int] = {"0.1": 2, "0.2": 3}
 CONTAINER_FOR_ZARR: dict[int, str] = {2: "0.1", 3: "0.2"}
 
-# what we write by default for each Zarr format (FORMAT.md §0)
+# what we write by default for each Zarr format (docs/format.md §0)
 DEFAULT_ELEMENT_VERSIONS: dict[int, dict[str, str]] = {
     3: {"images": "0.3", "labels": "0.3", "points": "0.2", "shapes": "0.3", "tables": "0.2"},
     2: {"images": "0.2", "labels": "0.2", "points": "0.1", "shapes": "0.2", "tables": "0.1"},

@@ -1,4 +1,4 @@
-"""Shapes codec (FORMAT.md §6): GeoParquet (formats 0.2 / 0.3) and legacy ragged arrays (format 0.1).
+"""Shapes codec (docs/format.md §6): GeoParquet (formats 0.2 / 0.3) and legacy ragged arrays (format 0.1).
 
 GeoParquet (0.2, 0.3)
 ---------------------
@@ -82,7 +82,7 @@ DEFAULT_GEOMETRY_ENCODING = "WKB"
 _COORDS = "coords"
 _INDEX = "Index"
 _OFFSET_PREFIX = "offset"
-# geometry types a shapes element may hold (FORMAT.md §6.2), GEOS id -> name
+# geometry types a shapes element may hold (docs/format.md §6.2), GEOS id -> name
 _GEOS_NAMES = {0: "POINT", 3: "POLYGON", 6: "MULTIPOLYGON"}
 
 

@@ -1,4 +1,4 @@
-"""Group attributes shared by the points and shapes codecs (FORMAT.md §5.2, §6.1)."""
+"""Group attributes shared by the points and shapes codecs (docs/format.md §5.2, §6.1)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""Tables codec (FORMAT.md §7): an AnnData in anndata's own Zarr encoding, plus spatialdata group attributes.
+"""Tables codec (docs/format.md §7): an AnnData in anndata's own Zarr encoding, plus spatialdata group
+attributes.
 
 Write
 -----
 ``anndata.io.write_elem`` writes the table into ``tables/<name>`` in the Zarr format of the store (v3 arrays
 sharded, as the reference writes them; nullable pandas strings allowed). ``uns["spatialdata_attrs"]`` (which
-elements the table annotates) is written by anndata like any ``uns`` entry, except that an entry whose three keys
-are all ``None`` is left out (FORMAT.md §7.2: present with all three keys, or absent). Then the table group gets,
-next to anndata's ``encoding-type`` / ``encoding-version``, the mirror read by non-AnnData tools::
+elements the table annotates) is written by anndata like any ``uns`` entry, except that an entry whose three
+keys are all ``None`` is left out (docs/format.md §7.2: present with all three keys, or absent). Then the
+table group gets, next to anndata's ``encoding-type`` / ``encoding-version``, the mirror read by non-AnnData
+tools::
 
     {"spatialdata-encoding-type": "ngff:regions_table", "region": ..., "region_key": ..., "instance_key": ...,
      "version": "0.1" | "0.2"}
@@ -133,7 +135,7 @@ def write_table(adata: ad.AnnData, parent: zarr.Group, loc: ElementLocation, ver
         raise StoreError(f"{loc.key}: cannot write the table: {type(err).__name__}: {err}") from err
     group = parent[loc.name]
     if annotation is not None and all(v is None for v in annotation.values()):
-        # all-null annotation: the format has "absent" for that (FORMAT.md §7.2)
+        # all-null annotation: the format has "absent" for that (docs/format.md §7.2)
         uns = group["uns"]
         if TABLE_ATTRS_KEY in uns:
             del uns[TABLE_ATTRS_KEY]

@@ -38,7 +38,7 @@ __all__ = [
     "compose",
 ]
 
-#: The only axis names allowed anywhere (FORMAT.md §2).
+#: The only axis names allowed anywhere (docs/format.md §2).
 AXIS_NAMES: tuple[str, ...] = ("c", "x", "y", "z")
 
 Axes = tuple[str, ...]
@@ -171,7 +171,7 @@ class BaseTransformation(ABC):
         Returns
         -------
         tuple of str
-            The natural output axes (FORMAT.md §3.6, step 1).
+            The natural output axes (docs/format.md §3.6, step 1).
 
         Raises
         ------

@@ -1,4 +1,4 @@
-"""JSON encoding of coordinate transformations (FORMAT.md §3).
+"""JSON encoding of coordinate transformations (docs/format.md §3).
 
 The encoding is the early-draft NGFF one used by SpatialData: every transformation object carries inline
 ``input`` and ``output`` coordinate-system objects. Writing re-expresses scale/translation/affine over the
@@ -85,7 +85,7 @@ def _encode(t: BaseTransformation, axes: Axes, output_name: str) -> dict[str, An
 def to_ngff_dict(
     transformation: BaseTransformation, input_axes: Iterable[str], output_cs_name: str
 ) -> dict[str, Any]:
-    """Encode one transformation as a JSON-ready dict (FORMAT.md §3.6).
+    """Encode one transformation as a JSON-ready dict (docs/format.md §3.6).
 
     Parameters
     ----------
@@ -269,7 +269,7 @@ def _build(
 
 
 def from_ngff_dict(d: Mapping[str, Any]) -> BaseTransformation:
-    """Decode one JSON transformation object (FORMAT.md §3.5).
+    """Decode one JSON transformation object (docs/format.md §3.5).
 
     Parameters
     ----------

@@ -1,5 +1,5 @@
 """Writers of small (or, for benchmarks, large) synthetic vendor output folders, one per technology and software
-version, shaped like the real bundles of ``shared/VENDOR_FORMATS.md``. Used by the tests, the benchmarks and
+version, shaped like the real bundles described in ``docs/vendors.md``. Used by the tests, the benchmarks and
 ``tissuestack convert`` demonstrations; no real data needed.
 """
 

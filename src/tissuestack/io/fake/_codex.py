@@ -1,4 +1,4 @@
-"""Synthetic Akoya CODEX / PhenoCycler processor output (a few KB), ``shared/VENDOR_FORMATS.md`` §6.1 and §7.6::
+"""Synthetic Akoya CODEX / PhenoCycler processor output (a few KB), ``docs/vendors.md`` §6.1 and §7.6::
 
     <path>/codex/
       reg001_compensated.fcs  reg001_uncompensated.fcs      per-cell events (float32), PnN + PnS channel table

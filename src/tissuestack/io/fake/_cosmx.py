@@ -1,7 +1,7 @@
 """Synthetic NanoString / Bruker CosMx SMI flat-file exports (legacy flat files and newer AtoMx exports), a few
 tens of KB each.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §5 and §7.5. ``version="legacy"`` (the public ``Lung5_Rep1``
+The layout follows ``docs/vendors.md`` §5 and §7.5. ``version="legacy"`` (the public ``Lung5_Rep1``
 release shape)::
 
     <path>/<id>_exprMat_file.csv  <id>_metadata_file.csv  <id>_fov_positions_file.csv  <id>_tx_file.csv

@@ -1,6 +1,6 @@
 """Synthetic Curio Seeker (Slide-seq) output folders, a few tens of KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.3 and §7.8::
+The layout follows ``docs/vendors.md`` §6.3 and §7.8::
 
     <path>/<sample>_anndata.h5ad                           beads x genes, obsm "spatial" = "X_spatial" = (x, y)
     <path>/<sample>_cluster_assignment.txt                 barcode<TAB>cluster, no header (obs order, or shuffled)

@@ -1,6 +1,6 @@
 """Synthetic DBiT-seq folders, a few KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.7 and §7.8::
+The layout follows ``docs/vendors.md`` §6.7 and §7.8::
 
     <path>/<dataset>.h5ad               pixels x genes; obs names = B barcode (8 nt) + A barcode (8 nt)
     <path>/barcode_list.txt             tab-separated, no header: position (A1..An, B1..Bn) and its 8-nt barcode

@@ -1,6 +1,6 @@
 """Synthetic MACSima (MACSiQ View) processed output folders: single-channel OME-TIFFs, a few tens of KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.8 and §7.8: one uint16 (1, y, x) OME-TIFF per channel whose
+The layout follows ``docs/vendors.md`` §6.8 and §7.8: one uint16 (1, y, x) OME-TIFF per channel whose
 ImageDescription is an OME-XML document (Pixels with the physical pixel size, one Channel, one Plane with its
 position; StructuredAnnotations/MapAnnotation with the v1 keys, or for ``version=0`` the v0 keys and
 ``Screen/Reagent@Name = <antigen>__<clone>``; ``Plate/Well@ExternalIdentifier``), written as ASCII with XML

@@ -1,6 +1,6 @@
 """Synthetic MCMICRO output folders (whole slide or tissue microarray), a few tens of KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.4 and §7.8. Whole slide (``tma=False``)::
+The layout follows ``docs/vendors.md`` §6.4 and §7.8. Whole slide (``tma=False``)::
 
     <path>/qc/params.yml                                     workflow: tma: false
     <path>/markers.csv                                       channel_number, cycle_number, marker_name, Filter

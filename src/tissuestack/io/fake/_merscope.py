@@ -1,7 +1,7 @@
 """Synthetic Vizgen MERSCOPE region folders (current Parquet boundaries, the older per-FOV HDF5 boundaries, and a
 VPT re-segmentation output folder), a few tens of KB to ~150 KB each.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §4 and §7.4::
+The layout follows ``docs/vendors.md`` §4 and §7.4::
 
     <root>/202401011200_SyntheticSlide_VMSC00001/region_0/
       detected_transcripts.csv             unnamed non-consecutive index, global_x/y in µm, global_z plane index

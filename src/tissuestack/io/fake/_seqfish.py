@@ -1,6 +1,6 @@
 """Synthetic Spatial Genomics seqFISH output folders, a few tens of KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.6 and §7.8; one set of files per ROI prefix::
+The layout follows ``docs/vendors.md`` §6.6 and §7.8; one set of files per ROI prefix::
 
     <path>/<roi>_DAPI.tiff               OME-TIFF (1, H, W) uint16 with Pixels@PhysicalSizeX/Y (µm per pixel)
     <path>/<roi>_Segmentation.tiff       uint16 cell labels 1..n (0 = background)

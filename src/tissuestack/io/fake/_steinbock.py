@@ -1,6 +1,6 @@
 """Synthetic steinbock (imaging mass cytometry) output folders, a few tens of KB.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §6.5 and §7.8::
+The layout follows ``docs/vendors.md`` §6.5 and §7.8::
 
     <path>/cells.h5ad                      cells x channels (mean intensities), from ``steinbock export anndata``
     <path>/ome/<image>.ome.tiff            float32 (c, y, x) OME-TIFF with the panel's channel names

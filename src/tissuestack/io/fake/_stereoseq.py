@@ -1,4 +1,4 @@
-"""Synthetic Stereo-seq SAW output (tens of KB), ``shared/VENDOR_FORMATS.md`` §6.2 and §7.7, in the SAW v6/v7
+"""Synthetic Stereo-seq SAW output (tens of KB), ``docs/vendors.md`` §6.2 and §7.7, in the SAW v6/v7
 numbered layout or the SAW v8 ``outs/`` layout (see :mod:`tissuestack.io._stereoseq` for the file names).
 
 Everything is consistent and can be checked exactly:

@@ -1,6 +1,6 @@
 """Synthetic 10x Visium Space Ranger ``outs/`` folders (SR 1.x and SR >= 2 layouts), a few tens of KB each.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §2 and §7.2: spots on an orange-crate grid, a positions CSV with
+The layout follows ``docs/vendors.md`` §2 and §7.2: spots on an orange-crate grid, a positions CSV with
 every spot of the capture area (some outside the tissue), the scale factors JSON, hires/lowres PNGs, a filtered
 (and a raw) 10x HDF5 matrix and, optionally, a full-resolution microscope image and a CytAssist image.
 """

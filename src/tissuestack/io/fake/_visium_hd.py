@@ -1,6 +1,6 @@
 """Synthetic 10x Visium HD Space Ranger ``outs/`` folders (SR 3.x and SR 4.x layouts), about 150 KB each.
 
-The layout follows ``shared/VENDOR_FORMATS.md`` §3 and §7.3: a square grid of 2 µm bins (0.5 µm per full-resolution
+The layout follows ``docs/vendors.md`` §3 and §7.3: a square grid of 2 µm bins (0.5 µm per full-resolution
 pixel) aggregated into the coarser bin sizes, one ``binned_outputs/square_XXXum`` folder per bin size (Parquet
 positions, scale factors, filtered and raw matrices), the feature-slice HDF5 whose metadata holds the CytAssist and
 microscope transforms, hires/lowres/CytAssist images, a full-resolution microscope image and (SR 4) the cell

@@ -1,6 +1,6 @@
 """Synthetic 10x Genomics Xenium output bundles (the XOA "outs" folder), one layout per software generation.
 
-The files follow ``shared/VENDOR_FORMATS.md`` §1 and the recipe of §7.1, generalised to any number of cells:
+The files follow ``docs/vendors.md`` §1 and the recipe of §7.1, generalised to any number of cells:
 
 * square cells of ``cell_size`` pixels on a grid (label ``i + 1`` for cell row ``i``), in a morphology image whose
   pixel ``(0, 0)`` is micron ``(0, 0)`` and whose pixel size is ``pixel_size`` µm;
