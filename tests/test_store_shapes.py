@@ -376,7 +376,7 @@ def test_plain_parquet_is_a_format_error(tmp_path):
 
 
 def _format_example():
-    """FORMAT.md §6.2: [Polygon(3 pts), MultiPolygon(triangle, square-with-triangular-hole)], Index [10, 20]."""
+    """docs/format.md §6.2: [Polygon(3 pts), MultiPolygon(triangle, square-with-triangular-hole)], Index [10, 20]."""
     polygon = shapely.Polygon([(0, 0), (1, 0), (0, 1)])
     multi = shapely.MultiPolygon(
         [

@@ -161,7 +161,7 @@ def test_group_attributes_one_region_verbatim(tmp_path, zarr_format):
         attrs = raw["attributes"]
     else:
         attrs = json.loads(Path(loc.file(".zattrs")).read_text())
-    # FORMAT.md §7.1, key order included
+    # docs/format.md §7.1, key order included
     assert list(attrs.items()) == [
         ("encoding-type", "anndata"),
         ("encoding-version", "0.1.0"),
@@ -196,7 +196,7 @@ def test_group_attributes_several_regions_and_orphan(tmp_path):
 def test_uns_region_encoding_verbatim(tmp_path):
     _root, loc = _write(tmp_path, one_region(), 3)
     meta = json.loads(Path(loc.file("uns", "spatialdata_attrs", "region", "zarr.json")).read_text())
-    # FORMAT.md §7.2
+    # docs/format.md §7.2
     assert meta["shape"] == [] and meta["data_type"] == "string" and meta["node_type"] == "array"
     assert meta["attributes"] == {"encoding-type": "string", "encoding-version": "0.2.0"}
     assert meta["codecs"][0] == {"name": "vlen-utf8", "configuration": {}}

@@ -1,4 +1,4 @@
-"""Tests of tissuestack.transforms: matrices, algebra, application and the NGFF JSON encoding (FORMAT.md §3)."""
+"""Tests of tissuestack.transforms: matrices, algebra, application and the NGFF JSON encoding (docs/format.md §3)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tissuestack.transforms import (
 
 AXIS_SETS = [("x", "y"), ("y", "x"), ("c", "y", "x"), ("x", "y", "z"), ("c", "z", "y", "x"), ("z", "y", "x")]
 
-# axis objects of FORMAT.md §3.4
+# axis objects of docs/format.md §3.4
 C = {"name": "c", "type": "channel"}
 X = {"name": "x", "type": "space", "unit": "unit"}
 Y = {"name": "y", "type": "space", "unit": "unit"}
@@ -520,7 +520,7 @@ def test_error_sequence_member_type():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# NGFF JSON: the verbatim examples of FORMAT.md §3.4
+# NGFF JSON: the verbatim examples of docs/format.md §3.4
 
 
 def dumps(obj):
