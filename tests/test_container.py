@@ -332,3 +332,28 @@ def test_3d_elements_in_container():
     t = s.get_transformation_between("img3", "stretched", via="global")
     np.testing.assert_allclose(t.apply(np.array([[1.0, 1.0, 1.0]]), ("x", "y", "z")), [[1.0, 1.0, 2.0]])
     assert "DataArray[czyx] (1, 4, 5, 6)" in repr(s)
+
+
+def test_name_of_both_an_element_and_a_coordinate_system():
+    """As the Visium reader names them: shapes '<id>' in coordinate system '<id>' (and another one)."""
+    import geopandas as gpd
+    import shapely
+
+    import tissuestack as ts
+
+    spots = ts.ShapesModel.parse(
+        gpd.GeoDataFrame(geometry=[shapely.Point(1.0, 2.0)], index=["s0"]).assign(radius=1.0),
+        transformations={"V1": ts.Identity(), "hires": ts.Scale([0.5, 0.5], axes=("x", "y"))},
+    )
+    sdata = ts.SpatialData(shapes={"V1": spots})
+    # source: the element; target: the coordinate system
+    assert sdata.get_transformation_between("V1", "hires").equivalent(
+        ts.Scale([0.5, 0.5], axes=("x", "y")), ("x", "y")
+    )
+    assert sdata.get_transformation_between("hires", "V1").equivalent(
+        ts.Scale([2.0, 2.0], axes=("x", "y")), ("x", "y")
+    )
+    centroids = ts.get_centroids(spots, "hires").compute()
+    assert centroids.loc["s0"].tolist() == [0.5, 1.0]
+    with pytest.raises(ValueError, match="names both an element and a coordinate system"):
+        sdata.get_transformation_between("hires", "V1", via="V1")

@@ -320,10 +320,14 @@ class SpatialData:
         is_element = ref in self._kind_of and self._kind_of[ref] != "tables"
         is_cs = ref in self.coordinate_systems
         if is_element and is_cs:
-            raise ValueError(
-                f"{role} {ref!r} names both an element and a coordinate system; pass the element object to mean "
-                "the element"
-            )
+            # vendor readers name an element and a coordinate system alike (Visium: both '<dataset_id>'): a source
+            # is what gets transformed, so the element; a target or waypoint is where it goes, so the system
+            if role == "via":
+                raise ValueError(
+                    f"via {ref!r} names both an element and a coordinate system; pass the element object to mean "
+                    "the element"
+                )
+            return Node("element", ref) if role == "source" else Node("cs", ref)
         if is_element:
             return Node("element", ref)
         if is_cs:
@@ -341,7 +345,9 @@ class SpatialData:
         """The transformation from ``source`` to ``target``, each an element or a coordinate system.
 
         The path is found through the graph of coordinate systems, walking transformations backwards where
-        they are invertible. Several shortest paths that disagree raise an ``AmbiguousPathError`` listing them;
+        they are invertible. A name that is both an element and a coordinate system (the Visium reader names
+        both after the dataset) means the element as ``source`` and the coordinate system as ``target``; pass the
+        element object to mean the element as a target. Several shortest paths that disagree raise an ``AmbiguousPathError`` listing them;
         pass ``via`` (an element or coordinate system on the wanted path) to choose.
         """
         graph = {n: meta.transformations for n, meta in self._spatial_metas()}
