@@ -66,6 +66,9 @@ _EXPORTS: dict[str, str] = {
     # alignment
     "get_transformation_between_landmarks": "tissuestack.ops",
     "align_elements_using_landmarks": "tissuestack.ops",
+    # vectorization
+    "to_polygons": "tissuestack.ops",
+    "to_circles": "tissuestack.ops",
 }
 _SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
 
@@ -128,6 +131,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         join_spatialelement_table,
         match_element_to_table,
         match_table_to_element,
+        to_circles,
+        to_polygons,
         transform,
     )
     from tissuestack.query import bounding_box_query, polygon_query

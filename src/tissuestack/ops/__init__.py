@@ -1,4 +1,5 @@
-"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins."""
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins,
+vectorization."""
 
 from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
@@ -14,6 +15,7 @@ from tissuestack.ops._joins import (
 from tissuestack.ops._landmarks import align_elements_using_landmarks, get_transformation_between_landmarks
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
+from tissuestack.ops._vectorize import to_circles, to_polygons
 
 __all__ = [
     "aggregate",
@@ -29,5 +31,7 @@ __all__ = [
     "match_element_to_table",
     "match_table_to_element",
     "store_aggregation",
+    "to_circles",
+    "to_polygons",
     "transform",
 ]
