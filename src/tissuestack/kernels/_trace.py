@@ -116,48 +116,44 @@ def _trace_one(labels, visited, value, i0, j0, s0, oxy, n_out, rings, n_rings, b
         pinch[2, 0] = 0
         n_pinch = 1
     i, j, s = i0, j0, s0
-    while True:
+    while True:  # branch-free step (the turns of a staircase boundary are unpredictable)
         visited[i, j] |= np.uint8(1 << s)
         s1 = (s + 1) & 3
-        qi, qj = i + ai[s1], j + aj[s1]
-        turn = True
-        is_pinch = False
-        if not _same(labels, qi, qj, value):  # left turn around the same pixel
-            ni, nj, ns = i, j, s1
-            is_pinch = _same(labels, qi + ai[s], qj + aj[s], value)
-        elif not _same(labels, qi + ai[s], qj + aj[s], value):  # straight on
-            ni, nj, ns = qi, qj, s
-            turn = False
-        else:  # right turn onto the diagonal pixel
-            ni, nj, ns = qi + ai[s], qj + aj[s], (s + 3) & 3
+        qi, qj = i + ai[s1], j + aj[s1]  # the pixel ahead-left: same label -> not a left turn
+        ri, rj = qi + ai[s], qj + aj[s]  # the pixel ahead-right: same label too -> right turn
+        q = np.int64(labels[qi, qj] == value)
+        r = np.int64(labels[ri, rj] == value)
+        qr = q & r
+        ni = i + q * ai[s1] + qr * ai[s]
+        nj = j + q * aj[s1] + qr * aj[s]
+        ns = (s + 1 - q - qr) & 3
         if ni == i0 and nj == j0 and ns == s0:
             break
-        if turn:
-            vx = nj + sx[ns]
-            vy = ni + sy[ns]
+        turn = 1 - q + qr  # 0 when going straight on
+        vx = nj + sx[ns]
+        vy = ni + sy[ns]
+        if n >= buf.shape[1]:
+            buf = _grow2(buf, n + 1)
+        buf[0, n] = vx
+        buf[1, n] = vy
+        if r > q:  # a left turn with the diagonal pixel of the label: a pinch vertex (rare)
             k = -1
-            if is_pinch:
-                for t in range(n_pinch):
-                    if pinch[0, t] == vx and pinch[1, t] == vy:
-                        k = pinch[2, t]
-                        n_pinch = t  # the entries after it lie in the loop being cut off
-                        break
+            for t in range(n_pinch):
+                if pinch[0, t] == vx and pinch[1, t] == vy:
+                    k = pinch[2, t]
+                    n_pinch = t  # the entries after it lie in the loop being cut off
+                    break
             if k >= 0:  # back at a pinch vertex of this walk: cut the loop buf[k:n] off, keep v as the end
                 oxy, n_out, rings, n_rings = _emit(buf, k, n, oxy, n_out, rings, n_rings, value)
-                n = k + 1
+                n = k
             else:
-                if n >= buf.shape[1]:
-                    buf = _grow2(buf, n + 1)
-                buf[0, n] = vx
-                buf[1, n] = vy
-                if is_pinch:
-                    if n_pinch >= pinch.shape[1]:
-                        pinch = _grow2(pinch, n_pinch + 1)
-                    pinch[0, n_pinch] = vx
-                    pinch[1, n_pinch] = vy
-                    pinch[2, n_pinch] = n
-                    n_pinch += 1
-                n += 1
+                if n_pinch >= pinch.shape[1]:
+                    pinch = _grow2(pinch, n_pinch + 1)
+                pinch[0, n_pinch] = vx
+                pinch[1, n_pinch] = vy
+                pinch[2, n_pinch] = n
+                n_pinch += 1
+        n += turn
         i, j, s = ni, nj, ns
     oxy, n_out, rings, n_rings = _emit(buf, 0, n, oxy, n_out, rings, n_rings, value)
     return oxy, n_out, rings, n_rings, buf, pinch
