@@ -37,7 +37,7 @@ def test_kernel_rings_simple_and_areas_sum_to_pixel_counts():
         r = trace_rings(a)
         sums: dict[int, int] = {}
         for k in range(len(r.label)):
-            xs, ys = r.x[r.offsets[k] : r.offsets[k + 1]], r.y[r.offsets[k] : r.offsets[k + 1]]
+            xs, ys = r.xy[r.offsets[k] : r.offsets[k + 1]].T
             assert xs[0] == xs[-1] and ys[0] == ys[-1]
             assert shapely.is_simple(shapely.linearrings(np.c_[xs, ys]))
             assert list(r.bbox[k]) == [xs.min(), ys.min(), xs.max(), ys.max()]
@@ -49,7 +49,7 @@ def test_kernel_rings_simple_and_areas_sum_to_pixel_counts():
 def test_kernel_one_pixel_and_orientation():
     r = trace_rings(np.array([[0, 0], [0, 7]], dtype=np.uint16))
     assert list(r.label) == [7] and list(r.area2) == [2]
-    ring = np.c_[r.x, r.y]
+    ring = r.xy
     assert shapely.Polygon(ring).equals(shapely.box(1, 1, 2, 2))
     assert shapely.is_ccw(shapely.linearrings(ring))  # exterior rings counter-clockwise in (x, y)
 

@@ -40,19 +40,18 @@ _START_Y = np.array([0, 0, 1, 1], dtype=np.int64)
 
 
 class Rings(NamedTuple):
-    """Closed rings: ring ``r`` is ``x/y[offsets[r]:offsets[r + 1]]`` (int64, closed), of label ``label[r]``,
-    with doubled signed area ``area2[r]`` (> 0 exterior, < 0 hole) and bounding box ``bbox[r] = (x0, y0, x1,
-    y1)`` (vertex coordinates, so ``x1`` is one past the last pixel column)."""
+    """Closed rings: ring ``r`` is ``xy[offsets[r]:offsets[r + 1]]`` (float64 ``(N, 2)`` vertices, closed), of
+    label ``label[r]`` (the dtype of the traced array), with doubled signed area ``area2[r]`` (> 0 exterior, < 0 hole) and bounding box
+    ``bbox[r] = (x0, y0, x1, y1)`` (int64 vertex coordinates, so ``x1`` is one past the last pixel column)."""
 
-    x: np.ndarray
-    y: np.ndarray
+    xy: np.ndarray
     offsets: np.ndarray
     label: np.ndarray
     area2: np.ndarray
     bbox: np.ndarray
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _same(labels: np.ndarray, i: int, j: int, value: int) -> bool:
     # labels are padded with one ring of background pixels: every neighbour of a traced pixel exists
     return labels[i, j] == value
@@ -60,8 +59,10 @@ def _same(labels: np.ndarray, i: int, j: int, value: int) -> bool:
 
 @numba.njit(cache=True)
 def _grow2(a: np.ndarray, n: int) -> np.ndarray:
-    out = np.empty((a.shape[0], max(2 * a.shape[1], n)), dtype=a.dtype)
-    out[:, : a.shape[1]] = a
+    out = np.empty((a.shape[0], max(2 * a.shape[1], n)), dtype=np.int64)
+    for r in range(a.shape[0]):  # explicit loops: a slice assignment costs seconds of compile time
+        for c in range(a.shape[1]):
+            out[r, c] = a[r, c]
     return out
 
 
@@ -195,7 +196,7 @@ def _trace(labels, background):
     return oxy[:, :n_out], rings[:, :n_rings]
 
 
-def trace_rings(labels: np.ndarray, background: int = 0) -> Rings:
+def trace_rings(labels: np.ndarray, background: int = 0, origin: tuple[int, int] = (0, 0)) -> Rings:
     """Trace the boundaries of every label of a 2D integer array except ``background``.
 
     Parameters
@@ -204,6 +205,8 @@ def trace_rings(labels: np.ndarray, background: int = 0) -> Rings:
         2D integer (or boolean) array; pixels outside it count as "another label".
     background
         The value that is not traced.
+    origin
+        ``(x, y)`` added to every vertex and bounding box (the array's place in a larger raster).
 
     Returns
     -------
@@ -217,10 +220,37 @@ def trace_rings(labels: np.ndarray, background: int = 0) -> Rings:
         values = values.view(np.uint8)
     if not np.issubdtype(values.dtype, np.integer):
         raise ValueError(f"trace_rings expects integer labels, got dtype {values.dtype}")
-    padded = np.full((values.shape[0] + 2, values.shape[1] + 2), background, dtype=values.dtype)
-    padded[1:-1, 1:-1] = values
-    xy, rings = _trace(padded, values.dtype.type(background))
-    xy -= 1  # undo the padding
+    # one compiled kernel, for int32: smaller dtypes widen exactly, 32-bit unsigned ones are reinterpreted
+    # (distinct values stay distinct), 64-bit values outside the int32 range are renumbered
+    codes = None
+    if values.dtype.itemsize < 4 or values.dtype == np.int32:
+        work, bg = values.astype(np.int32, copy=False), np.int32(background)
+    elif values.dtype.itemsize == 4:
+        work, bg = values.view(np.int32), np.array(background, dtype=values.dtype).view(np.int32)[()]
+    elif values.size == 0 or (values.min() >= -(2**31) and values.max() < 2**31):
+        work, bg = values.astype(np.int32), np.int32(background)
+    else:
+        codes, inverse = np.unique(values, return_inverse=True)
+        work = inverse.reshape(values.shape).astype(np.int32)
+        hit = np.flatnonzero(codes == background)
+        bg = np.int32(hit[0] if len(hit) else -1)
+    padded = np.empty((values.shape[0] + 2, values.shape[1] + 2), dtype=np.int32)
+    padded[[0, -1], :] = bg
+    padded[:, [0, -1]] = bg
+    padded[1:-1, 1:-1] = work
+    vertices, rings = _trace(padded, np.int32(bg))
+    ox, oy = int(origin[0]) - 1, int(origin[1]) - 1  # the padding shifted everything by one pixel
+    xy = np.empty((vertices.shape[1], 2), dtype=np.float64)
+    np.add(vertices[0], ox, out=xy[:, 0], casting="unsafe")
+    np.add(vertices[1], oy, out=xy[:, 1], casting="unsafe")
     offsets = np.zeros(rings.shape[1] + 1, dtype=np.int64)
     offsets[1:] = rings[0]
-    return Rings(xy[0], xy[1], offsets, rings[1], rings[2], rings[3:7].T - 1)
+    bbox = rings[3:7].T + np.array([ox, oy, ox, oy], dtype=np.int64)
+    label = rings[1].astype(np.int32)
+    if codes is not None:
+        label = codes[label]
+    elif values.dtype.itemsize == 4:
+        label = label.view(values.dtype)
+    else:
+        label = label.astype(values.dtype)
+    return Rings(xy, offsets, label, rings[2], bbox)

@@ -52,27 +52,17 @@ _WINDOW_GAP = 256  # labels cut by the same chunk border and closer than this sh
 
 # ============================================================================================ labels -> rings
 class _RingTable:
-    """Rings of many chunks in global pixel-vertex coordinates (int64); ``use`` marks the rings that make the
-    result (pieces of labels cut by chunk borders are replaced by their re-traced rings)."""
+    """Rings of many chunks in global pixel-vertex coordinates; ``use`` marks the rings that make the result
+    (pieces of labels cut by chunk borders are replaced by their re-traced rings)."""
 
-    def __init__(self, rings: list[Rings], offsets_xy: list[tuple[int, int]]) -> None:
-        n_coords = [len(r.x) for r in rings]
-        self.x = np.concatenate(
-            [r.x + ox for r, (ox, _) in zip(rings, offsets_xy, strict=True)] or [np.zeros(0)]
-        )
-        self.y = np.concatenate(
-            [r.y + oy for r, (_, oy) in zip(rings, offsets_xy, strict=True)] or [np.zeros(0)]
-        )
-        base = np.concatenate([[0], np.cumsum(n_coords)[:-1]]).astype(np.int64) if rings else np.zeros(0, int)
-        self.offsets = np.concatenate(
-            [[0]] + [r.offsets[1:] + b for r, b in zip(rings, base, strict=True)]
-        ).astype(np.int64)
+    def __init__(self, rings: list[Rings]) -> None:
+        self.xy = np.concatenate([r.xy for r in rings]) if rings else np.zeros((0, 2))
+        base = np.cumsum([0] + [len(r.xy) for r in rings[:-1]])
+        self.offsets = np.concatenate([[0]] + [r.offsets[1:] + b for r, b in zip(rings, base, strict=True)])
+        self.offsets = self.offsets.astype(np.int64)
         self.label = np.concatenate([r.label for r in rings] or [np.zeros(0, np.int64)])
         self.area2 = np.concatenate([r.area2 for r in rings] or [np.zeros(0, np.int64)])
-        shifts = [np.array([ox, oy, ox, oy]) for ox, oy in offsets_xy]
-        self.bbox = np.concatenate(
-            [r.bbox + s for r, s in zip(rings, shifts, strict=True)] or [np.zeros((0, 4), np.int64)]
-        )
+        self.bbox = np.concatenate([r.bbox for r in rings] or [np.zeros((0, 4), np.int64)])
         self.use = np.ones(len(self.label), dtype=bool)
 
 
@@ -96,14 +86,14 @@ def _chunk_rings(
     )
 
     values = np.asarray(block)
-    rings = trace_rings(values)
+    rings = trace_rings(values, origin=(x0, y0))
     h, w = values.shape
     b = rings.bbox
     cut = (
-        ((b[:, 0] == 0) & (x0 > 0))
-        | ((b[:, 2] == w) & (x0 + w < width))
-        | ((b[:, 1] == 0) & (y0 > 0))
-        | ((b[:, 3] == h) & (y0 + h < height))
+        ((b[:, 0] == x0) & (x0 > 0))
+        | ((b[:, 2] == x0 + w) & (x0 + w < width))
+        | ((b[:, 1] == y0) & (y0 > 0))
+        | ((b[:, 3] == y0 + h) & (y0 + h < height))
     )
     return rings, cut, (values if keep else None)
 
@@ -125,13 +115,12 @@ def _window_rings(
         ax, bx = max(x0, cx), min(x1, cx + w)
         ay, by = max(y0, cy), min(y1, cy + h)
         crop[ay - y0 : by - y0, ax - x0 : bx - x0] = values[ay - cy : by - cy, ax - cx : bx - cx]
-    rings = trace_rings(crop)
+    rings = trace_rings(crop, origin=(x0, y0))
     keep = np.isin(rings.label, wanted)
     lengths = np.diff(rings.offsets)[keep]
     index = _segments(rings.offsets[:-1][keep], lengths)
     return Rings(
-        rings.x[index],
-        rings.y[index],
+        rings.xy[index],
         np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
         rings.label[keep],
         rings.area2[keep],
@@ -222,24 +211,21 @@ def _trace_labels(level: xr.DataArray) -> _RingTable:
     x_starts = np.concatenate([[0], np.cumsum(data.chunks[1])]).astype(np.int64)
     blocks = data.to_delayed()
     keep = data.nbytes <= _KEEP_BYTES
-    tasks, origins = [], []
+    tasks = []
     for bi, bj in np.ndindex(*blocks.shape):
         x0, y0 = int(x_starts[bj]), int(y_starts[bi])
         tasks.append(dask.delayed(_chunk_rings)(blocks[bi, bj], x0, y0, width, height, keep))
-        origins.append((x0, y0))
     results = dask.compute(*tasks, scheduler=scheduler())
     first = [r for r, _, _ in results]
     cut = np.concatenate([c for _, c, _ in results] or [np.zeros(0, bool)])
     if not cut.any():
-        return _RingTable(first, origins)
+        return _RingTable(first)
     kept_blocks = np.empty(blocks.shape, dtype=object)
     for (bi, bj), r in zip(np.ndindex(*blocks.shape), results, strict=True):
         kept_blocks[bi, bj] = r[2] if keep else blocks[bi, bj]
     del results
     ring_label = np.concatenate([r.label for r in first])
-    ring_box = np.concatenate(
-        [r.bbox + np.array([x, y, x, y]) for r, (x, y) in zip(first, origins, strict=True)]
-    )
+    ring_box = np.concatenate([r.bbox for r in first])
     # a ring touching a chunk border is cut only if its label has pixels on both sides of that border
     touching = np.unique(ring_label[cut])
     boxes = _label_boxes(ring_label, ring_box, touching)
@@ -251,7 +237,7 @@ def _trace_labels(level: xr.DataArray) -> _RingTable:
         crosses |= (boxes[:, 1] < yb) & (boxes[:, 3] > yb)
     cut_labels, boxes = touching[crosses], boxes[crosses]
     if len(cut_labels) == 0:
-        return _RingTable(first, origins)
+        return _RingTable(first)
     windows = _windows(boxes, inner_x, inner_y)
     retrace = []
     for x0, y0, x1, y1, members in windows:
@@ -261,7 +247,7 @@ def _trace_labels(level: xr.DataArray) -> _RingTable:
         retrace.append(dask.delayed(_window_rings)((x0, y0, x1, y1), parts, cut_labels[members]))
     again = dask.compute(*retrace, scheduler=scheduler())
     del kept_blocks
-    out = _RingTable(first + list(again), origins + [(w[0], w[1]) for w in windows])
+    out = _RingTable(first + list(again))
     n_first = sum(len(r.label) for r in first)
     out.use[:n_first] = ~np.isin(out.label[:n_first], cut_labels)
     return out
@@ -301,8 +287,8 @@ def _contain_holes(
     the inner side of the hole's first edge."""
     ring = order[holes]
     start = table.offsets[ring]
-    ax, ay = table.x[start].astype(np.float64), table.y[start].astype(np.float64)
-    dx, dy = np.sign(table.x[start + 1] - ax), np.sign(table.y[start + 1] - ay)
+    ax, ay = table.xy[start, 0], table.xy[start, 1]
+    dx, dy = np.sign(table.xy[start + 1, 0] - ax), np.sign(table.xy[start + 1, 1] - ay)
     px, py = ax + 0.5 * dx - 0.5 * dy, ay + 0.5 * dy + 0.5 * dx  # the label's pixel left of the first edge
     # candidate shells: those of the same label (groups are contiguous in `order`)
     shells_of = {g: [] for g in np.unique(group[holes])}
@@ -333,51 +319,59 @@ def _contain_holes(
 def _ring_polygons(table: _RingTable, rings: np.ndarray) -> np.ndarray:
     lengths = np.diff(table.offsets)[rings]
     index = _segments(table.offsets[rings], lengths)
-    coords = np.column_stack([table.x[index], table.y[index]]).astype(np.float64)
+    coords = table.xy[index]
     ring_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     poly_offsets = np.arange(len(rings) + 1, dtype=np.int64)
     return shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_offsets, poly_offsets))
 
 
 def _geometries(table: _RingTable) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, geometries)``: one Polygon or MultiPolygon per label, labels sorted."""
+    """``(labels, geometries)``: one Polygon or MultiPolygon per label, labels sorted.
+
+    Most labels are one ring (a shell without holes): their polygons are made straight from the ring table.
+    The others (holes, several pieces) are gathered and assembled by :func:`_assembled`."""
     rings = np.flatnonzero(table.use)
     order = rings[np.argsort(table.label[rings], kind="stable")]
+    labels, first, counts = np.unique(table.label[order], return_index=True, return_counts=True)
+    geoms = np.empty(len(labels), dtype=object)
+    simple = counts == 1  # one ring: a shell (the areas of a label's rings add up to its pixel count > 0)
+    with paused_gc():
+        every_ring = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, table.xy, (table.offsets, np.arange(len(table.label) + 1))
+        )
+        geoms[simple] = every_ring[order[first[simple]]]
+        del every_ring
+        if not simple.all():
+            sub = order[np.repeat(~simple, counts)]
+            geoms[~simple] = _assembled(table, sub)
+    return labels, geoms
+
+
+def _assembled(table: _RingTable, order: np.ndarray) -> np.ndarray:
+    """One geometry per label of the rings ``order`` (grouped by label, labels sorted)."""
     labels, group = np.unique(table.label[order], return_inverse=True)
     group = group.ravel()
     poly = _assign_holes(table, order, group, len(labels))
     hole = table.area2[order] < 0
     final = order[np.lexsort((hole, poly))]  # each polygon: its shell, then its holes
-    poly_sorted = np.sort(poly)
     lengths = np.diff(table.offsets)[final]
-    index = _segments(table.offsets[final], lengths)
-    coords = np.empty((len(index), 2), dtype=np.float64)
-    coords[:, 0] = table.x[index]
-    coords[:, 1] = table.y[index]
-    del index
+    coords = table.xy[_segments(table.offsets[final], lengths)]
     ring_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    n_poly = int(poly.max()) + 1 if len(poly) else 0
-    poly_offsets = np.concatenate([[0], np.cumsum(np.bincount(poly_sorted, minlength=n_poly))]).astype(
-        np.int64
-    )
-    with paused_gc():
-        polygons = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, coords, (ring_offsets, poly_offsets)
-        )
-        # polygon -> label group (shells are numbered in label order)
-        shell = table.area2[order] > 0
-        poly_group = group[shell]
-        n_per_label = np.bincount(poly_group, minlength=len(labels))
-        geoms = np.empty(len(labels), dtype=object)
-        one = n_per_label == 1
-        first = np.concatenate([[0], np.cumsum(n_per_label)[:-1]])
-        geoms[one] = polygons[first[one]]
-        if (~one).any():
-            sel = ~one[poly_group]
-            many = np.flatnonzero(~one)
-            idx = np.searchsorted(many, poly_group[sel])
-            geoms[many] = shapely.multipolygons(polygons[sel], indices=idx)
-    return labels, geoms
+    n_poly = int(poly.max()) + 1
+    poly_offsets = np.concatenate([[0], np.cumsum(np.bincount(poly, minlength=n_poly))]).astype(np.int64)
+    polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coords, (ring_offsets, poly_offsets))
+    # polygon -> label group (shells are numbered in label order)
+    poly_group = group[table.area2[order] > 0]
+    n_per_label = np.bincount(poly_group, minlength=len(labels))
+    geoms = np.empty(len(labels), dtype=object)
+    one = n_per_label == 1
+    first = np.concatenate([[0], np.cumsum(n_per_label)[:-1]])
+    geoms[one] = polygons[first[one]]
+    if (~one).any():
+        sel = ~one[poly_group]
+        many = np.flatnonzero(~one)
+        geoms[many] = shapely.multipolygons(polygons[sel], indices=np.searchsorted(many, poly_group[sel]))
+    return geoms
 
 
 # ============================================================================================ to_polygons

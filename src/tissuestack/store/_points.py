@@ -784,15 +784,20 @@ def _categories(
         if all(isinstance(v, list) for v in lists) and all(v == lists[0] for v in lists):
             out[column] = lists[0]
             continue
+
         # other writers' files: the union of the dictionaries of the whole column (read as a dictionary, plain
         # strings included), every row group of every file: a value first met late in a file is still a category
         def dictionaries(path: str, column: str = column) -> list[list[Any]]:
             try:
                 if loc.root.is_local:
-                    chunk = pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
+                    chunk = (
+                        pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
+                    )
                 else:
                     with fs.open(path, "rb") as fh:
-                        chunk = pq.ParquetFile(fh, read_dictionary=[column]).read(columns=[column]).column(column)
+                        chunk = (
+                            pq.ParquetFile(fh, read_dictionary=[column]).read(columns=[column]).column(column)
+                        )
             except Exception as err:
                 raise StoreError(
                     f"{loc.key}: cannot read column {column!r} of {_relative(loc, path)}: {err}"
@@ -805,7 +810,9 @@ def _categories(
 
         values: dict[Any, None] = {}
         with ThreadPoolExecutor(max_workers=min(len(files), _n_workers()) or 1) as pool:
-            for lists in pool.map(dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]):
+            for lists in pool.map(
+                dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]
+            ):
                 for lst in lists:
                     for v in lst:
                         if v is not None:
@@ -917,7 +924,9 @@ def read_points(
     set_meta(df, meta_from_attrs(attrs, group, loc, n_rows=n_rows))
     read_columns = None if selected is None else selected + ([index] if isinstance(index, str) else [])
     record = record_of(df)
-    if record is not None:  # this exact frame reads its rows straight from these files (derived frames do not)
+    if (
+        record is not None
+    ):  # this exact frame reads its rows straight from these files (derived frames do not)
         record.source = PointsScan(loc, list(files), footers, fs, read_columns, strings, df._meta)
     return df
 
