@@ -17,6 +17,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import textwrap
@@ -26,6 +27,10 @@ import numpy as np
 from bench_store import run_json
 
 HERE = Path(__file__).resolve().parent
+# this checkout's tissuestack, in this process and in the fresh processes it starts
+SRC = str(HERE.parent / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
 REFERENCE_PY = Path.home() / ".cache" / "tissuestack-reference" / "bin" / "python"
 
 OURS = textwrap.dedent(
