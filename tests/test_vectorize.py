@@ -83,6 +83,18 @@ def test_blobs_across_chunk_borders_one_geometry_each():
     assert shapely.equals(np.asarray(g.geometry.array), np.asarray(whole.geometry.array)).all()
 
 
+def test_large_rasters_read_chunks_again_instead_of_keeping_them(monkeypatch):
+    from tissuestack.ops import _vectorize
+
+    rng = np.random.default_rng(8)
+    mask = np.repeat(np.repeat(rng.integers(0, 30, (12, 10)), 4, axis=0), 5, axis=1).astype(np.int32)
+    kept = ts.to_polygons(_labels(mask, chunks=(7, 9)))
+    monkeypatch.setattr(_vectorize, "_KEEP_BYTES", 0)
+    again = ts.to_polygons(_labels(mask, chunks=(7, 9)))
+    _check_exact(mask, again)
+    assert shapely.equals(np.asarray(kept.geometry.array), np.asarray(again.geometry.array)).all()
+
+
 def test_holes_nested_label_and_island_in_own_hole():
     mask = np.zeros((11, 11), dtype=np.int32)
     mask[1:10, 1:10] = 1
