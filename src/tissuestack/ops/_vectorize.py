@@ -3,8 +3,12 @@
 :func:`to_polygons` of a labels element traces the **pixel edges** of every nonzero label (no marching-squares
 smoothing), so each label's polygon covers exactly its pixels: its area is its pixel count, holes are kept, and
 pixel ``(row i, column j)`` is the square ``[j, j + 1] x [i, i + 1]`` in intrinsic coordinates (as in
-:func:`~tissuestack.get_extent` and :func:`~tissuestack.get_centroids`; the reference's contours run through
-pixel centres, half a pixel inside ours).
+:func:`~tissuestack.get_extent` and :func:`~tissuestack.get_centroids`; the reference's marching-squares
+contours put pixel centres at integer coordinates and cut the corners of the pixel staircase).
+
+Limits: a label is re-traced whole in its bounding box, so a label spanning most of a huge raster (a tissue
+mask) makes a window that large; rasters up to 512 MB stay in memory between the two passes, larger ones are
+read again (only the chunks under the windows).
 
 How it runs
 -----------
