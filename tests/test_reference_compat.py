@@ -137,3 +137,54 @@ def test_rasters_validate_as_ome_ngff(reference_python, sdata, tmp_path, zarr_fo
             timeout=300,
         )
         assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+_REFERENCE_VECTORIZE = textwrap.dedent(
+    """
+    import json, sys, warnings
+    warnings.filterwarnings("ignore")
+    import numpy as np, shapely, spatialdata as sd
+    from spatialdata.models import Labels2DModel
+    labels = Labels2DModel.parse(np.load(sys.argv[1]), dims=("y", "x"), chunks=(8, 8))
+    g = sd.to_polygons(labels)
+    c = sd.to_circles(labels)
+    print(json.dumps({"index": [int(i) for i in g.index], "wkb": [shapely.to_wkb(x, hex=True) for x in g.geometry],
+                      "circle_index": [int(i) for i in c.index], "radius": c["radius"].tolist()}))
+    """
+)
+
+
+def test_to_polygons_and_to_circles_agree_with_the_reference(reference_python, tmp_path):
+    import numpy as np
+    import shapely
+
+    import tissuestack as ts
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:24, :24]
+    mask = np.zeros((24, 24), dtype=np.int32)
+    for label, (cy, cx, r) in enumerate(rng.uniform([3, 3, 2], [21, 21, 6], (6, 3)), start=1):
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] = label
+    np.save(tmp_path / "mask.npy", mask)
+    res = subprocess.run(
+        [reference_python, "-c", _REFERENCE_VECTORIZE, str(tmp_path / "mask.npy")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    theirs = json.loads(res.stdout.strip().splitlines()[-1])
+    labels = ts.Labels2DModel.parse(mask, dims=("y", "x"), chunks=8)
+    ours = ts.to_polygons(labels)
+    assert list(ours.index) == theirs["index"]
+    # the reference's marching-squares contours have pixel centres at integer coordinates (ours at + 0.5) and cut
+    # the staircase's corners: shifted by half a pixel, each stays within 0.36 px (a corner triangle) of our
+    # pixel-edge polygon of the same label and mostly inside it
+    ref_geoms = shapely.transform(shapely.from_wkb(theirs["wkb"]), lambda c: c + 0.5)
+    geoms = np.asarray(ours.geometry.array)
+    assert shapely.within(ref_geoms, shapely.buffer(geoms, 0.36)).all()
+    assert (shapely.area(shapely.intersection(ref_geoms, geoms)) > 0.95 * shapely.area(ref_geoms)).all()
+    assert (shapely.area(ref_geoms) < shapely.area(geoms)).all()
+    circles = ts.to_circles(labels)
+    assert list(circles.index) == theirs["circle_index"]
+    assert np.allclose(circles["radius"], theirs["radius"])

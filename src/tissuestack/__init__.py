@@ -70,6 +70,9 @@ _EXPORTS: dict[str, str] = {
     # rasterisation
     "rasterize": "tissuestack.ops",
     "rasterize_bins": "tissuestack.ops",
+    # vectorization
+    "to_polygons": "tissuestack.ops",
+    "to_circles": "tissuestack.ops",
 }
 _SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
 
@@ -135,6 +138,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         match_table_to_element,
         rasterize,
         rasterize_bins,
+        to_circles,
+        to_polygons,
         transform,
     )
     from tissuestack.query import bounding_box_query, polygon_query

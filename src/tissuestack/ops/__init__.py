@@ -1,4 +1,5 @@
-"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins, rasterisation."""
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins,
+rasterisation, vectorization."""
 
 from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
@@ -15,6 +16,7 @@ from tissuestack.ops._landmarks import align_elements_using_landmarks, get_trans
 from tissuestack.ops._rasterize import rasterize, rasterize_bins
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
+from tissuestack.ops._vectorize import to_circles, to_polygons
 
 __all__ = [
     "aggregate",
@@ -32,5 +34,7 @@ __all__ = [
     "rasterize",
     "rasterize_bins",
     "store_aggregation",
+    "to_circles",
+    "to_polygons",
     "transform",
 ]
