@@ -104,6 +104,27 @@ def test_transform_image_matches_brute_force_across_chunks(t, order):
     np.testing.assert_allclose(out.values, brute_resample(img, out, "global", order), atol=1e-6)
 
 
+def test_transform_one_output_chunk_reads_only_the_input_it_needs():
+    read: list[tuple[int, ...]] = []
+
+    def record(block, block_id=None):
+        if isinstance(block_id, tuple):  # not dask's probing calls
+            read.append(block_id)
+        return block
+
+    base = da.ones((1, 64, 64), chunks=(1, 8, 8))
+    img = Image2DModel.parse(
+        base.map_blocks(record, dtype=base.dtype), transformations={"global": rotation(30)}
+    )
+    out = transform(img, "global")
+    assert read == []  # nothing computed yet
+    _, ny, nx = out.data.numblocks
+    assert ny * nx > 50
+    centre = out.data.blocks[0, ny // 2, nx // 2].compute()
+    np.testing.assert_allclose(centre, 1.0)  # inside the rotated raster
+    assert 0 < len(set(read)) <= 9  # a small window of the 64 input blocks
+
+
 def test_transform_spline_order_3_window_prefilter_matches_whole_array():
     # cubic prefiltering is global: a smooth image with fine structure shows any error at window borders
     y, x = np.mgrid[0:60, 0:50]

@@ -182,6 +182,8 @@ def map_raster(
         Transformations of the result. Default: the input's (``func`` keeps the pixel grid).
     relabel
         For labels outputs of a blockwise ``func``: make labels unique across blocks (see the module notes).
+        Pass ``False`` when ``func`` keeps ids that are already unique in the whole raster (expanding, eroding
+        or filtering existing labels): relabelling would give one object a different id in every block.
     dtype
         The output dtype; default: inferred by dask from a call of ``func`` on a tiny array.
     **kwargs
