@@ -31,6 +31,7 @@ from tissuestack import (
     transform,
     unpad_raster,
 )
+from tissuestack._container.inspect import validate_store
 from tissuestack.elements import get_meta, get_transformation, raster_levels
 from tissuestack.errors import ValidationError
 
@@ -401,7 +402,8 @@ def test_unpad_raster_3d_labels_fill_value_multiscale_and_all_zero():
 
 
 # ------------------------------------------------------------------------------------------------ pyramids
-def test_build_pyramids_in_store_in_place(tmp_path):
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_build_pyramids_in_store_in_place(tmp_path, zarr_format):
     rng = np.random.default_rng(11)
     data = rng.integers(0, 1000, (2, 64, 80)).astype(np.uint16)
     lab = measure.label(rng.uniform(size=(64, 80)) > 0.7).astype(np.int32)
@@ -411,7 +413,7 @@ def test_build_pyramids_in_store_in_place(tmp_path):
         labels={"cells": Labels2DModel.parse(lab, chunks=32, transformations=t)},
     )
     path = tmp_path / "s.zarr"
-    sdata.write(path)
+    sdata.write(path, zarr_format=zarr_format)
     opened = read_zarr(path)
     result = build_pyramids(opened, "img", scale_factors=(2, 2))
     assert isinstance(result, xr.DataTree) and get_meta(result).source is not None  # re-opened from the store
@@ -428,8 +430,31 @@ def test_build_pyramids_in_store_in_place(tmp_path):
         np.testing.assert_array_equal(lab_levels[1].values, lab[1::2, 1::2])
         for name in ("img", "cells"):
             assert same_transformations(sd[name], sdata[name])
+    assert validate_store(path) == []  # no temporaries left, every chunk file present
     # in memory (no store): the element is replaced in the object only
     mem = SpatialData(labels={"cells": Labels2DModel.parse(lab)})
     assert len(raster_levels(build_pyramids(mem, "cells", scale_factors=[2]))) == 2
     with pytest.raises(ValidationError, match="empty"):
         build_pyramids(mem, "cells", scale_factors=[])
+
+
+def test_raster_ops_run_unchanged_on_distributed():
+    distributed = pytest.importorskip("distributed")
+    rng = np.random.default_rng(12)
+    data = ndimage.gaussian_filter(rng.uniform(size=(1, 40, 40)), 2) * 2 - 0.5
+    img = Image2DModel.parse(data, chunks=(1, 16, 16), transformations={"global": rotation(30)})
+
+    def run():
+        labels = map_raster(img, _threshold_label, drop_axis=0, dims=("y", "x"), dtype=np.int32)
+        return (
+            np.asarray(transform(img, "global", order=3).data),
+            np.asarray(map_raster(img, ndimage.gaussian_filter, func_kwargs={"sigma": 1}, depth=4).data),
+            np.asarray(relabel_sequential(labels).data),
+        )
+
+    local = run()
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None):
+        remote = run()
+    for a, b in zip(local, remote, strict=True):
+        assert a.any()
+        np.testing.assert_array_equal(a, b)
