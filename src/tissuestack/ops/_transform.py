@@ -191,22 +191,26 @@ def _resample_block(
     dtype = data.dtype
     work = data.astype(np.uint8) if dtype == np.bool_ else data
     channels = work if has_c else work[None]
-    out = np.empty((len(channels), *shape), dtype=np.float64 if order else work.dtype)
+    # nearest and float32/64 write straight into the result (scipy interpolates in float64 whatever the
+    # output); other dtypes are interpolated into float64, then rounded and clipped
+    direct = order == 0 or work.dtype in (np.float32, np.float64)
+    out = np.empty((len(channels), *shape), dtype=work.dtype if direct else np.float64)
     for i, channel in enumerate(channels):
-        out[i] = ndimage.affine_transform(
-            channel if order == 0 else channel.astype(np.float64),
+        ndimage.affine_transform(
+            channel,
             matrix,
             offset=offset,
             output_shape=shape,
+            output=out[i],
             order=order,
             mode="constant",
             cval=0,
             prefilter=order > 1,
         )
-    if order and np.issubdtype(dtype, np.integer):
+    if not direct and np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         out = np.clip(np.rint(out), info.min, info.max)
-    result = out.astype(dtype)
+    result = out.astype(dtype, copy=False)
     return result if has_c else result[0]
 
 
