@@ -155,6 +155,13 @@ def test_transform_labels_nearest_by_default_and_keep_ids():
     assert set(np.unique(values)) <= set(np.unique(arr))
     with pytest.raises(ValidationError, match="order=0"):
         transform(labels, "global", order=1)
+    # in a SpatialData, order= is for the images and labels stay nearest
+    img = Image2DModel.parse(
+        arr[None].astype(float), chunks=11, transformations=get_meta(labels).transformations
+    )
+    both = transform(SpatialData(images={"img": img}, labels={"lab": labels}), "global", order=3)
+    np.testing.assert_array_equal(both["lab"].values, values)
+    np.testing.assert_allclose(both["img"].values, transform(img, "global", order=3).values)
     with pytest.raises(ValidationError, match="order"):
         transform(
             Image2DModel.parse(arr[None].astype(float), transformations={"global": rotation(3)}),

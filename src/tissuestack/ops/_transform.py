@@ -409,7 +409,11 @@ def transform(
             raise TypeError("sdata= applies to an element; the first argument is already a SpatialData")
         parts: dict[str, dict[str, Any]] = {k: {} for k in ("images", "labels", "points", "shapes")}
         for name, kind, item, t in elements_in(element, to_coordinate_system):
-            parts[kind][name] = _transform_element(item, t, to_coordinate_system, maintain_positioning, order)
+            # order= is for the images: labels of a SpatialData are resampled with nearest, as always
+            item_order = order if kind == "images" else None
+            parts[kind][name] = _transform_element(
+                item, t, to_coordinate_system, maintain_positioning, item_order
+            )
         tables = {name: table for name, table in element.items(["tables"])}
         return SpatialData(**parts, tables=tables, attrs=element.attrs)
     obj, t = resolve_element(element, to_coordinate_system, sdata)
