@@ -73,6 +73,11 @@ _EXPORTS: dict[str, str] = {
     # vectorization
     "to_polygons": "tissuestack.ops",
     "to_circles": "tissuestack.ops",
+    # raster operations
+    "map_raster": "tissuestack.ops",
+    "relabel_sequential": "tissuestack.ops",
+    "unpad_raster": "tissuestack.ops",
+    "build_pyramids": "tissuestack.ops",
 }
 _SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
 
@@ -127,6 +132,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from tissuestack.ops import (
         aggregate,
         align_elements_using_landmarks,
+        build_pyramids,
         concatenate,
         filter_table,
         get_centroids,
@@ -134,13 +140,16 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         get_transformation_between_landmarks,
         get_values,
         join_spatialelement_table,
+        map_raster,
         match_element_to_table,
         match_table_to_element,
         rasterize,
         rasterize_bins,
+        relabel_sequential,
         to_circles,
         to_polygons,
         transform,
+        unpad_raster,
     )
     from tissuestack.query import bounding_box_query, polygon_query
     from tissuestack.transforms import (

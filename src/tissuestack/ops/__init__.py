@@ -13,6 +13,8 @@ from tissuestack.ops._joins import (
     match_table_to_element,
 )
 from tissuestack.ops._landmarks import align_elements_using_landmarks, get_transformation_between_landmarks
+from tissuestack.ops._pyramids import build_pyramids
+from tissuestack.ops._raster_ops import map_raster, relabel_sequential, unpad_raster
 from tissuestack.ops._rasterize import rasterize, rasterize_bins
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
@@ -21,6 +23,7 @@ from tissuestack.ops._vectorize import to_circles, to_polygons
 __all__ = [
     "aggregate",
     "align_elements_using_landmarks",
+    "build_pyramids",
     "concatenate",
     "element_instances",
     "filter_table",
@@ -29,12 +32,15 @@ __all__ = [
     "get_transformation_between_landmarks",
     "get_values",
     "join_spatialelement_table",
+    "map_raster",
     "match_element_to_table",
     "match_table_to_element",
     "rasterize",
     "rasterize_bins",
+    "relabel_sequential",
     "store_aggregation",
     "to_circles",
     "to_polygons",
     "transform",
+    "unpad_raster",
 ]

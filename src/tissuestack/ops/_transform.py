@@ -8,11 +8,14 @@ the new element's intrinsic coordinates to ``cs``:
 * points and shapes: ``R = Identity()``; coordinates are transformed.
 * rasters under an axis-aligned scale/translation (diagonal linear part): the data is shared unchanged and only
   the metadata changes: ``R`` is that scale/translation (pixels cannot be resampled losslessly anyway).
-* other rasters: resampled onto a new grid covering the exact extent of the transformed raster, with isotropic
-  pixels of size ``|det A|^(1/d)`` (the transformed pixel's area/volume) and ``R = Scale(s) then
-  Translation(origin)``. ``scipy.ndimage.affine_transform`` runs per output chunk on the input region it
-  needs (lazy, dask): order 1 (linear) for images, order 0 (nearest) for labels; outside is 0. A multiscale
-  raster gives a single-scale result (its full-resolution level).
+* other rasters (rotation, shear, anisotropic scale combined with either, any invertible affine): resampled onto
+  a new grid covering the exact extent of the transformed raster, with isotropic pixels of size ``|det A|^(1/d)``
+  (the transformed pixel's area/volume) and ``R = Scale(s) then Translation(origin)``.
+  ``scipy.ndimage.affine_transform`` runs per output chunk on the input region it needs (lazy, dask), with the
+  spline ``order`` asked for: default 1 (linear) for images, 0 (nearest) for labels (the only order for labels:
+  interpolated ids would be ids of no object); outside is 0. Orders 2-5 prefilter the input window with a margin
+  wide enough (``6 * order`` pixels) for the spline coefficients to match those of the whole array. A multiscale
+  raster is resampled from its full-resolution level and its pyramid rebuilt with the same factors.
 
 Transformations of the result:
 
@@ -57,6 +60,8 @@ from tissuestack.elements import (
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._extent import spatial_map
+from tissuestack.ops._pyramids import fitting_factors as _fitting_factors
+from tissuestack.ops._pyramids import pyramid_factors
 from tissuestack.ops._resolve import elements_in, resolve_element
 from tissuestack.transforms import AffineMap, BaseTransformation, Identity, Scale, Translation, compose
 
@@ -181,26 +186,31 @@ def _axis_aligned_scale_translation(a: np.ndarray) -> bool:
 def _resample_block(
     block: np.ndarray, matrix: np.ndarray, offset: np.ndarray, shape: tuple[int, ...], order: int, has_c: bool
 ) -> np.ndarray:
+    """Resample one input window (its channels one by one) onto one output chunk."""
     data = np.asarray(block)
     dtype = data.dtype
     work = data.astype(np.uint8) if dtype == np.bool_ else data
     channels = work if has_c else work[None]
-    out = np.empty((len(channels), *shape), dtype=np.float64 if order else work.dtype)
+    # nearest and float32/64 write straight into the result (scipy interpolates in float64 whatever the
+    # output); other dtypes are interpolated into float64, then rounded and clipped
+    direct = order == 0 or work.dtype in (np.float32, np.float64)
+    out = np.empty((len(channels), *shape), dtype=work.dtype if direct else np.float64)
     for i, channel in enumerate(channels):
-        out[i] = ndimage.affine_transform(
-            channel if order == 0 else channel.astype(np.float64),
+        ndimage.affine_transform(
+            channel,
             matrix,
             offset=offset,
             output_shape=shape,
+            output=out[i],
             order=order,
             mode="constant",
             cval=0,
-            prefilter=False,
+            prefilter=order > 1,
         )
-    if order and np.issubdtype(dtype, np.integer):
+    if not direct and np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         out = np.clip(np.rint(out), info.min, info.max)
-    result = out.astype(dtype)
+    result = out.astype(dtype, copy=False)
     return result if has_c else result[0]
 
 
@@ -225,6 +235,9 @@ def _resample(
     inv = np.linalg.inv(lin)
     matrix = inv * spacing
     offset = inv @ (lo + 0.5 * spacing - off) - 0.5
+    # input pixels read around the pre-image of an output chunk: the interpolation support, plus for orders > 1
+    # the span over which the spline prefilter's recursion (|pole| <= 0.43) still reaches 1e-7
+    margin = 1 if order <= 1 else 6 * order
 
     data = level.data if isinstance(level.data, da.Array) else da.from_array(np.asarray(level.data))
     spatial_chunks = data.chunks[1:] if has_c else data.chunks
@@ -241,8 +254,12 @@ def _resample(
         full_shape = (n_c, *shape) if has_c else shape
         box = np.array(np.meshgrid(*[[o, o + s - 1] for o, s in zip(o0, shape, strict=True)], indexing="ij"))
         pre = box.reshape(d, -1).T @ matrix.T + offset
-        i_lo = np.clip(np.floor(pre.min(axis=0)).astype(int) - 1, 0, in_sizes)
-        i_hi = np.clip(np.ceil(pre.max(axis=0)).astype(int) + 2, 0, in_sizes)
+        far_lo, far_hi = np.floor(pre.min(axis=0)).astype(int), np.ceil(pre.max(axis=0)).astype(int)
+        if np.any(far_hi + 1 < 0) or np.any(far_lo - 1 >= in_sizes):  # the chunk sees none of the input
+            blocks[idx] = da.zeros(full_shape, dtype=data.dtype, chunks=full_shape)
+            continue
+        i_lo = np.clip(far_lo - margin, 0, in_sizes)
+        i_hi = np.clip(far_hi + margin + 1, 0, in_sizes)
         if np.any(i_hi <= i_lo):
             blocks[idx] = da.zeros(full_shape, dtype=data.dtype, chunks=full_shape)
             continue
@@ -279,10 +296,28 @@ def _nest(flat: list[Any], grid: list[int]) -> Any:
     return [_nest(flat[i * step : (i + 1) * step], grid[1:]) for i in range(grid[0])]
 
 
+def _resample_order(model: Any, order: int | None) -> int:
+    if order is None:
+        return 0 if model.kind == "labels" else 1
+    if isinstance(order, bool) or not isinstance(order, int | np.integer) or not 0 <= order <= 5:
+        raise ValidationError(f"order must be an interpolation order 0 (nearest) .. 5, got {order!r}")
+    if model.kind == "labels" and order != 0:
+        raise ValidationError(
+            f"labels are resampled with order=0 (nearest) only, got order={order}: interpolated ids would be "
+            "ids of no object"
+        )
+    return int(order)
+
+
 def _transform_raster(
-    element: xr.DataArray | xr.DataTree, t: BaseTransformation, cs: str, maintain_positioning: bool
+    element: xr.DataArray | xr.DataTree,
+    t: BaseTransformation,
+    cs: str,
+    maintain_positioning: bool,
+    order: int | None = None,
 ) -> xr.DataArray | xr.DataTree:
     model = get_raster_model(element)
+    order = _resample_order(model, order)
     m = spatial_map(element, t)
     level = raster_levels(element)[0]
     dims = tuple(str(d) for d in level.dims if d != "c")
@@ -304,19 +339,24 @@ def _transform_raster(
         if maintain_positioning:
             transformations.update({c: tc for c, tc in get_meta(element).transformations.items() if c != cs})
         return model.parse(new, transformations=transformations)
-    data, to_target = _resample(level, m, dims, order=0 if model.kind == "labels" else 1)
+    data, to_target = _resample(level, m, dims, order=order)
     arr = xr.DataArray(data, dims=level.dims)
     if "c" in level.coords:
         arr = arr.assign_coords(c=level.coords["c"].values)
     transformations = _new_transformations(element, t, cs, to_target, maintain_positioning)
-    return model.parse(arr, transformations=transformations)
+    factors = pyramid_factors(element)
+    if factors:  # rebuild the pyramid, stopping before a level would shrink an axis to nothing
+        factors = _fitting_factors(factors, dict(zip(dims, data.shape[-len(dims) :], strict=True)))
+    return model.parse(arr, transformations=transformations, scale_factors=factors or None)
 
 
 # ================================================================================================ public
-def _transform_element(element: Any, t: BaseTransformation, cs: str, maintain_positioning: bool) -> Any:
+def _transform_element(
+    element: Any, t: BaseTransformation, cs: str, maintain_positioning: bool, order: int | None = None
+) -> Any:
     kind = get_kind(element)
     if kind in ("images", "labels"):
-        return _transform_raster(element, t, cs, maintain_positioning)
+        return _transform_raster(element, t, cs, maintain_positioning, order)
     if kind not in ("points", "shapes"):
         raise ValidationError(f"a {kind} element has no coordinates to transform")
     transformations = _new_transformations(element, t, cs, Identity(), maintain_positioning)
@@ -331,6 +371,7 @@ def transform(
     *,
     maintain_positioning: bool = False,
     sdata: SpatialData | None = None,
+    order: int | None = None,
 ) -> Any:
     """A new element (or SpatialData) whose data is expressed in ``to_coordinate_system``.
 
@@ -360,14 +401,20 @@ def transform(
     TransformationError
         ``maintain_positioning=True`` with a non-invertible transformation; a raster or shapes element whose
         spatial axes would change; circles under a singular map.
+    ValidationError
+        ``order`` outside 0..5, or not 0 for labels.
     """
     if isinstance(element, SpatialData):
         if sdata is not None:
             raise TypeError("sdata= applies to an element; the first argument is already a SpatialData")
         parts: dict[str, dict[str, Any]] = {k: {} for k in ("images", "labels", "points", "shapes")}
         for name, kind, item, t in elements_in(element, to_coordinate_system):
-            parts[kind][name] = _transform_element(item, t, to_coordinate_system, maintain_positioning)
+            # order= is for the images: labels of a SpatialData are resampled with nearest, as always
+            item_order = order if kind == "images" else None
+            parts[kind][name] = _transform_element(
+                item, t, to_coordinate_system, maintain_positioning, item_order
+            )
         tables = {name: table for name, table in element.items(["tables"])}
         return SpatialData(**parts, tables=tables, attrs=element.attrs)
     obj, t = resolve_element(element, to_coordinate_system, sdata)
-    return _transform_element(obj, t, to_coordinate_system, maintain_positioning)
+    return _transform_element(obj, t, to_coordinate_system, maintain_positioning, order)
