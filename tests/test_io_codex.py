@@ -13,7 +13,6 @@ import pytest
 import tifffile
 
 from io_helpers import affine_xy, needs_reference, run_reference
-from test_io_convert import test_reader_signatures_and_option_tables_agree as _options_agree
 from tissuestack import read_zarr
 from tissuestack.cli import main
 from tissuestack.elements import raster_levels
@@ -329,7 +328,3 @@ def test_matches_reference_reader(bundle, tmp_path):
     np.testing.assert_allclose(ours["reg001_cells"].geometry.x, x)
     np.testing.assert_allclose(ours["reg001_cells"].geometry.y, y)
     np.testing.assert_array_equal(raster_levels(ours["reg001_image"])[0].values, np.asarray(ref["image"]))
-
-
-def test_signature_and_option_table_agree():
-    _options_agree("codex")

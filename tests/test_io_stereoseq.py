@@ -13,7 +13,6 @@ import shapely
 import tifffile
 
 from io_helpers import affine_xy, needs_reference, run_reference
-from test_io_convert import test_reader_signatures_and_option_tables_agree as _options_agree
 from tissuestack import read_zarr
 from tissuestack.cli import main
 from tissuestack.elements import raster_levels
@@ -56,8 +55,7 @@ def test_registered_technology_and_order(v6):
         "cells_table",
         "bin50_genes",
         "bin50_table",
-    ]
-    _options_agree("stereoseq")
+    ]  # options against the signatures: tests/test_io_registry_b.py
 
 
 def test_cells_table_counts_and_links(sdata):
