@@ -321,6 +321,22 @@ def test_import_does_not_load_matplotlib():
     assert out.stdout.strip() == "False"
 
 
+def test_missing_matplotlib_says_how_to_install(monkeypatch):
+    from tissuestack.pl import _mpl
+
+    real = _mpl.importlib.import_module
+
+    def missing(name, *args):
+        if name.split(".")[0] in ("matplotlib", "datashader"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(_mpl.importlib, "import_module", missing)
+    chain = _squares().pl.render_shapes("cells")  # building the chain needs no matplotlib
+    with pytest.raises(ImportError, match=r'pip install "tissuestack\[plot\]"'):
+        chain.show(return_ax=True)
+
+
 def test_cli_writes_png(tmp_path):
     sdata = _squares()
     store = tmp_path / "s.zarr"

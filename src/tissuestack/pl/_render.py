@@ -369,20 +369,29 @@ def _element_coloring(
 
 def _polygon_vertices(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices, path codes and owning geometry of every vertex of (multi)polygons, all rings closed."""
+    simple = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON).all()
+    if simple and not shapely.get_num_interior_rings(geoms).any():
+        # the common case, one ring per geometry: no intermediate geometry objects
+        coords, owner = shapely.get_coordinates(geoms, return_index=True)
+        return coords, _ring_codes(owner), owner
     parts, part_of = shapely.get_parts(geoms, return_index=True)
     if shapely.get_num_interior_rings(parts).any():
-        parts = shapely.normalize(
-            parts
-        )  # exteriors clockwise, holes anticlockwise: the nonzero rule cuts holes
+        # exteriors clockwise, holes anticlockwise: matplotlib's nonzero fill rule then cuts the holes
+        parts = shapely.normalize(parts)
     rings, ring_part = shapely.get_rings(parts, return_index=True)
     coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    codes = np.full(len(coords), _LINETO, dtype=np.uint8)
-    if len(coords):
+    return coords, _ring_codes(ring_of), part_of[ring_part[ring_of]]
+
+
+def _ring_codes(ring_of: np.ndarray) -> np.ndarray:
+    """Path codes of closed rings given each vertex's ring number (rings contiguous)."""
+    codes = np.full(len(ring_of), _LINETO, dtype=np.uint8)
+    if len(ring_of):
         starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
-        ends = np.r_[starts[1:] - 1, len(coords) - 1]
+        ends = np.r_[starts[1:] - 1, len(ring_of) - 1]
         codes[starts] = _MOVETO
         codes[ends] = _CLOSEPOLY
-    return coords, codes, part_of[ring_part[ring_of]]
+    return codes
 
 
 def _circle_vertices(
@@ -427,11 +436,15 @@ def render_shapes(
         )
     else:
         coords, codes, owner = _polygon_vertices(geoms)
-    coords = amap.apply(coords)
+    if not (np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any()):
+        coords = amap.apply(coords)
     vertex_color = coloring.ids[owner]
     keep = vertex_color >= 0
-    order = np.argsort(vertex_color[keep], kind="stable")
-    coords, codes, vertex_color = coords[keep][order], codes[keep][order], vertex_color[keep][order]
+    if not keep.all():
+        coords, codes, vertex_color = coords[keep], codes[keep], vertex_color[keep]
+    if len(coloring.rgba) > 1:  # group the vertices by colour, keeping each ring's order
+        order = np.argsort(vertex_color, kind="stable")
+        coords, codes, vertex_color = coords[order], codes[order], vertex_color[order]
     if len(coords) == 0:
         return coloring
     bounds = np.flatnonzero(np.r_[True, vertex_color[1:] != vertex_color[:-1]])
