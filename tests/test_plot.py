@@ -315,6 +315,23 @@ def test_show_saves_and_makes_one_panel_per_coordinate_system(tmp_path):
     assert out.read_text().lstrip().startswith("<?xml")
 
 
+def test_scalebar_has_a_round_physical_length():
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from tissuestack.pl._accessor import scalebar_length
+
+    assert scalebar_length(100, 1.0) == 20
+    assert scalebar_length(100, 0.5) == 10
+    assert scalebar_length(1000, 0.2083) == 20
+    ax = (
+        _squares()
+        .pl.render_shapes("cells")
+        .pl.show(crop=(0, 100, 0, 100), scalebar_dx=0.5, scalebar_units="µm", return_ax=True)
+    )
+    bars = [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert len(bars) == 1 and bars[0].txt_label.get_text() == "10 µm"
+
+
 def test_import_does_not_load_matplotlib():
     code = "import sys, tissuestack; tissuestack.SpatialData; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -329,6 +329,8 @@ class PlotAccessor:
         crop: Sequence[float] | None = None,
         width: int | None = None,
         frameon: bool | None = None,
+        scalebar_dx: float | None = None,
+        scalebar_units: str = "um",
     ) -> Any:
         """Draw the render steps, one panel per coordinate system.
 
@@ -358,6 +360,10 @@ class PlotAccessor:
             datashader render at.
         frameon
             Draw axes frame, ticks and labels (default ``True``).
+        scalebar_dx, scalebar_units
+            Draw a scale bar: one coordinate-system unit is ``scalebar_dx`` ``scalebar_units`` (e.g. ``1.0``,
+            ``"um"`` for a coordinate system in micrometres). The bar has a round length near a fifth of the
+            panel's width.
         """
         mpl = require("matplotlib")
         plt = require("matplotlib.pyplot")
@@ -392,6 +398,8 @@ class PlotAccessor:
             if frameon is False:
                 a.set_axis_off()
             _decorate(fig, a, colorings, legend_loc, colorbar)
+            if scalebar_dx is not None:
+                _scalebar(a, extent, scalebar_dx, scalebar_units)
         if save is not None:
             fig.savefig(save, dpi=dpi, bbox_inches="tight")
         if return_ax:
@@ -454,12 +462,41 @@ def _decorate(fig: Any, ax: Any, colorings: list[Coloring], legend_loc: str | No
                 seen.add(label)
                 handles.append(mpatches.Patch(facecolor=rgba, edgecolor="none", label=label))
     if handles and legend_loc is not None:
+        ncol = math.ceil(len(handles) / 25)
         if legend_loc == "right margin":
-            ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+            ax.legend(
+                handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False, ncol=ncol
+            )
         else:
-            ax.legend(handles=handles, loc=legend_loc)
+            ax.legend(handles=handles, loc=legend_loc, ncol=ncol)
     if colorbar:
         for c in colorings:
             if c.mappable is not None:
                 cmap, norm = c.mappable
                 fig.colorbar(mcm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=c.key, shrink=0.8)
+
+
+def scalebar_length(width: float, dx: float) -> float:
+    """A round physical length (1, 2 or 5 times a power of ten) near a fifth of ``width`` units of size ``dx``."""
+    target = 0.2 * width * dx
+    if not target > 0:
+        raise ValueError(f"scalebar_dx must be positive, got {dx!r}")
+    power = 10.0 ** math.floor(math.log10(target))
+    return max(m * power for m in (1, 2, 5) if m * power <= target)
+
+
+def _scalebar(ax: Any, extent: tuple[float, ...], dx: float, units: str) -> None:
+    anchored = require("mpl_toolkits.axes_grid1.anchored_artists")
+    length = scalebar_length(extent[1] - extent[0], dx)
+    bar = anchored.AnchoredSizeBar(
+        ax.transData,
+        length / dx,
+        f"{length:g} {units}",
+        "lower right",
+        pad=0.4,
+        color="black",
+        frameon=True,
+        size_vertical=(extent[3] - extent[2]) / 150,
+    )
+    bar.patch.set_alpha(0.6)
+    ax.add_artist(bar)
