@@ -123,6 +123,20 @@ def test_gene_colour_is_continuous_and_element_column_categorical():
     assert _close(_at(pixels, ax, 75, 75), BLUE)
 
 
+def test_missing_category_gets_na_color_and_legend_lists_drawn_categories():
+    sdata = _squares()
+    sdata["table"].obs["kind"] = pd.Categorical(["a", None], categories=["a", "b"])
+    sdata["table"].uns["kind_colors"] = np.array(["#ff0000", "#00ff00"], dtype=object)
+    chain = sdata.pl.render_shapes("cells", color="kind", na_color="blue")
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    assert _close(_at(pixels, ax, 25, 25), RED)
+    assert _close(_at(pixels, ax, 75, 75), BLUE)
+    ax = chain.pl.show(return_ax=True)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a"]  # 'b' is not drawn anywhere
+    ax = sdata.pl.render_shapes("cells", color="geneA").pl.show(return_ax=True)
+    assert ax.get_legend() is None and len(ax.figure.axes) == 2  # a colorbar instead
+
+
 def test_polygon_with_hole_and_multipolygon():
     outer = shapely.Polygon(
         [(10, 10), (90, 10), (90, 90), (10, 90)], holes=[[(40, 40), (60, 40), (60, 60), (40, 60)]]
@@ -277,6 +291,18 @@ def test_points_methods_put_colour_at_the_same_places(method):
         assert _close(_at(pixels, ax, x, y), colour, tol=40), (method, x, y)
     assert _close(_at(pixels, ax, 35, 65), (255, 255, 255))
     assert _close(_at(pixels, ax, 65, 35), (255, 255, 255))
+
+
+@pytest.mark.parametrize("method", ["matplotlib", "datashader"])
+def test_points_continuous_colour(method):
+    frame = pd.DataFrame({"x": [20.0, 80.0, 50.0], "y": [20.0, 80.0, 50.0], "v": [0.0, 1.0, np.nan]})
+    sdata = SpatialData(points={"p": PointsModel.parse(frame)})
+    chain = sdata.pl.render_points("p", color="v", size=30, cmap="viridis", na_color="red", method=method)
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    cmap = matplotlib.colormaps["viridis"]
+    assert _close(_at(pixels, ax, 20, 20), tuple(round(255 * v) for v in cmap(0.0)[:3]), tol=20)
+    assert _close(_at(pixels, ax, 80, 80), tuple(round(255 * v) for v in cmap(1.0)[:3]), tol=20)
+    assert _close(_at(pixels, ax, 50, 50), RED, tol=20)  # missing value
 
 
 def test_points_crop_and_many_points_default_to_datashader():

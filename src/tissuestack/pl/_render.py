@@ -546,40 +546,60 @@ def render_points(
     return coloring
 
 
+_MODE_MAX_COLORS = 16  # up to this many colours a pixel takes the most frequent one; above, the highest id
+
+
+def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
+    """Grow every drawn pixel to the radius of a scatter marker of size ``size`` (points squared)."""
+    ndimage = require("scipy.ndimage")
+    radius_px = 0.5 * math.sqrt(max(size, 0.0)) * dpi / 72.0
+    r = round(radius_px)
+    if r < 1:
+        return image
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (xx**2 + yy**2) <= (radius_px + 0.5) ** 2
+    if image.ndim == 2:
+        return ndimage.maximum_filter(image, footprint=disk)
+    return np.stack(
+        [ndimage.maximum_filter(image[..., k], footprint=disk) for k in range(image.shape[2])], -1
+    )
+
+
 def _datashade(
     xy: np.ndarray, ids: np.ndarray, coloring: Coloring, canvas: Canvas, size: float
 ) -> np.ndarray:
-    """RGBA image of the points on the canvas grid: per pixel the colour with most points, spread to the
-    marker's radius so that it covers what a scatter of marker size ``size`` (points squared) would."""
+    """RGBA image of the points on the canvas grid, spread to the marker's radius.
+
+    With few colours (categories, or one colour) a pixel takes the colour of most of its points; with many
+    (continuous values: 256 colormap levels) the highest level among its points, missing values last.
+    """
     ds = require("datashader")
-    ndimage = require("scipy.ndimage")
     cvs = ds.Canvas(
         plot_width=int(canvas.width_px),
         plot_height=int(canvas.height_px),
         x_range=(canvas.xmin, canvas.xmax),
         y_range=(canvas.ymin, canvas.ymax),
     )
+    image = np.zeros((int(canvas.height_px), int(canvas.width_px), 4))  # row 0 at ymin
+    if len(ids) == 0:
+        return image
     used = np.unique(ids)
-    frame = pd.DataFrame(
-        {
-            "x": xy[:, 0],
-            "y": xy[:, 1],
-            "c": pd.Categorical(np.searchsorted(used, ids), categories=range(len(used))),
-        }
-    )
-    agg = cvs.points(frame, "x", "y", agg=ds.count_cat("c"))
-    counts = np.asarray(agg.values, dtype=np.float64)  # (height, width, k); row 0 at ymin
-    radius_px = 0.5 * math.sqrt(max(size, 0.0)) * canvas.dpi / 72.0
-    r = round(radius_px)
-    if r >= 1:
-        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-        disk = (xx**2 + yy**2) <= (radius_px + 0.5) ** 2
-        counts = np.stack(
-            [ndimage.maximum_filter(counts[..., k], footprint=disk) for k in range(counts.shape[2])], axis=-1
+    if len(used) <= _MODE_MAX_COLORS:
+        codes = pd.Categorical(np.searchsorted(used, ids), categories=range(len(used)))
+        frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "c": codes})
+        counts = _spread(
+            np.asarray(cvs.points(frame, "x", "y", agg=ds.count_cat("c")).values), size, canvas.dpi
         )
-    best = counts.argmax(axis=-1)
-    image = coloring.rgba[used[best]]
-    image[counts.max(axis=-1) <= 0] = 0.0
+        drawn = counts.max(axis=-1) > 0
+        image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]
+        return image
+    na_id = len(coloring.rgba) - 1
+    value = np.where(ids == na_id, -0.5, ids).astype(np.float64)  # missing values lose to any real value
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": value})
+    top = np.nan_to_num(np.asarray(cvs.points(frame, "x", "y", agg=ds.max("v")).values), nan=-1.0)
+    top = _spread(top, size, canvas.dpi)
+    image[top >= 0] = coloring.rgba[top[top >= 0].astype(np.intp)]
+    image[top == -0.5] = coloring.rgba[na_id]
     return image
 
 
