@@ -33,6 +33,16 @@ from tissuestack import (
 from tissuestack.cli import main
 
 RED = (255, 0, 0)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 BLUE = (0, 0, 255)
 
 
