@@ -280,6 +280,35 @@ def test_labels_coloured_by_table_category():
     assert _close(_at(pixels, ax, 50, 50), (255, 255, 255))  # background label 0 is transparent
 
 
+def test_labels_gene_colour_outline_and_default_colours():
+    labels = np.zeros((100, 100), dtype=np.int32)
+    labels[10:40, 10:40] = 1
+    labels[60:90, 60:90] = 2
+    table = ad.AnnData(
+        X=np.array([[0.0], [4.0]]),
+        obs=pd.DataFrame({"label_id": [1, 2], "region": pd.Categorical(["seg", "seg"])}, index=["c1", "c2"]),
+        var=pd.DataFrame(index=["geneA"]),
+    )
+    sdata = SpatialData(
+        labels={"seg": Labels2DModel.parse(labels, dims=("y", "x"))},
+        tables={"t": TableModel.parse(table, region="seg", region_key="region", instance_key="label_id")},
+    )
+    chain = sdata.pl.render_labels("seg", color="geneA", fill_alpha=1.0, cmap="viridis")
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    cmap = matplotlib.colormaps["viridis"]
+    assert _close(_at(pixels, ax, 25, 25), tuple(round(255 * v) for v in cmap(0.0)[:3]))
+    assert _close(_at(pixels, ax, 75, 75), tuple(round(255 * v) for v in cmap(1.0)[:3]))
+    # outline only: the boundary is coloured, the inside is not
+    chain = sdata.pl.render_labels("seg", color="red", fill_alpha=0.0, outline=True)
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    assert _close(_at(pixels, ax, 10.5, 25), RED)
+    assert _close(_at(pixels, ax, 25, 25), (255, 255, 255))
+    # default: a distinct colour per label
+    pixels, ax = _draw(sdata.pl.render_labels("seg", fill_alpha=1.0), crop=(0, 100, 0, 100))
+    one, two = _at(pixels, ax, 25, 25), _at(pixels, ax, 75, 75)
+    assert one != two and one != (255, 255, 255) and two != (255, 255, 255)
+
+
 # ------------------------------------------------------------------------------------------------ points
 def _points() -> SpatialData:
     frame = pd.DataFrame(
@@ -301,6 +330,25 @@ def test_points_methods_put_colour_at_the_same_places(method):
         assert _close(_at(pixels, ax, x, y), colour, tol=40), (method, x, y)
     assert _close(_at(pixels, ax, 35, 65), (255, 255, 255))
     assert _close(_at(pixels, ax, 65, 35), (255, 255, 255))
+
+
+def test_points_coloured_by_table_through_instance_key():
+    frame = pd.DataFrame({"x": [20.0, 80.0], "y": [20.0, 80.0], "cell": [1, 2]})
+    points = PointsModel.parse(frame, instance_key="cell")
+    table = ad.AnnData(
+        obs=pd.DataFrame(
+            {"cell": [1, 2], "region": pd.Categorical(["tx", "tx"]), "kind": pd.Categorical(["a", "b"])},
+            index=["r1", "r2"],
+        )
+    )
+    sdata = SpatialData(
+        points={"tx": points},
+        tables={"t": TableModel.parse(table, region="tx", region_key="region", instance_key="cell")},
+    )
+    chain = sdata.pl.render_points("tx", color="kind", size=30, palette=["red", "blue"])
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    assert _close(_at(pixels, ax, 20, 20), RED, tol=40)
+    assert _close(_at(pixels, ax, 80, 80), BLUE, tol=40)
 
 
 @pytest.mark.parametrize("method", ["matplotlib", "datashader"])
