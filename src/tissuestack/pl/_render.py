@@ -233,7 +233,7 @@ def render_image(
         if len(idx) > len(colours):
             colours = default_palette(len(idx))
     else:
-        colours = list(palette)
+        colours = [palette] if isinstance(palette, str) else list(palette)
         if len(colours) < len(idx):
             raise ValueError(f"image {name!r}: palette has {len(colours)} colours for {len(idx)} channels")
     rgb = np.zeros((*data.shape[1:], 3))
