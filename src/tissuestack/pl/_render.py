@@ -37,6 +37,7 @@ __all__ = ["DATASHADER_THRESHOLD", "Canvas", "render_element"]
 
 DATASHADER_THRESHOLD = 100_000  # points above this are rasterised with datashader (method=None)
 _MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
+_PATH_VERTICES = 250_000  # vertices per compound path
 
 
 @dataclass(frozen=True)
@@ -447,12 +448,15 @@ def render_shapes(
         coords, codes, vertex_color = coords[order], codes[order], vertex_color[order]
     if len(coords) == 0:
         return coloring
-    bounds = np.flatnonzero(np.r_[True, vertex_color[1:] != vertex_color[:-1]])
-    groups = vertex_color[bounds]
+    # one path per colour, cut at ring starts into pieces of about _PATH_VERTICES (Agg fills huge paths badly)
+    ring_starts = np.flatnonzero(codes == _MOVETO)
+    ring_color = vertex_color[ring_starts]
+    block = ring_starts // _PATH_VERTICES
+    cut = np.r_[True, (ring_color[1:] != ring_color[:-1]) | (block[1:] != block[:-1])]
+    bounds = ring_starts[cut]
+    groups = ring_color[cut]
     stops = np.r_[bounds[1:], len(coords)]
-    paths = [
-        mpath.Path(coords[a:b], codes[a:b]) for a, b in zip(bounds, stops, strict=True)
-    ]  # one per colour
+    paths = [mpath.Path(coords[a:b], codes[a:b]) for a, b in zip(bounds, stops, strict=True)]
     face = coloring.rgba[groups].copy()
     face[:, 3] *= p.get("fill_alpha", 1.0)
     edge = to_rgba(p.get("outline_color", "#000000"))
