@@ -429,23 +429,22 @@ def render_shapes(
     coloring = _element_coloring(
         sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].to_numpy())
     )
-    geoms = np.asarray(gdf.geometry.array)
+    # order the rows by colour (rows not drawn left out) before taking vertices: they come out grouped
+    rows = np.flatnonzero(coloring.ids >= 0)
+    if len(coloring.rgba) > 1:
+        rows = rows[np.argsort(coloring.ids[rows], kind="stable")]
+    if len(rows) == 0:
+        return coloring
+    geoms = np.asarray(gdf.geometry.array)[rows]
     if shapes_type(gdf) == "circles":
         centres = shapely.get_coordinates(geoms)
-        coords, codes, owner = _circle_vertices(
-            centres, gdf[RADIUS_COLUMN].to_numpy(dtype=float), amap, canvas
-        )
+        radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows]
+        coords, codes, owner = _circle_vertices(centres, radii, amap, canvas)
     else:
         coords, codes, owner = _polygon_vertices(geoms)
     if not (np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any()):
         coords = amap.apply(coords)
-    vertex_color = coloring.ids[owner]
-    keep = vertex_color >= 0
-    if not keep.all():
-        coords, codes, vertex_color = coords[keep], codes[keep], vertex_color[keep]
-    if len(coloring.rgba) > 1:  # group the vertices by colour, keeping each ring's order
-        order = np.argsort(vertex_color, kind="stable")
-        coords, codes, vertex_color = coords[order], codes[order], vertex_color[order]
+    vertex_color = coloring.ids[rows][owner]
     if len(coords) == 0:
         return coloring
     # one path per colour, cut at ring starts into pieces of about _PATH_VERTICES (Agg fills huge paths badly)
