@@ -29,6 +29,7 @@ from tissuestack import (
     ShapesModel,
     SpatialData,
     TableModel,
+    ValidationError,
 )
 from tissuestack.cli import main
 
@@ -385,6 +386,10 @@ def test_chain_is_immutable_and_errors_name_things():
     assert len(first.steps) == 1 and len(second.steps) == 2
     with pytest.raises(KeyError, match="no element named 'nope'"):
         sdata.pl.render_shapes("nope")
+    with pytest.raises(ValidationError, match="'cells' is a shapes element; use render_shapes"):
+        sdata.pl.render_points("cells")
+    with pytest.raises(ValidationError, match="no images elements"):
+        sdata.pl.render_images()
     with pytest.raises(KeyError, match=r"'cells'.*'missing_key'"):
         sdata.pl.render_shapes("cells", color="missing_key").pl.show(return_ax=True)
 
