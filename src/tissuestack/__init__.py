@@ -79,7 +79,7 @@ _EXPORTS: dict[str, str] = {
     "unpad_raster": "tissuestack.ops",
     "build_pyramids": "tissuestack.ops",
 }
-_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "query", "store")
+_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "pl", "query", "store")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
@@ -100,7 +100,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from tissuestack import datasets, elements, errors, io, ops, query, store, transforms
+    from tissuestack import datasets, elements, errors, io, ops, pl, query, store, transforms
     from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,

@@ -152,6 +152,33 @@ def _selections_parser(sub: Any) -> None:
     exp.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     exp.set_defaults(func=_cmd_selections_export)
 
+    plot = sub.add_parser(
+        "plot",
+        help="draw elements of a store into an image file (png, pdf, svg)",
+        description="Draw elements of a store in one coordinate system and save the figure (format from the "
+        "suffix of OUT). Images first, then labels, shapes and points, each coloured by --color where the key "
+        "exists for it (an element column, or an obs column or gene of an annotating table). Only what lies "
+        "inside --crop is read; rasters are read at the pyramid level that fits --width.",
+    )
+    plot.add_argument("store", help="store path or URL")
+    plot.add_argument("out", help="image file to write (.png, .pdf, .svg)")
+    plot.add_argument(
+        "--element", action="append", default=None, metavar="NAME", help="element to draw (repeatable; default all)"
+    )
+    plot.add_argument("--color", default=None, help="colour key (column, obs column, gene) or a colour")
+    plot.add_argument(
+        "--coordinate-system", default=None, metavar="CS", help="coordinate system (default the first one)"
+    )
+    plot.add_argument(
+        "--crop", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
+        help="draw only this box of the coordinate system",
+    )
+    plot.add_argument("--width", type=_positive_int, default=None, metavar="PX", help="panel width in pixels")
+    plot.add_argument("--dpi", type=_positive_int, default=100, help="dots per inch (default 100)")
+    _storage_option_arg(plot)
+    plot.set_defaults(func=_cmd_plot)
+
+
 
 def _storage_option_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -377,6 +404,54 @@ def _cmd_selections_export(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {len(sdata[args.element])} selection(s) of {args.element!r} to {path}")
+    return 0
+
+
+def _color_applies(sdata: Any, name: str, key: str | None) -> bool:
+    """Whether colour key ``key`` can colour element ``name`` (a colour, an element column or a table key)."""
+    if key is None:
+        return False
+    element = sdata[name]
+    if sdata.kind_of(name) in ("shapes", "points") and key in element.columns:
+        return True
+    for table_name in sdata.get_annotating_tables(name):
+        table = sdata.tables[table_name]
+        if key in table.obs.columns or key in table.var_names:
+            return True
+    from matplotlib.colors import is_color_like
+
+    return bool(is_color_like(key))
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import matplotlib  # the plotting command needs the optional "plot" extra
+
+    matplotlib.use("Agg")
+    from tissuestack import read_zarr
+
+    sdata = read_zarr(args.store, storage_options=_storage_options(args.storage_option))
+    cs = args.coordinate_system
+    if cs is None:
+        if not sdata.coordinate_systems:
+            raise ValidationError(f"{args.store}: no spatial element to draw")
+        cs = "global" if "global" in sdata.coordinate_systems else sdata.coordinate_systems[0]
+    names = args.element or sdata.elements_in_coordinate_system(cs)
+    chain = sdata.pl
+    by_kind: dict[str, list[str]] = {"images": [], "labels": [], "shapes": [], "points": []}
+    for name in names:
+        kind = sdata.kind_of(name)
+        if kind == "tables":
+            raise ValidationError(f"{name!r} is a table; --element names images, labels, shapes or points")
+        by_kind[kind].append(name)
+    for name in by_kind["images"]:
+        chain = chain.render_images(name)
+    for kind in ("labels", "shapes", "points"):
+        for name in by_kind[kind]:
+            color = args.color if _color_applies(sdata, name, args.color) else None
+            chain = getattr(chain, f"render_{kind}")(name, color)
+    start = time.perf_counter()
+    chain.show(coordinate_systems=cs, save=args.out, crop=args.crop, width=args.width, dpi=args.dpi)
+    print(f"wrote {args.out} ({len(names)} elements in {cs!r}, {time.perf_counter() - start:.2f} s)")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 import warnings
@@ -136,6 +137,15 @@ class SpatialData:
     @property
     def tables(self) -> ElementsView:
         return ElementsView(self, "tables")
+
+    @property
+    def pl(self) -> Any:
+        """Static plots (a :class:`tissuestack.pl.PlotAccessor`): ``sdata.pl.render_shapes(...).pl.show()``.
+
+        The plotting front end sits above the container; it is imported on first use, which also keeps
+        ``import tissuestack`` from importing it (matplotlib itself is imported only when drawing).
+        """
+        return importlib.import_module("tissuestack.pl").PlotAccessor(self)
 
     # ------------------------------------------------------------------------------ dict-like access
     def __getitem__(self, name: str) -> Any:

@@ -1,0 +1,626 @@
+"""Drawing one element onto a matplotlib axes in a coordinate system.
+
+Every renderer gets the element, its transformation to the panel's coordinate system and the :class:`Canvas`
+(the panel's extent and pixel size), and returns the :class:`Coloring` it used (for legends and colorbars).
+
+* Rasters are read at the coarsest pyramid level whose pixels are no larger than an output pixel, and only
+  through the window the canvas covers; they are placed with ``imshow`` in intrinsic pixel coordinates plus an
+  ``Affine2D`` of the element's transformation (rotations and shears included).
+* Shapes become one compound ``Path`` per colour (vertices from ``shapely.get_coordinates``, transformed in one
+  matrix product; circles as polygons of the transformed disk, so they keep their true radius under any affine).
+* Points are scattered, or rasterised with datashader onto the canvas when there are many.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from tissuestack._compute import scheduler
+from tissuestack._container import SpatialData
+from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
+from tissuestack.elements._shapes import RADIUS_COLUMN
+from tissuestack.errors import ValidationError
+from tissuestack.ops._extent import spatial_map
+from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
+from tissuestack.pl._mpl import require
+from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
+from tissuestack.query._bbox import Region, query_points, query_shapes
+from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
+
+__all__ = ["DATASHADER_THRESHOLD", "Canvas", "render_element"]
+
+DATASHADER_THRESHOLD = 100_000  # points above this are rasterised with datashader (method=None)
+_MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
+_PATH_VERTICES = 250_000  # vertices per compound path
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """A panel: its extent in the coordinate system, its size in output pixels, and whether it is a crop."""
+
+    coordinate_system: str
+    xmin: float
+    xmax: float
+    ymin: float
+    ymax: float
+    width_px: int
+    height_px: int
+    cropped: bool
+    dpi: float
+
+    @property
+    def unit_per_px(self) -> float:
+        return max(
+            (self.xmax - self.xmin) / max(self.width_px, 1), (self.ymax - self.ymin) / max(self.height_px, 1)
+        )
+
+    def region(self) -> Region:
+        return Region(("x", "y"), np.array([[self.xmin, self.ymin]]), np.array([[self.xmax, self.ymax]]))
+
+
+def _xy_map(element: Any, t: BaseTransformation, name: str) -> AffineMap:
+    """The element's x/y -> coordinate-system x/y map (a z axis of points or shapes is projected away)."""
+    try:
+        amap = (
+            spatial_map(element, t) if "z" not in get_axes(element) else affine_map(t, ("x", "y"), ("x", "y"))
+        )
+    except (ValueError, KeyError) as err:
+        raise ValidationError(f"element {name!r}: cannot place it on x and y for plotting: {err}") from err
+    if amap.in_axes != ("x", "y") or amap.out_axes != ("x", "y"):
+        raise ValidationError(
+            f"element {name!r}: plotting needs an element placed on x and y; its map goes from "
+            f"{amap.in_axes} to {amap.out_axes}"
+        )
+    return amap
+
+
+def _affine2d(amap: AffineMap) -> Any:
+    transforms = require("matplotlib.transforms")
+    m = np.eye(3)
+    m[:2, :2] = amap.linear
+    m[:2, 2] = amap.offset
+    return transforms.Affine2D(m)
+
+
+# ================================================================================================ rasters
+def _choose_level(levels: list[Any], amap: AffineMap, canvas: Canvas, scale: str | None, name: str) -> int:
+    if scale is not None:
+        if scale == "full":
+            return 0
+        names = [f"scale{i}" for i in range(len(levels))]
+        if scale not in names:
+            raise ValueError(f"element {name!r}: scale {scale!r} is not one of {['full', *names]}")
+        return names.index(scale)
+    px0 = math.sqrt(abs(float(np.linalg.det(amap.linear)))) or 1.0
+    chosen = 0
+    for i, lvl in enumerate(levels):
+        f = max(levels[0].sizes["x"] / max(lvl.sizes["x"], 1), levels[0].sizes["y"] / max(lvl.sizes["y"], 1))
+        if f * px0 <= canvas.unit_per_px * 1.0001:
+            chosen = i
+    return chosen
+
+
+def read_raster(
+    element: Any,
+    amap: AffineMap,
+    canvas: Canvas,
+    scale: str | None,
+    name: str,
+    channels: list[int] | None = None,
+) -> tuple[np.ndarray, tuple[float, float, float, float]] | None:
+    """The pixels of the chosen level inside the canvas window (only ``channels`` of an image), and their
+    extent in level-0 intrinsic coordinates ``(x0, x1, y0, y1)``; ``None`` when the window misses the raster."""
+    levels = raster_levels(element)
+    i = _choose_level(levels, amap, canvas, scale, name)
+    lvl0, lvl = levels[0], levels[i]
+    fx = lvl0.sizes["x"] / max(lvl.sizes["x"], 1)
+    fy = lvl0.sizes["y"] / max(lvl.sizes["y"], 1)
+    bounds = amap.intrinsic_bounds([canvas.xmin, canvas.ymin], [canvas.xmax, canvas.ymax], ("x", "y"))
+    nx, ny = lvl.sizes["x"], lvl.sizes["y"]
+    if bounds is None:
+        x0, x1, y0, y1 = 0, nx, 0, ny
+    else:
+        (bx0, by0), (bx1, by1) = bounds
+        x0 = max(0, math.floor(bx0 / fx) - 1)
+        x1 = min(nx, math.ceil(bx1 / fx) + 1)
+        y0 = max(0, math.floor(by0 / fy) - 1)
+        y1 = min(ny, math.ceil(by1 / fy) + 1)
+        if x0 >= x1 or y0 >= y1:
+            return None
+    window = lvl.isel(x=slice(x0, x1), y=slice(y0, y1))
+    if channels is not None:
+        window = window.isel(c=channels)
+    data = window.data
+    if hasattr(data, "compute"):
+        data = data.compute(scheduler=scheduler())
+    return np.asarray(data), (x0 * fx, x1 * fx, y0 * fy, y1 * fy)
+
+
+def _imshow(
+    ax: Any, rgba: np.ndarray, box: tuple[float, float, float, float], amap: AffineMap, **kwargs: Any
+):
+    x0, x1, y0, y1 = box
+    return ax.imshow(
+        rgba,
+        extent=(x0, x1, y1, y0),
+        origin="upper",
+        transform=_affine2d(amap) + ax.transData,
+        **kwargs,
+    )
+
+
+def _percentile_norm(channel: np.ndarray) -> np.ndarray:
+    step = max(1, int(math.sqrt(channel.size / 1_000_000)))
+    sample = channel[::step, ::step].astype(float)
+    finite = sample[np.isfinite(sample)]
+    if finite.size == 0:
+        return np.zeros(channel.shape)
+    lo, hi = np.percentile(finite, [1.0, 99.0])
+    if hi <= lo:
+        hi = lo + 1.0
+    return np.clip((channel.astype(float) - lo) / (hi - lo), 0.0, 1.0)
+
+
+_COMPOSITE_COLORS = ["#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff", "#ff8000", "#8000ff"]
+
+
+def _channel_indices(names: list[Any], channel: Any, name: str) -> list[int]:
+    if channel is None:
+        return list(range(len(names)))
+    wanted = channel if isinstance(channel, (list, tuple)) else [channel]
+    out = []
+    for c in wanted:
+        if c in names:
+            out.append(names.index(c))
+        elif isinstance(c, (int, np.integer)) and 0 <= c < len(names):
+            out.append(int(c))
+        else:
+            raise KeyError(f"image {name!r} has no channel {c!r}; channels are {names}")
+    return out
+
+
+def render_image(
+    ax: Any, name: str, element: Any, t: BaseTransformation, canvas: Canvas, p: dict
+) -> Coloring | None:
+    mpl = require("matplotlib")
+    mcolors = require("matplotlib.colors")
+    amap = _xy_map(element, t, name)
+    lvl0 = raster_levels(element)[0]
+    names = (
+        [c.item() if hasattr(c, "item") else c for c in lvl0.coords["c"].values]
+        if "c" in lvl0.coords
+        else list(range(lvl0.sizes["c"]))
+    )
+    chosen = _channel_indices(names, p.get("channel"), name)
+    read = read_raster(element, amap, canvas, p.get("scale"), name, channels=chosen)
+    if read is None:
+        return None
+    data, box = read
+    idx = list(range(len(chosen)))  # positions in the window read
+    names = [names[c] for c in chosen]
+    palette, cmap, norm = p.get("palette"), p.get("cmap"), p.get("norm")
+    kwargs = {"alpha": p.get("alpha", 1.0), "interpolation": "antialiased", "zorder": p["zorder"]}
+    if (
+        p.get("channel") is None
+        and palette is None
+        and cmap is None
+        and data.dtype == np.uint8
+        and data.shape[0] in (3, 4)
+    ):
+        _imshow(ax, np.moveaxis(data, 0, -1), box, amap, **kwargs)  # RGB(A) image as is
+        return None
+
+    def normalised(c: int) -> np.ndarray:
+        if norm is not None:
+            return np.clip(np.asarray(norm(data[c].astype(float)), dtype=float), 0.0, 1.0)
+        return _percentile_norm(data[c])
+
+    if len(idx) == 1:
+        if palette is not None:
+            colour = palette[0] if isinstance(palette, (list, tuple)) else palette
+            cm = mcolors.LinearSegmentedColormap.from_list(f"{name}_channel", ["black", colour])
+        else:
+            cm = mpl.colormaps[cmap or "gray"] if not isinstance(cmap, mcolors.Colormap) else cmap
+        _imshow(ax, cm(normalised(idx[0])), box, amap, **kwargs)
+        return None
+    if palette is None:
+        colours = _COMPOSITE_COLORS if len(idx) > 3 else ["#ff0000", "#00ff00", "#0000ff"]
+        if len(idx) > len(colours):
+            colours = default_palette(len(idx))
+    else:
+        colours = [palette] if isinstance(palette, str) else list(palette)
+        if len(colours) < len(idx):
+            raise ValueError(f"image {name!r}: palette has {len(colours)} colours for {len(idx)} channels")
+    rgb = np.zeros((*data.shape[1:], 3))
+    legend = []
+    for c, colour in zip(idx, colours, strict=False):
+        rgba = to_rgba(colour)
+        rgb += normalised(c)[..., None] * rgba[None, None, :3]
+        legend.append((str(names[c]), rgba))
+    _imshow(ax, np.clip(rgb, 0.0, 1.0), box, amap, **kwargs)
+    return Coloring(np.zeros(0, dtype=np.intp), np.zeros((0, 4)), legend=legend, key=f"{name} channels")
+
+
+def _hashed_colors(ids: np.ndarray) -> np.ndarray:
+    mcolors = require("matplotlib.colors")
+    hue = (ids.astype(np.float64) * 0.618033988749895) % 1.0
+    hsv = np.column_stack([hue, np.full(len(ids), 0.7), np.full(len(ids), 0.9)])
+    return np.column_stack([mcolors.hsv_to_rgb(hsv), np.ones(len(ids))])
+
+
+def render_labels(
+    ax: Any, sdata: SpatialData, name: str, element: Any, t: BaseTransformation, canvas: Canvas, p: dict
+) -> Coloring | None:
+    amap = _xy_map(element, t, name)
+    read = read_raster(element, amap, canvas, p.get("scale"), name)
+    if read is None:
+        return None
+    arr, box = read
+    ids, inverse = np.unique(arr, return_inverse=True)
+    inverse = inverse.reshape(arr.shape)
+    color = p.get("color")
+    coloring: Coloring | None = None
+    if color is None:
+        lut = _hashed_colors(ids)
+    elif is_color(color) and not _key_in_tables(sdata, name, color, p.get("table_name")):
+        lut = np.tile(to_rgba(color), (len(ids), 1))
+    else:
+        source = find_color_source(sdata, name, [], color, p.get("table_name"))
+        values, uns = label_values(sdata, name, source, p.get("table_layer"))
+        aligned = _align(values, pd.Index(ids), name)
+        coloring = resolve_coloring(
+            len(ids),
+            values=aligned,
+            key=color,
+            palette=p.get("palette"),
+            groups=p.get("groups"),
+            na_color=p.get("na_color"),
+            cmap=p.get("cmap"),
+            norm=p.get("norm"),
+            uns=uns,
+            what=f"labels {name!r}",
+        )
+        lut = coloring.row_colors()
+    lut = lut.copy()
+    lut[ids == 0] = 0.0  # background
+    fill = lut.copy()
+    fill[:, 3] *= p.get("fill_alpha", 0.4)
+    image = fill[inverse]
+    if p.get("outline"):
+        edge = np.zeros(arr.shape, dtype=bool)
+        edge[1:, :] |= arr[1:, :] != arr[:-1, :]
+        edge[:-1, :] |= arr[:-1, :] != arr[1:, :]
+        edge[:, 1:] |= arr[:, 1:] != arr[:, :-1]
+        edge[:, :-1] |= arr[:, :-1] != arr[:, 1:]
+        outline = lut[inverse]
+        outline[..., 3] *= p.get("outline_alpha", 1.0)
+        image[edge] = outline[edge]
+    _imshow(ax, image, box, amap, interpolation="nearest", zorder=p["zorder"])
+    return coloring
+
+
+def _key_in_tables(sdata: SpatialData, name: str, key: Any, table_name: str | None) -> bool:
+    if not isinstance(key, str):
+        return False
+    tables = [table_name] if table_name is not None else sdata.get_annotating_tables(name)
+    return any(key in sdata.tables[tn].obs.columns or key in sdata.tables[tn].var_names for tn in tables)
+
+
+def _align(values: pd.Series, ids: pd.Index, name: str) -> pd.Series:
+    """``values`` (indexed by instance id) in the order of ``ids``; ids without a value are missing."""
+    index = values.index
+    if index.has_duplicates:
+        raise ValidationError(
+            f"element {name!r}: the table has several rows for instances {index[index.duplicated()][:5].tolist()}"
+        )
+    pos = index.get_indexer(ids)
+    if (pos < 0).all() and len(ids) and len(index):
+        pos = index.astype(str).get_indexer(ids.astype(str))
+    taken = values.iloc[np.maximum(pos, 0)].copy() if len(values) else pd.Series(np.full(len(ids), np.nan))
+    taken = taken.reset_index(drop=True)
+    missing = pos < 0
+    if missing.any():
+        if isinstance(taken.dtype, pd.CategoricalDtype):
+            taken[missing] = np.nan
+        else:
+            taken = taken.astype(object if not pd.api.types.is_numeric_dtype(taken.dtype) else float)
+            taken[missing] = np.nan
+    return taken
+
+
+# ================================================================================================ shapes
+def _element_coloring(
+    sdata: SpatialData,
+    name: str,
+    element: Any,
+    columns: pd.Index,
+    ids: pd.Index | None,
+    p: dict,
+    n: int,
+    fetch_column: Any,
+) -> Coloring:
+    color = p.get("color")
+    common = {
+        "palette": p.get("palette"),
+        "groups": p.get("groups"),
+        "na_color": p.get("na_color"),
+        "cmap": p.get("cmap"),
+        "norm": p.get("norm"),
+        "what": f"element {name!r}",
+    }
+    if color is None or (
+        is_color(color)
+        and color not in columns
+        and not _key_in_tables(sdata, name, color, p.get("table_name"))
+    ):
+        return resolve_coloring(n, color=color)
+    source: ColorSource = find_color_source(sdata, name, columns, color, p.get("table_name"))
+    if source.place == "element":
+        values = fetch_column(color).reset_index(drop=True)
+        return resolve_coloring(n, values=values, key=color, **common)
+    values, uns = table_values_by_id(sdata, name, element, source, p.get("table_layer"))
+    return resolve_coloring(n, values=_align(values, ids, name), key=color, uns=uns, **common)
+
+
+def _polygon_vertices(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices, path codes and owning geometry of every vertex of (multi)polygons, all rings closed."""
+    simple = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON).all()
+    if simple and not shapely.get_num_interior_rings(geoms).any():
+        # the common case, one ring per geometry: no intermediate geometry objects
+        coords, owner = shapely.get_coordinates(geoms, return_index=True)
+        return coords, _ring_codes(owner), owner
+    parts, part_of = shapely.get_parts(geoms, return_index=True)
+    if shapely.get_num_interior_rings(parts).any():
+        # exteriors clockwise, holes anticlockwise: matplotlib's nonzero fill rule then cuts the holes
+        parts = shapely.normalize(parts)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    return coords, _ring_codes(ring_of), part_of[ring_part[ring_of]]
+
+
+def _ring_codes(ring_of: np.ndarray) -> np.ndarray:
+    """Path codes of closed rings given each vertex's ring number (rings contiguous)."""
+    codes = np.full(len(ring_of), _LINETO, dtype=np.uint8)
+    if len(ring_of):
+        starts = np.flatnonzero(np.r_[True, ring_of[1:] != ring_of[:-1]])
+        ends = np.r_[starts[1:] - 1, len(ring_of) - 1]
+        codes[starts] = _MOVETO
+        codes[ends] = _CLOSEPOLY
+    return codes
+
+
+def _circle_vertices(
+    centres: np.ndarray, radii: np.ndarray, amap: AffineMap, canvas: Canvas
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices of each transformed disk as a polygon fine enough for the output pixel size (in intrinsic
+    coordinates: the caller applies the affine, so the disk keeps its true radius and becomes an ellipse)."""
+    scale = float(np.linalg.svd(amap.linear, compute_uv=False).max()) if len(radii) else 1.0
+    r_px = float(np.nanmax(radii)) * scale / canvas.unit_per_px if len(radii) else 1.0
+    m = 8 if r_px <= 1 else int(np.clip(math.ceil(math.pi / math.acos(max(1 - 0.25 / r_px, -1.0))), 8, 96))
+    angles = np.linspace(0.0, 2 * math.pi, m + 1)
+    unit = np.column_stack([np.cos(angles), np.sin(angles)])
+    coords = (centres[:, None, :] + radii[:, None, None] * unit[None, :, :]).reshape(-1, 2)
+    codes = np.tile(np.r_[_MOVETO, np.full(m - 1, _LINETO), _CLOSEPOLY].astype(np.uint8), len(centres))
+    owner = np.repeat(np.arange(len(centres)), m + 1)
+    return coords, codes, owner
+
+
+def render_shapes(
+    ax: Any, sdata: SpatialData, name: str, element: Any, t: BaseTransformation, canvas: Canvas, p: dict
+) -> Coloring | None:
+    mpath = require("matplotlib.path")
+    mcoll = require("matplotlib.collections")
+    amap = _xy_map(element, t, name)
+    gdf = element
+    if canvas.cropped:
+        gdf = query_shapes(element, t, canvas.region())[0]
+        if gdf is None or len(gdf) == 0:
+            return None
+    n = len(gdf)
+    if n == 0:
+        return None
+    columns = gdf.columns.drop(gdf.geometry.name)
+    coloring = _element_coloring(
+        sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].to_numpy())
+    )
+    # order the rows by colour (rows not drawn left out) before taking vertices: they come out grouped
+    rows = np.flatnonzero(coloring.ids >= 0)
+    if len(coloring.rgba) > 1:
+        rows = rows[np.argsort(coloring.ids[rows], kind="stable")]
+    if len(rows) == 0:
+        return coloring
+    geoms = np.asarray(gdf.geometry.array)[rows]
+    if shapes_type(gdf) == "circles":
+        centres = shapely.get_coordinates(geoms)
+        radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows]
+        coords, codes, owner = _circle_vertices(centres, radii, amap, canvas)
+    else:
+        coords, codes, owner = _polygon_vertices(geoms)
+    if not (np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any()):
+        coords = amap.apply(coords)
+    vertex_color = coloring.ids[rows][owner]
+    if len(coords) == 0:
+        return coloring
+    # one path per colour, cut at ring starts into pieces of about _PATH_VERTICES (Agg fills huge paths badly)
+    ring_starts = np.flatnonzero(codes == _MOVETO)
+    ring_color = vertex_color[ring_starts]
+    block = ring_starts // _PATH_VERTICES
+    cut = np.r_[True, (ring_color[1:] != ring_color[:-1]) | (block[1:] != block[:-1])]
+    bounds = ring_starts[cut]
+    groups = ring_color[cut]
+    stops = np.r_[bounds[1:], len(coords)]
+    paths = [mpath.Path(coords[a:b], codes[a:b]) for a, b in zip(bounds, stops, strict=True)]
+    face = coloring.rgba[groups].copy()
+    face[:, 3] *= p.get("fill_alpha", 1.0)
+    edge = to_rgba(p.get("outline_color", "#000000"))
+    edge[3] *= p.get("outline_alpha", 0.0)
+    collection = mcoll.PathCollection(
+        paths,
+        facecolors=face,
+        edgecolors=np.tile(edge, (len(paths), 1)),
+        linewidths=p.get("outline_width", 1.5) if edge[3] > 0 else 0.0,
+        transform=ax.transData,
+        zorder=p["zorder"],
+    )
+    ax.add_collection(collection, autolim=False)
+    return coloring
+
+
+# ================================================================================================ points
+def render_points(
+    ax: Any, sdata: SpatialData, name: str, element: Any, t: BaseTransformation, canvas: Canvas, p: dict
+) -> Coloring | None:
+    amap = _xy_map(element, t, name)
+    frame = element
+    if canvas.cropped:
+        frame = query_points(element, t, canvas.region())[0]
+        if frame is None:
+            return None
+    columns = pd.Index(frame.columns)
+    color = p.get("color")
+    meta = get_meta(element)
+    wanted = list(get_axes(element)[:2])
+    use_table = False
+    if (
+        isinstance(color, str)
+        and color not in columns
+        and _key_in_tables(sdata, name, color, p.get("table_name"))
+    ):
+        use_table = True
+        if meta.instance_key is None:
+            raise ValidationError(f"points {name!r} have no instance_key column to match table rows")
+        wanted.append(meta.instance_key)
+    elif isinstance(color, str) and color in columns:
+        wanted.append(color)
+    pdf = frame[list(dict.fromkeys(wanted))].compute(scheduler=scheduler())
+    n = len(pdf)
+    if n == 0:
+        return None
+    xy = amap.apply(pdf[["x", "y"]].to_numpy(dtype=float))
+    if use_table:
+        source = find_color_source(sdata, name, columns, color, p.get("table_name"))
+        values, uns = table_values_by_id(sdata, name, element, source, p.get("table_layer"))
+        aligned = _align(values, pd.Index(pdf[meta.instance_key].to_numpy()), name)
+        coloring = resolve_coloring(
+            n,
+            values=aligned,
+            key=color,
+            uns=uns,
+            palette=p.get("palette"),
+            groups=p.get("groups"),
+            na_color=p.get("na_color"),
+            cmap=p.get("cmap"),
+            norm=p.get("norm"),
+            what=f"points {name!r}",
+        )
+    else:
+        coloring = _element_coloring(
+            sdata, name, element, columns, None, p, n, lambda key: pd.Series(pdf[key].to_numpy())
+        )
+    method = p.get("method")
+    if method is None:
+        method = "datashader" if n > DATASHADER_THRESHOLD else "matplotlib"
+    if method not in ("matplotlib", "datashader"):
+        raise ValueError(f"points {name!r}: method must be 'matplotlib' or 'datashader', got {method!r}")
+    keep = coloring.ids >= 0
+    xy, ids = xy[keep], coloring.ids[keep]
+    size = float(p.get("size", 1.0))
+    alpha = float(p.get("alpha", 1.0))
+    if method == "matplotlib":
+        ax.scatter(
+            xy[:, 0], xy[:, 1], s=size, c=coloring.rgba[ids], linewidths=0, alpha=alpha, zorder=p["zorder"]
+        )
+        return coloring
+    image = _datashade(xy, ids, coloring, canvas, size)
+    ax.imshow(
+        image,
+        extent=(canvas.xmin, canvas.xmax, canvas.ymax, canvas.ymin),
+        origin="upper",
+        interpolation="nearest",
+        alpha=alpha,
+        zorder=p["zorder"],
+    )
+    return coloring
+
+
+_MODE_MAX_COLORS = 16  # up to this many colours a pixel takes the most frequent one; above, the highest id
+
+
+def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
+    """Grow every drawn pixel to the radius of a scatter marker of size ``size`` (points squared)."""
+    ndimage = require("scipy.ndimage")
+    radius_px = 0.5 * math.sqrt(max(size, 0.0)) * dpi / 72.0
+    r = round(radius_px)
+    if r < 1:
+        return image
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = (xx**2 + yy**2) <= (radius_px + 0.5) ** 2
+    if image.ndim == 2:
+        return ndimage.maximum_filter(image, footprint=disk)
+    return np.stack(
+        [ndimage.maximum_filter(image[..., k], footprint=disk) for k in range(image.shape[2])], -1
+    )
+
+
+def _datashade(
+    xy: np.ndarray, ids: np.ndarray, coloring: Coloring, canvas: Canvas, size: float
+) -> np.ndarray:
+    """RGBA image of the points on the canvas grid, spread to the marker's radius.
+
+    With few colours (categories, or one colour) a pixel takes the colour of most of its points; with many
+    (continuous values: 256 colormap levels) the highest level among its points, missing values last.
+    """
+    ds = require("datashader")
+    cvs = ds.Canvas(
+        plot_width=int(canvas.width_px),
+        plot_height=int(canvas.height_px),
+        x_range=(canvas.xmin, canvas.xmax),
+        y_range=(canvas.ymin, canvas.ymax),
+    )
+    image = np.zeros((int(canvas.height_px), int(canvas.width_px), 4))  # row 0 at ymin
+    if len(ids) == 0:
+        return image
+    used = np.unique(ids)
+    if len(used) <= _MODE_MAX_COLORS:
+        codes = pd.Categorical(np.searchsorted(used, ids), categories=range(len(used)))
+        frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "c": codes})
+        counts = _spread(
+            np.asarray(cvs.points(frame, "x", "y", agg=ds.count_cat("c")).values), size, canvas.dpi
+        )
+        drawn = counts.max(axis=-1) > 0
+        image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]
+        return image
+    na_id = len(coloring.rgba) - 1
+    value = np.where(ids == na_id, -0.5, ids).astype(np.float64)  # missing values lose to any real value
+    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": value})
+    top = np.nan_to_num(np.asarray(cvs.points(frame, "x", "y", agg=ds.max("v")).values), nan=-1.0)
+    top = _spread(top, size, canvas.dpi)
+    image[top >= 0] = coloring.rgba[top[top >= 0].astype(np.intp)]
+    image[top == -0.5] = coloring.rgba[na_id]
+    return image
+
+
+def render_element(
+    kind: str,
+    ax: Any,
+    sdata: SpatialData,
+    name: str,
+    element: Any,
+    t: BaseTransformation,
+    canvas: Canvas,
+    p: dict,
+) -> Coloring | None:
+    """Draw one element; the coloring used (legend / colorbar), if any."""
+    if kind == "images":
+        return render_image(ax, name, element, t, canvas, p)
+    if kind == "labels":
+        return render_labels(ax, sdata, name, element, t, canvas, p)
+    if kind == "shapes":
+        return render_shapes(ax, sdata, name, element, t, canvas, p)
+    return render_points(ax, sdata, name, element, t, canvas, p)
