@@ -460,3 +460,18 @@ def test_cli_writes_png(tmp_path):
         target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(rgb - target).sum(axis=1) < 10).sum() > 100
     assert main(["plot", str(store), str(tmp_path / "x.png"), "--element", "table"]) == 2
+
+
+def test_cli_draws_shapes_without_the_colour_key_as_outlines(tmp_path):
+    """Elements that the --color key does not apply to must not hide the others under an opaque default fill."""
+    sdata = _squares()
+    sdata["roi"] = ShapesModel.parse([shapely.box(0, 0, 100, 100)])  # covers both cells; has no 'kind'
+    store = tmp_path / "s.zarr"
+    sdata.write(store)
+    out = tmp_path / "out.png"
+    assert main(["plot", str(store), str(out), "--color", "kind", "--width", "120"]) == 0
+    rgb = (matplotlib.image.imread(out)[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    for hex_colour in ("#1f77b4", "#ff7f0e"):  # both cells still visible in their category colours
+        target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+        # a cell covers ~30 x 30 px; a legend patch ~150 px
+        assert (np.abs(rgb - target).sum(axis=1) < 10).sum() > 400, hex_colour

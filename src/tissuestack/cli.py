@@ -60,7 +60,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "by diffing these documents.",
     )
     info.add_argument("store", help="store path or URL")
-    info.add_argument("--json", action="store_true", help="print a JSON summary of every element (shapes, dtypes, checksums, transformations) for diffing")
+    info.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON summary of every element (shapes, dtypes, checksums, transformations) for diffing",
+    )
     _storage_option_arg(info)
     info.set_defaults(func=_cmd_info)
 
@@ -163,21 +167,28 @@ def _selections_parser(sub: Any) -> None:
     plot.add_argument("store", help="store path or URL")
     plot.add_argument("out", help="image file to write (.png, .pdf, .svg)")
     plot.add_argument(
-        "--element", action="append", default=None, metavar="NAME", help="element to draw (repeatable; default all)"
+        "--element",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="element to draw (repeatable; default all)",
     )
     plot.add_argument("--color", default=None, help="colour key (column, obs column, gene) or a colour")
     plot.add_argument(
         "--coordinate-system", default=None, metavar="CS", help="coordinate system (default the first one)"
     )
     plot.add_argument(
-        "--crop", type=float, nargs=4, default=None, metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
+        "--crop",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar=("XMIN", "XMAX", "YMIN", "YMAX"),
         help="draw only this box of the coordinate system",
     )
     plot.add_argument("--width", type=_positive_int, default=None, metavar="PX", help="panel width in pixels")
     plot.add_argument("--dpi", type=_positive_int, default=100, help="dots per inch (default 100)")
     _storage_option_arg(plot)
     plot.set_defaults(func=_cmd_plot)
-
 
 
 def _storage_option_arg(parser: argparse.ArgumentParser) -> None:
@@ -448,7 +459,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for kind in ("labels", "shapes", "points"):
         for name in by_kind[kind]:
             color = args.color if _color_applies(sdata, name, args.color) else None
-            chain = getattr(chain, f"render_{kind}")(name, color)
+            if color is None and kind == "shapes":
+                # not coloured by the key: outlines only, so that they do not hide what lies below
+                chain = chain.render_shapes(
+                    name, fill_alpha=0.0, outline_alpha=1.0, outline_color="#ffffff", outline_width=0.6
+                )
+            elif color is None and kind == "points":
+                chain = chain.render_points(name, color="#bbbbbb")
+            else:
+                chain = getattr(chain, f"render_{kind}")(name, color)
     start = time.perf_counter()
     chain.show(coordinate_systems=cs, save=args.out, crop=args.crop, width=args.width, dpi=args.dpi)
     print(f"wrote {args.out} ({len(names)} elements in {cs!r}, {time.perf_counter() - start:.2f} s)")
