@@ -67,6 +67,8 @@ _EXPORTS: dict[str, str] = {
     # alignment
     "get_transformation_between_landmarks": "tissuestack.ops",
     "align_elements_using_landmarks": "tissuestack.ops",
+    "register_images": "tissuestack.ops",
+    "RegistrationResult": "tissuestack.ops",
     # rasterisation
     "rasterize": "tissuestack.ops",
     "rasterize_bins": "tissuestack.ops",
@@ -122,6 +124,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         ValidationError,
     )
     from tissuestack.ops import (
+        RegistrationResult,
         aggregate,
         align_elements_using_landmarks,
         concatenate,
@@ -135,6 +138,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         match_table_to_element,
         rasterize,
         rasterize_bins,
+        register_images,
         transform,
     )
     from tissuestack.query import bounding_box_query, polygon_query

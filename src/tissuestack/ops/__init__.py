@@ -13,10 +13,12 @@ from tissuestack.ops._joins import (
 )
 from tissuestack.ops._landmarks import align_elements_using_landmarks, get_transformation_between_landmarks
 from tissuestack.ops._rasterize import rasterize, rasterize_bins
+from tissuestack.ops._register import RegistrationResult, register_images
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
 
 __all__ = [
+    "RegistrationResult",
     "aggregate",
     "align_elements_using_landmarks",
     "concatenate",
@@ -31,6 +33,7 @@ __all__ = [
     "match_table_to_element",
     "rasterize",
     "rasterize_bins",
+    "register_images",
     "store_aggregation",
     "transform",
 ]
