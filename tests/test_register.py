@@ -197,3 +197,19 @@ def test_bad_inputs():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="scale_range"):
             ts.register_images(img, img, scale_range=(2.0, 1.0))
+
+
+@pytest.mark.parametrize(("levels", "pixel"), [(None, 15.6), ([2, 2], 15.6), (None, 1.0), ([3], 4.5)])
+def test_working_copies_keep_pixel_geometry(levels, pixel):
+    # a ramp image (value = x coordinate of the pixel centre): every working pixel must hold the x of its centre
+    from tissuestack.ops._register import _Image
+
+    h, w = 696, 1008  # divisible by the pyramid factors (levels are placed by size ratio)
+    ramp = np.broadcast_to((np.arange(w) + 0.5).astype(np.float32), (1, h, w))
+    el = ts.Image2DModel.parse(np.ascontiguousarray(ramp), scale_factors=levels)
+    img, (sx, sy), _ = _Image(el, None, "image").read(pixel)
+    assert max(sx, sy) == pytest.approx(max(pixel, 1.0), rel=0.03)
+    assert img.shape[1] * sx <= w + 1e-6 and img.shape[1] * sx > w - 2 * sx
+    centres = (np.arange(img.shape[1]) + 0.5) * sx
+    inner = slice(2, -2)  # the anti-aliasing filter clamps at the border
+    np.testing.assert_allclose(img[img.shape[0] // 2, inner], centres[inner], atol=0.02 * sx + 0.01)
