@@ -97,7 +97,9 @@ def build(path: Path, size: int, rotation: float, scale: float) -> np.ndarray:
     sdata = ts.SpatialData(
         images={
             "dapi": ts.Image2DModel.parse(
-                _render(nuc, stroma, ref_to_world, size, "dapi"), scale_factors=[2] * levels, c_coords=["DAPI"]
+                _render(nuc, stroma, ref_to_world, size, "dapi"),
+                scale_factors=[2] * levels,
+                c_coords=["DAPI"],
             ),
             "he": ts.Image2DModel.parse(
                 _render(nuc, stroma, ref_to_world @ truth, size, "he"),
@@ -159,7 +161,9 @@ def main() -> None:
         if out.returncode:
             sys.exit(out.stderr)
         res = json.loads(out.stdout.strip().splitlines()[-1])
-    res.update({"size": args.size, "rotation": args.rotation, "scale": args.scale, "build_s": round(build_s, 1)})
+    res.update(
+        {"size": args.size, "rotation": args.rotation, "scale": args.scale, "build_s": round(build_s, 1)}
+    )
     print(json.dumps(res, indent=1))
 
 

@@ -557,6 +557,12 @@ def register_images(
     seed
         Seed of the subsampling of reference pixels in the refinement (results are deterministic).
 
+    Notes
+    -----
+    Mirrored sections are not searched: flip the moving image first (or give a reflected ``initial``). The
+    candidates of the search are refined at the search size with the coarse rotation/scale model; the final
+    refinement is at ``min(max_size, size of the larger image)``.
+
     Returns
     -------
     RegistrationResult
@@ -630,18 +636,17 @@ def register_images(
     best_m, best_score = None, -np.inf
     best_rank = -np.inf
     for cand in candidates:
-        m, score = _refine(obj, cand, 1e-2)
+        m, score = _refine(obj, cand, 1e-3 if len(sizes) == 1 else 1e-2)
         rank = score * math.sqrt(max(0.0, min(1.0, obj.ncc(m)[1])))
         if rank > best_rank:
             best_m, best_score, best_rank = m, score, rank
     m = best_m
-    for i, size in enumerate(sizes):
-        if i == 0 and size == sizes[-1] and kind != "affine":
-            break
-        if i > 0:
-            data = level(size)
-        k = kind if (kind != "affine" or i > 0 or len(sizes) == 1) else refine_kind
-        obj = objective(data, k)
+    if kind == "affine" and len(sizes) == 1:  # the candidates were refined as similarities: free the shear
+        obj = objective(data, kind)
+        m, best_score = _refine(obj, m, 1e-3)
+    for size in sizes[1:]:
+        data = level(size)
+        obj = objective(data, kind)
         m, best_score = _refine(obj, m, 1e-3 if size == sizes[-1] else 1e-2)
     overlap = _overlap(m, mov.shape, ref.shape)
     ncc = float(best_score)
