@@ -213,3 +213,19 @@ def test_working_copies_keep_pixel_geometry(levels, pixel):
     centres = (np.arange(img.shape[1]) + 0.5) * sx
     inner = slice(2, -2)  # the anti-aliasing filter clamps at the border
     np.testing.assert_allclose(img[img.shape[0] // 2, inner], centres[inner], atol=0.02 * sx + 0.01)
+
+
+def test_1024_px_pair_registered_from_a_half_resolution_level():
+    nuc, stroma = _world(1280, seed=5, cells=20000)
+    m = _similarity(180.0, 1.3, (-25.0, 35.0), 512.0)
+    rng = np.random.default_rng(2)
+    ref = _fluorescence(_sample(nuc, np.eye(3), (1024, 1024), 128.0), rng)
+    mov = _brightfield(_sample(nuc, m, (1024, 1024), 128.0), _sample(stroma, m, (1024, 1024), 128.0), rng)
+    r = ts.register_images(
+        ts.Image2DModel.parse(mov, scale_factors=[2]),
+        ts.Image2DModel.parse(ref, scale_factors=[2]),
+        max_size=512,
+    )
+    assert _corner_error(r.matrix, m, (1024, 1024)) < 1.0
+    assert r.levels == (1, 1) and r.pixel_size == pytest.approx(2.0)
+    assert r.score > 0.5
