@@ -20,8 +20,8 @@ inversion and follows any monotonic intensity map up to a weight. Similarity is 
    shifts with the FFT form of the masked NCC (Padfield 2012), requiring the overlap to cover at least
    ``min_overlap`` of the smaller image.
 2. **Refinement**: the best few candidates are refined with a local optimiser (scipy Powell) on the NCC of the
-   edge images sampled at the reference pixels; the winner is then refined level by level, doubling the working
-   size, up to ``max_size`` px (or full resolution when the images are smaller). ``"affine"`` frees the four
+   edge images sampled at the reference pixels; the winner is then refined level by level (working size x 4
+   each step) up to ``max_size`` px (or full resolution when the images are smaller). ``"affine"`` frees the four
    linear coefficients at the refinement steps.
 
 Only pyramid levels (or, for single-scale images, lazily block-averaged dask arrays) of at most about
@@ -217,8 +217,7 @@ class _Image:
             f = min(f, ny, nx)
             arr = da.coarsen(np.mean, arr, {0: f, 1: f}, trim_excess=True)
         img = np.asarray(arr.compute(), dtype=np.float32)
-        sx = self.level_px[k][0] * f * (nx // f) / img.shape[1] if f > 1 else self.level_px[k][0]
-        sy = self.level_px[k][1] * f * (ny // f) / img.shape[0] if f > 1 else self.level_px[k][1]
+        sx, sy = self.level_px[k][0] * f, self.level_px[k][1] * f  # block means: f level pixels each
         # exact size: resample the remaining (< 2x) factor with an anti-aliased zoom, edges to edges
         out_shape = (max(4, round(img.shape[0] * sy / pixel)), max(4, round(img.shape[1] * sx / pixel)))
         if out_shape[0] < img.shape[0] * 0.97 or out_shape[1] < img.shape[1] * 0.97:
@@ -594,7 +593,7 @@ def register_images(
     largest = max(*mov.shape, *ref.shape)
     rng = np.random.default_rng(seed)
 
-    # working sizes: search size, then doubling up to max_size (or full resolution)
+    # working sizes: search size, then x4 steps up to max_size (or full resolution)
     finest = min(max_size, largest)
     sizes = [min(search_size, finest)]
     while sizes[-1] < finest:
