@@ -1,4 +1,4 @@
-"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins, rasterisation."""
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins, rasterisation, registration."""
 
 from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
