@@ -67,6 +67,8 @@ _EXPORTS: dict[str, str] = {
     # alignment
     "get_transformation_between_landmarks": "tissuestack.ops",
     "align_elements_using_landmarks": "tissuestack.ops",
+    "register_images": "tissuestack.ops",
+    "RegistrationResult": "tissuestack.ops",
     # rasterisation
     "rasterize": "tissuestack.ops",
     "rasterize_bins": "tissuestack.ops",
@@ -130,6 +132,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         ValidationError,
     )
     from tissuestack.ops import (
+        RegistrationResult,
         aggregate,
         align_elements_using_landmarks,
         build_pyramids,
@@ -148,6 +151,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         relabel_sequential,
         to_circles,
         to_polygons,
+        register_images,
         transform,
         unpad_raster,
     )

@@ -1,5 +1,5 @@
 """Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins,
-rasterisation, vectorization."""
+rasterisation, vectorization, registration."""
 
 from tissuestack.ops._aggregate import aggregate, store_aggregation
 from tissuestack.ops._centroids import get_centroids
@@ -16,11 +16,13 @@ from tissuestack.ops._landmarks import align_elements_using_landmarks, get_trans
 from tissuestack.ops._pyramids import build_pyramids
 from tissuestack.ops._raster_ops import map_raster, relabel_sequential, unpad_raster
 from tissuestack.ops._rasterize import rasterize, rasterize_bins
+from tissuestack.ops._register import RegistrationResult, register_images
 from tissuestack.ops._transform import transform
 from tissuestack.ops._values import get_values
 from tissuestack.ops._vectorize import to_circles, to_polygons
 
 __all__ = [
+    "RegistrationResult",
     "aggregate",
     "align_elements_using_landmarks",
     "build_pyramids",
@@ -37,7 +39,8 @@ __all__ = [
     "match_table_to_element",
     "rasterize",
     "rasterize_bins",
-    "relabel_sequential",
+"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins,
+rasterisation, vectorization, registration."""
     "store_aggregation",
     "to_circles",
     "to_polygons",
