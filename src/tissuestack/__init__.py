@@ -148,10 +148,10 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         match_table_to_element,
         rasterize,
         rasterize_bins,
+        register_images,
         relabel_sequential,
         to_circles,
         to_polygons,
-        register_images,
         transform,
         unpad_raster,
     )

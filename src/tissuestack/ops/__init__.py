@@ -39,8 +39,8 @@ __all__ = [
     "match_table_to_element",
     "rasterize",
     "rasterize_bins",
-"""Operations on elements and SpatialData objects: extents, centroids, transforms, concatenation, joins,
-rasterisation, vectorization, registration."""
+    "register_images",
+    "relabel_sequential",
     "store_aggregation",
     "to_circles",
     "to_polygons",
