@@ -58,11 +58,14 @@ def _crop(data, a, b, size=8):
     return out
 
 
-def test_scale_translation_tiles_equal_a_crop_with_zero_padding():
+@pytest.mark.parametrize("cache_bytes", [0, 1, 256 * 2**20], ids=["no_cache", "evicting", "cached"])
+def test_scale_translation_tiles_equal_a_crop_with_zero_padding(cache_bytes):
     rng = np.random.default_rng(0)
     offsets = [(5, 7), (0, 0), (-3, 4), (75, 55), (70, -2), (200, 200)]  # inside, corner, edges, outside
-    sdata, data = _aligned_sdata(rng, offsets)
-    ds = ImageTilesDataset(sdata, "cells", "img", tile_size=16.0, tile_pixels=(8, 8), return_annotations=False)
+    sdata, data = _aligned_sdata(rng, offsets)  # 16-pixel chunks: tiles span up to 4 chunks
+    ds = ImageTilesDataset(
+        sdata, "cells", "img", tile_size=16.0, tile_pixels=(8, 8), return_annotations=False, cache_bytes=cache_bytes
+    )
     assert len(ds) == len(offsets)
     for i, (a, b) in enumerate(offsets):
         tile = _as_numpy(ds[i])
@@ -71,6 +74,8 @@ def test_scale_translation_tiles_equal_a_crop_with_zero_padding():
     assert not _as_numpy(ds[5]).any()  # a region off the image gives a zero tile
     edge = _as_numpy(ds[2])
     assert not edge[:, :, :3].any() and edge[:, :, 3:].all()  # 3 padded columns, the rest image
+    if cache_bytes == 1:
+        assert len(ds._cache._chunks) == 1  # evicted down to the last chunk read
 
 
 def test_pyramid_level_matching_the_output_pixels_is_read():

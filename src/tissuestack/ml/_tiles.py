@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,11 +62,61 @@ def _axis_samples(p: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return i0, i1, (q - i0).astype(np.float32), inside
 
 
-def _read(level: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    data = level.data[:, y0:y1, x0:x1]
+def _compute(data: Any) -> np.ndarray:
     if hasattr(data, "compute"):
         data = data.compute(scheduler="synchronous")
-    return np.asarray(data, dtype=np.float32)
+    return np.asarray(data)
+
+
+class _ChunkCache:
+    """Decoded chunks of the pyramid levels, least recently used evicted beyond ``max_bytes``.
+
+    A Zarr chunk is decoded whole however small the window read from it, so neighbouring tiles would decode the
+    same chunks again and again; this keeps them. One cache per process (never pickled).
+    """
+
+    def __init__(self, levels: list[Any], max_bytes: int) -> None:
+        self.levels = levels
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._chunks: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._bounds = []
+        for lvl in levels:
+            chunks = getattr(lvl.data, "chunks", None)
+            ny, nx = lvl.sizes["y"], lvl.sizes["x"]
+            ych, xch = (chunks[-2], chunks[-1]) if chunks is not None else ((ny,), (nx,))
+            self._bounds.append((np.cumsum((0, *ych)), np.cumsum((0, *xch))))
+
+    def _chunk(self, k: int, bi: int, bj: int) -> np.ndarray:
+        key = (k, bi, bj)
+        block = self._chunks.get(key)
+        if block is not None:
+            self._chunks.move_to_end(key)
+            return block
+        yb, xb = self._bounds[k]
+        block = _compute(self.levels[k].data[:, yb[bi] : yb[bi + 1], xb[bj] : xb[bj + 1]])
+        self._chunks[key] = block
+        self.nbytes += block.nbytes
+        while self.nbytes > self.max_bytes and len(self._chunks) > 1:
+            _, old = self._chunks.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return block
+
+    def read(self, k: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The float32 window ``[:, y0:y1, x0:x1]`` of level ``k``."""
+        if self.max_bytes <= 0:
+            return _compute(self.levels[k].data[:, y0:y1, x0:x1]).astype(np.float32)
+        yb, xb = self._bounds[k]
+        out = np.empty((self.levels[k].sizes["c"], y1 - y0, x1 - x0), dtype=np.float32)
+        for bi in range(int(np.searchsorted(yb, y0, "right")) - 1, int(np.searchsorted(yb, y1 - 1, "right"))):
+            ya, yz = max(y0, int(yb[bi])), min(y1, int(yb[bi + 1]))
+            for bj in range(int(np.searchsorted(xb, x0, "right")) - 1, int(np.searchsorted(xb, x1 - 1, "right"))):
+                xa, xz = max(x0, int(xb[bj])), min(x1, int(xb[bj + 1]))
+                block = self._chunk(k, bi, bj)
+                out[:, ya - y0 : yz - y0, xa - x0 : xz - x0] = block[
+                    :, ya - int(yb[bi]) : yz - int(yb[bi]), xa - int(xb[bj]) : xz - int(xb[bj])
+                ]
+        return out
 
 
 class ImageTilesDataset(_DatasetBase):
@@ -104,6 +155,9 @@ class ImageTilesDataset(_DatasetBase):
         Return ``(tile, annotations)``; otherwise the tile alone.
     return_dict
         Return one dict ``{"image": tile, **annotations}`` instead (overrides ``return_annotations``).
+    cache_bytes
+        Budget of decoded image chunks kept per process (least recently used dropped first); tiles sharing a
+        chunk then decode it once. ``0`` reads every window from the store.
 
     Notes
     -----
@@ -127,6 +181,7 @@ class ImageTilesDataset(_DatasetBase):
         transform: Callable[[Any], Any] | None = None,
         return_annotations: bool = True,
         return_dict: bool = False,
+        cache_bytes: int = 256 * 2**20,
     ) -> None:
         if isinstance(sdata_or_store_path, SpatialData):
             sdata = sdata_or_store_path
@@ -148,6 +203,8 @@ class ImageTilesDataset(_DatasetBase):
         self.transform = transform
         self.return_annotations = return_annotations
         self.return_dict = return_dict
+        self.cache_bytes = int(cache_bytes)
+        self._cache: _ChunkCache | None = None
         cs = target_coordinate_system
 
         # ---- image: per-level maps from the target coordinate system to level pixel indices
@@ -313,6 +370,7 @@ class ImageTilesDataset(_DatasetBase):
     # --------------------------------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
+        state["_cache"] = None  # decoded chunks stay in the process that read them
         if self._path is not None:
             state["_levels"] = None  # the worker reopens the store lazily
         return state
@@ -320,12 +378,14 @@ class ImageTilesDataset(_DatasetBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
 
-    def _get_levels(self) -> list[Any]:
-        if self._levels is None:
-            assert self._path is not None
-            sdata = read_zarr(self._path, selection=[self.image_element])
-            self._levels = raster_levels(sdata[self.image_element])
-        return self._levels
+    def _get_cache(self) -> _ChunkCache:
+        if self._cache is None:
+            if self._levels is None:
+                assert self._path is not None
+                sdata = read_zarr(self._path, selection=[self.image_element])
+                self._levels = raster_levels(sdata[self.image_element])
+            self._cache = _ChunkCache(self._levels, self.cache_bytes)
+        return self._cache
 
     # ------------------------------------------------------------------------------------------ tiles
     def __len__(self) -> int:
@@ -338,7 +398,7 @@ class ImageTilesDataset(_DatasetBase):
         sw, sh = self._sizes[index]
         out_px = math.sqrt((sw / w) * (sh / h))
         k = int(np.flatnonzero(self._level_px <= out_px * 1.0001).max(initial=0))
-        level = self._get_levels()[k]
+        cache = self._get_cache()
         ny, nx = self._level_shapes[k]
         inv = self._inv[k]
         xs = cx - sw / 2 + (np.arange(w) + 0.5) * (sw / w) - self._offset[0]
@@ -353,7 +413,7 @@ class ImageTilesDataset(_DatasetBase):
                 return out
             x0, x1 = int(ix0[inx].min()), int(ix1[inx].max()) + 1
             y0, y1 = int(iy0[iny].min()), int(iy1[iny].max()) + 1
-            win = _read(level, y0, y1, x0, x1)
+            win = cache.read(k, y0, y1, x0, x1)
             cols = np.clip(ix0 - x0, 0, x1 - x0 - 1), np.clip(ix1 - x0, 0, x1 - x0 - 1)
             rows = np.clip(iy0 - y0, 0, y1 - y0 - 1), np.clip(iy1 - y0, 0, y1 - y0 - 1)
             a = win[:, rows[0], :] * (1 - wy)[None, :, None] + win[:, rows[1], :] * wy[None, :, None]
@@ -369,7 +429,7 @@ class ImageTilesDataset(_DatasetBase):
         qx, qy = np.clip(px, 0, nx - 1), np.clip(py, 0, ny - 1)
         x0, x1 = int(np.floor(qx[inside].min())), min(nx, int(np.floor(qx[inside].max())) + 2)
         y0, y1 = int(np.floor(qy[inside].min())), min(ny, int(np.floor(qy[inside].max())) + 2)
-        win = _read(level, y0, y1, x0, x1)
+        win = cache.read(k, y0, y1, x0, x1)
         coords = np.stack([qy - y0, qx - x0])
         for c in range(self.n_channels):
             out[c] = ndi.map_coordinates(win[c], coords, order=1, mode="nearest")
