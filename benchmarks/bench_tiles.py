@@ -63,14 +63,14 @@ def peak_mb():
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) // 1024
-STORE, WORKERS = sys.argv[1], int(sys.argv[2])
+STORE, WORKERS, CACHE = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tissuestack import ImageTilesDataset
 t0 = time.perf_counter()
 ds = ImageTilesDataset(STORE, "cells", "img", tile_scale=2.0, tile_pixels=(64, 64), obs_keys=["area"],
-                          genes=[f"g{i}" for i in range(10)])
+                          genes=[f"g{i}" for i in range(10)], cache_bytes=CACHE)
 t1 = time.perf_counter()
 n, checksum = 0, 0.0
 for tiles, ann in DataLoader(ds, batch_size=64, num_workers=WORKERS):
@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--cells", type=int, default=5000)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--cache-bytes", type=int, default=256 * 2**20, help="0: no chunk cache")
     parser.add_argument("--reference-python", default=str(_DEFAULT_REFERENCE))
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(SRC)}
@@ -108,10 +109,13 @@ def main() -> None:
         _run(sys.executable, PREPARE, str(args.size), str(args.cells), store, env=env)
         rows = []
         for w in args.workers:
-            r = json.loads(_run(sys.executable, RUNNER, store, str(w), env=env).strip().splitlines()[-1])
+            r = json.loads(_run(sys.executable, RUNNER, store, str(w), str(args.cache_bytes), env=env).strip().splitlines()[-1])
             r["workers"] = w
             rows.append(r)
-    print(f"image 3 x {args.size}^2 uint8, {args.cells} circles, 64 x 64 tiles, batch 64")
+    print(
+        f"image 3 x {args.size}^2 uint8, {args.cells} circles, 64 x 64 tiles, batch 64, "
+        f"chunk cache {args.cache_bytes} bytes"
+    )
     print("| library | workers | build s | iterate s | tiles/s | peak RSS MB (main / largest child) | pickle bytes |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
