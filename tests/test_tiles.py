@@ -278,3 +278,21 @@ def test_import_tissuestack_does_not_import_torch():
     code = "import sys, tissuestack; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_table_ids_stored_as_strings_match_integer_regions():
+    image = Image2DModel.parse(np.ones((1, 20, 20), dtype=np.float32))
+    circles = ShapesModel.parse(np.array([[5.0, 5.0], [10.0, 10.0], [15.0, 15.0]]), radius=1.0, index=[7, 3, 11])
+    table = ad.AnnData(obs=pd.DataFrame({"cell": ["11", "7"], "v": [1.5, 2.5]}, index=["a", "b"]))
+    TableModel.parse(table, region="s", region_key="region", instance_key="cell")
+    sdata = SpatialData(images={"img": image}, shapes={"s": circles}, tables={"t": table})
+    ds = ImageTilesDataset(sdata, "s", "img", obs_keys=["v"])
+    assert [ds[i][1]["instance_id"] for i in range(3)] == [7, 3, 11]
+    values = [ds[i][1]["v"] for i in range(3)]
+    assert values[0] == 2.5 and np.isnan(values[1]) and values[2] == 1.5
+    other = ad.AnnData(obs=pd.DataFrame({"cell": [1], "v": [0.0]}, index=["x"]))
+    TableModel.parse(other, region="other", region_key="region", instance_key="cell")
+    with pytest.warns(UserWarning, match="not elements"):
+        sdata["o"] = other
+    with pytest.raises(ValidationError, match="does not annotate 's'"):
+        ImageTilesDataset(sdata, "s", "img", table_name="o", obs_keys=["v"])

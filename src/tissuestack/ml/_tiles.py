@@ -342,14 +342,15 @@ class ImageTilesDataset(_DatasetBase):
             keys, ids = keys.astype(str), ids.astype(str)
         pos = keys.get_indexer(ids)
         found = pos >= 0
-        table_rows = rows[np.where(found, pos, 0)]
+        table_rows = rows[np.where(found, pos, 0)] if len(rows) else np.zeros(len(ids), dtype=np.int64)
         for key in self.obs_keys:
             if key not in table.obs.columns:
                 raise ValidationError(
                     f"table {table_name!r} has no obs column {key!r}; columns: {list(table.obs.columns)}"
                 )
             values = table.obs[key].to_numpy()[table_rows] if len(rows) else np.full(len(ids), None)
-            if np.issubdtype(np.asarray(values).dtype, np.number) and np.asarray(values).dtype != bool:
+            values = np.asarray(values)
+            if np.issubdtype(values.dtype, np.number):
                 values = np.asarray(values, dtype=np.float64 if not found.all() else None)
                 if not found.all():
                     values[~found] = np.nan
