@@ -264,7 +264,8 @@ def test_dataloader_workers_yield_the_same_tiles(tmp_path):
     ds = ImageTilesDataset(path, "cells", "img", obs_keys=["area"], genes=["0"], tile_pixels=(16, 16))
     assert isinstance(ds, torch.utils.data.Dataset)
     serial = list(DataLoader(ds, batch_size=8, num_workers=0))
-    parallel = list(DataLoader(ds, batch_size=8, num_workers=2))
+    # spawned workers receive the pickled dataset (path, names, small arrays) and reopen the store
+    parallel = list(DataLoader(ds, batch_size=8, num_workers=2, multiprocessing_context="spawn"))
     assert len(serial) == len(parallel) == 8
     for (ta, aa), (tb, ab) in zip(serial, parallel, strict=True):
         assert ta.shape[1:] == (3, 16, 16) and ta.dtype == torch.float32
@@ -296,3 +297,18 @@ def test_table_ids_stored_as_strings_match_integer_regions():
         sdata["o"] = other
     with pytest.raises(ValidationError, match="does not annotate 's'"):
         ImageTilesDataset(sdata, "s", "img", table_name="o", obs_keys=["v"])
+
+
+def test_without_torch_tiles_are_numpy_arrays(tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np, tissuestack as ts\n"
+        "img = ts.Image2DModel.parse(np.ones((2, 10, 10), dtype=np.uint8))\n"
+        "c = ts.ShapesModel.parse(np.array([[5.0, 5.0]]), radius=2.0)\n"
+        "ds = ts.ImageTilesDataset(ts.SpatialData(images={'img': img}, shapes={'c': c}), 'c', 'img',"
+        " tile_pixels=(4, 4))\n"
+        "tile, ann = ds[0]\n"
+        "print(type(tile).__name__, tile.dtype, tile.shape, float(tile.sum()), type(ds).__mro__[1].__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ndarray", "float32", "(2,", "4,", "4)", "32.0", "object"]
