@@ -139,7 +139,8 @@ class ImageTilesDataset(_DatasetBase):
         height of ``width * h / w`` for ``tile_pixels = (h, w)`` (square pixels). Overrides ``tile_scale``.
     tile_scale
         Without ``tile_size``: the tile width is ``tile_scale`` times the larger side of the region's bounding
-        box in the target coordinate system (circles: the diameter).
+        box in the target coordinate system (circles: exact; polygons and labels: the box of their intrinsic
+        bounding box once transformed, larger than the tight box under rotations).
     tile_pixels
         Output size ``(h, w)`` in pixels.
     target_coordinate_system
