@@ -80,8 +80,10 @@ _EXPORTS: dict[str, str] = {
     "relabel_sequential": "tissuestack.ops",
     "unpad_raster": "tissuestack.ops",
     "build_pyramids": "tissuestack.ops",
+    # machine learning (torch optional)
+    "ImageTilesDataset": "tissuestack.ml",
 }
-_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ops", "pl", "query", "store")
+_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ml", "ops", "pl", "query", "store")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
@@ -102,7 +104,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from tissuestack import datasets, elements, errors, io, ops, pl, query, store, transforms
+    from tissuestack import datasets, elements, errors, io, ml, ops, pl, query, store, transforms
     from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,
@@ -131,6 +133,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         UnknownCoordinateSystemError,
         ValidationError,
     )
+    from tissuestack.ml import ImageTilesDataset
     from tissuestack.ops import (
         RegistrationResult,
         aggregate,
