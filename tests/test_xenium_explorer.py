@@ -259,7 +259,7 @@ def test_geojson_polygons_multipolygons_names_properties(tmp_path):
         ("{not json", r"not valid JSON"),
         (
             json.dumps({"type": "Polygon", "coordinates": []}),
-            r"GeoJSON of type 'Polygon'; expected a FeatureCollection",
+            r"GeoJSON of type 'Polygon' is not supported; expected a FeatureCollection",
         ),
         (json.dumps({"type": "FeatureCollection", "features": []}), r"no features"),
         (

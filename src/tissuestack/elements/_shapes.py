@@ -26,6 +26,7 @@ from geopandas.array import GeometryArray, from_shapely
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from shapely.errors import GEOSException
 
+from tissuestack._geojson import geojson_features
 from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normalize_transformations, set_meta
 from tissuestack.elements._record import record_of
 from tissuestack.errors import ValidationError
@@ -483,20 +484,9 @@ def _from_geojson_text_or_path(data: str | PathLike, label: str) -> gpd.GeoDataF
 
 
 def _from_geojson(obj: Any, label: str) -> gpd.GeoDataFrame:
-    if isinstance(obj, Mapping) and obj.get("type") == "FeatureCollection":
-        features = obj.get("features")
-    elif isinstance(obj, Mapping) and obj.get("type") == "Feature":
-        features = [obj]
-    elif isinstance(obj, list):
-        features = obj
-    else:
-        kind = obj.get("type") if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValidationError(
-            f"{label}: GeoJSON of type {kind!r} is not supported; expected a FeatureCollection, a Feature or a "
-            "list of Features"
-        )
-    if not isinstance(features, list) or not all(isinstance(f, Mapping) for f in features):
-        raise ValidationError(f"{label}: GeoJSON 'features' must be a list of Feature objects")
+    features = geojson_features(
+        obj, label, ValidationError, "a FeatureCollection, a Feature or a list of Features"
+    )
     try:
         gdf = gpd.GeoDataFrame.from_features(features)
     except (ValueError, TypeError, KeyError, AttributeError, GEOSException) as err:

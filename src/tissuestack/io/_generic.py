@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from tissuestack._geojson import geojson_features
 from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._common import (
     frame_columns,
@@ -316,19 +317,9 @@ def _geojson_frame(path: Path):
             obj = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ReaderError(f"{str(path)!r} is not valid GeoJSON: {err}") from err
-    if isinstance(obj, Mapping) and obj.get("type") == "FeatureCollection":
-        features = obj.get("features")
-    elif isinstance(obj, Mapping) and obj.get("type") == "Feature":
-        features = [obj]
-    elif isinstance(obj, list):
-        features = obj
-    else:
-        kind = obj.get("type") if isinstance(obj, Mapping) else type(obj).__name__
-        raise ReaderError(
-            f"{str(path)!r}: GeoJSON of type {kind!r}; expected a FeatureCollection, a Feature or a list of them"
-        )
-    if not isinstance(features, list) or not all(isinstance(f, Mapping) for f in features):
-        raise ReaderError(f"{str(path)!r}: GeoJSON 'features' must be a list of Feature objects")
+    features = geojson_features(
+        obj, repr(str(path)), ReaderError, "a FeatureCollection, a Feature or a list of them"
+    )
     try:
         geoms = [
             shapely.geometry.shape(f["geometry"]) if f.get("geometry") is not None else None for f in features

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tissuestack._geojson import geojson_features
 from tissuestack.errors import ReaderError, ValidationError
 
 if TYPE_CHECKING:
@@ -445,20 +446,12 @@ def _geojson_selections(path: Path, text: str, name_column: str | None) -> list[
         obj = _json_loads(text)
     except ValueError as err:
         raise ReaderError(f"{_where(path)}: not valid JSON (truncated?): {err}") from err
-    if isinstance(obj, Mapping) and obj.get("type") == "FeatureCollection":
-        features = obj.get("features")
-    elif isinstance(obj, Mapping) and obj.get("type") == "Feature":
-        features = [obj]
-    elif isinstance(obj, list):
-        features = obj
-    else:
-        kind = obj.get("type") if isinstance(obj, Mapping) else type(obj).__name__
-        raise ReaderError(
-            f"{_where(path)}: GeoJSON of type {kind!r}; expected a FeatureCollection of Polygon / MultiPolygon "
-            "features (or one Feature, or a list of them)"
-        )
-    if not isinstance(features, list) or not all(isinstance(f, Mapping) for f in features):
-        raise ReaderError(f"{_where(path)}: 'features' must be a list of Feature objects")
+    features = geojson_features(
+        obj,
+        _where(path),
+        ReaderError,
+        "a FeatureCollection of Polygon / MultiPolygon features (or one Feature, or a list of them)",
+    )
     if not features:
         raise ReaderError(f"{_where(path)}: no features; expected at least one selection polygon")
     out: dict[str, _Selection] = {}
