@@ -45,6 +45,10 @@ _SPOT_PITCH = 100.0  # µm, Visium
 _SPOT_RADIUS = 27.5  # µm, Visium (55 µm diameter)
 _DAPI_PX = 1.0  # µm per DAPI pixel (both replicates)
 _HE_PX = 1.4  # µm per H&E pixel
+# simulation noise, tuned so that the correlations land near the paper's (replicate fractions ~0.9, genes ~0.6)
+_TRANSCRIPTS_PER_CELL = 15.0  # mean transcripts per Xenium-like cell
+_SHARED_CELLS = 0.5  # fraction of a replicate's cells that keep the hidden tissue's cell type
+_PATTERN_STRENGTH = 2.0  # how strongly the cell-type field separates the regions
 
 
 # ------------------------------------------------------------------------------------------------ ground truth
@@ -124,7 +128,7 @@ class _Tissue:
             ],
             axis=1,
         )[:, : len(PAPER_CELL_TYPES)]
-        p = np.exp(2.5 * f)
+        p = np.exp(_PATTERN_STRENGTH * f)
         return p / p.sum(axis=1, keepdims=True)
 
 
@@ -151,15 +155,22 @@ def _image_shape(xy_local: np.ndarray, px: float, margin: float = 30.0) -> tuple
 
 
 def _xenium(
-    tissue: _Tissue, world_to_local: np.ndarray, lib: float, rng: np.random.Generator
+    tissue: _Tissue, world_to_local: np.ndarray, lib: float, shared: float, rng: np.random.Generator
 ) -> dict[str, Any]:
     """One Xenium-like section: its cells, transcripts, DAPI image and cell x gene counts (local µm)."""
-    keep = rng.random(len(tissue.xy)) < 0.9  # an adjacent section shares most, not all, cells
+    keep = rng.random(len(tissue.xy)) < 0.9  # a section does not show every cell
     idx = np.flatnonzero(keep)
     xy_world = tissue.xy[idx] + rng.normal(0, 1.0, (len(idx), 2))
     xy = _apply(world_to_local, xy_world)
     radius = tissue.radius[idx]
-    types = tissue.cell_type[idx]
+    # an adjacent section: the same tissue regions, but only some of the same cells; the others are new cells
+    # whose type is drawn afresh from the tissue's cell-type field at that place
+    types = tissue.cell_type[idx].copy()
+    new = rng.random(len(idx)) > shared
+    p = tissue.type_probabilities(xy_world[new])
+    types[new] = np.minimum(
+        (rng.random(int(new.sum()))[:, None] > np.cumsum(p, axis=1)).sum(axis=1), len(p[0]) - 1
+    )
     # per-cell expression: the type's programme with per-cell, per-gene variability (overdispersion)
     rates = tissue.programs[types] * rng.gamma(2.0, 0.5, (len(idx), tissue.programs.shape[1]))
     rates *= (lib * rng.lognormal(0, 0.3, len(idx)) / rates.sum(axis=1))[:, None]
@@ -237,7 +248,7 @@ def _visium(tissue: _Tissue, world_to_local: np.ndarray, rng: np.random.Generato
     nuc = _splat(shape, xy_cells / _HE_PX, np.ones(len(xy_cells)))
     nuc = ndimage.gaussian_filter(nuc, 2.2 / _HE_PX) * 12 * (2.2 / _HE_PX) ** 2
     iy, ix = np.mgrid[0 : shape[0] : 4, 0 : shape[1] : 4]
-    coarse = np.column_stack([(ix.ravel() + 0.5) * 4 * _HE_PX, (iy.ravel() + 0.5) * 4 * _HE_PX])
+    coarse = np.column_stack([(ix.ravel() + 2.0) * _HE_PX, (iy.ravel() + 2.0) * _HE_PX])  # block centres
     mask = tissue.inside(_apply(to_world, coarse)).reshape(ix.shape).astype(float)
     mask = ndimage.zoom(mask, (shape[0] / mask.shape[0], shape[1] / mask.shape[1]), order=1)[
         : shape[0], : shape[1]
@@ -254,6 +265,14 @@ def _visium(tissue: _Tissue, world_to_local: np.ndarray, rng: np.random.Generato
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+def _fade(colour: str) -> Any:
+    """A colormap from transparent to ``colour``: fluorescence drawn over another image."""
+    from matplotlib.colors import LinearSegmentedColormap, to_rgb
+
+    r, g, b = to_rgb(colour)
+    return LinearSegmentedColormap.from_list(f"fade_{colour}", [(r, g, b, 0.0), (r, g, b, 0.9)])
+
+
 def _centred_r(a: Any, b: Any) -> float:
     """Pearson correlation of two (regions x features) tables, each feature centred over the regions."""
     a = np.asarray(a.toarray() if sp.issparse(a) else a, dtype=float)
@@ -358,7 +377,9 @@ def run_paper_workflow(
         name: _frame(tissue, float(a), rng)
         for name, a in zip(("rep1", "rep2", "visium"), angles, strict=True)
     }
-    reps = {k: _xenium(tissue, frames[k], 40.0, rng) for k in ("rep1", "rep2")}
+    reps = {
+        k: _xenium(tissue, frames[k], _TRANSCRIPTS_PER_CELL, _SHARED_CELLS, rng) for k in ("rep1", "rep2")
+    }
     vis = _visium(tissue, frames["visium"], rng)
     types = list(PAPER_CELL_TYPES)
 
@@ -570,8 +591,8 @@ def run_paper_workflow(
     }
     (
         sdata.pl.render_images("visium_he")
-        .pl.render_images("rep1_dapi", palette="cyan", alpha=0.5)
-        .pl.render_images("rep2_dapi", palette="magenta", alpha=0.5)
+        .pl.render_images("rep1_dapi", cmap=_fade("cyan"))
+        .pl.render_images("rep2_dapi", cmap=_fade("magenta"))
         .pl.render_shapes(
             "visium_spots", fill_alpha=0.0, outline_alpha=1.0, outline_width=0.5, outline_color="black"
         )
