@@ -34,7 +34,11 @@ def test_correlations_and_shuffled_control(run):
     assert c["replicates_fractions"] > 0.5, c
     assert c["replicates_genes"] > 0.3, c
     assert c["rep1_vs_visium_genes"] > 0.3, c
-    for key in ("replicates_fractions_shuffled", "replicates_genes_shuffled", "rep1_vs_visium_genes_shuffled"):
+    for key in (
+        "replicates_fractions_shuffled",
+        "replicates_genes_shuffled",
+        "rep1_vs_visium_genes_shuffled",
+    ):
         assert abs(c[key]) < 0.3, (key, c[key])
     assert report["label_transfer"]["rep2_accuracy"] > 0.8
     for rep in ("rep1", "rep2"):
