@@ -22,6 +22,8 @@ def test_alignment_recovers_the_hidden_transformations(run):
         assert a["residual_um_mean"] < 2.0, a
         assert a["residual_um_max"] < 4.0, a
         assert a["rotation_deg"] == pytest.approx(a["true_rotation_deg"], abs=0.5)
+    # the cells both sections share land on each other (each section jitters them by 1 µm: median 1.66 µm)
+    assert report["alignment"]["rep2->rep1"]["shared_cell_distance_um_median"] < 2.5
     lm = report["landmarks"]
     assert len(lm["landmark_residuals_um"]) == lm["n"]
     assert lm["error_vs_truth_at_spots_um_mean"] < 8.0
