@@ -72,6 +72,8 @@ def test_store_rereads_with_the_expected_elements_and_figures_exist(run):
     # everything of the three observations reaches the common coordinate system
     for name in ("rep1_dapi", "rep2_dapi", "visium_he", "rep2_cells", "rep2_transcripts", "visium_spots"):
         assert "aligned" in ts.get_transformation(sdata[name], get_all=True), name
+    # the landmark fit places the Visium slide in its own coordinate system
+    assert "aligned_landmarks" in ts.get_transformation(sdata["visium_spots"], get_all=True)
     for path in report["figures"].values():
         assert (outdir / path).stat().st_size > 1000, path
 
