@@ -327,10 +327,11 @@ def run_paper_workflow(
     Parameters
     ----------
     outdir
-        Output directory (created): ``paper.zarr``, ``aligned_overlay.png``, ``fractions_at_spots.png``,
+        Output directory (created): ``paper.zarr``, ``aligned_overlay.png``, ``aligned_zoom.png`` (a 150 µm
+        window cut with :func:`~tissuestack.bounding_box_query`), ``fractions_at_spots.png``,
         ``replicate_scatter.png``.
     n_cells
-        Number of cells of the hidden tissue (each replicate observes about 90% of them).
+        Number of cells of the hidden tissue (each replicate observes about 90% of them); at least 300.
     n_genes
         Number of genes of the panel.
     seed
@@ -343,7 +344,8 @@ def run_paper_workflow(
     Returns
     -------
     dict
-        ``alignment`` (per registration: residual vs. the truth in µm and px, score), ``landmarks``,
+        ``alignment`` (per registration: residual vs. the truth in µm and px, score; for rep2 also the distance
+        between the cells both sections share), ``landmarks`` (the fit into ``aligned_landmarks``),
         ``label_transfer`` (accuracy), ``correlations`` (replicate fractions / genes, replicate vs. Visium, each
         with its shuffled control), ``rois`` (cell-type fractions per ROI and replicate), ``timings`` (s),
         ``store`` (path) and ``elements`` (names re-read from the store), ``figures`` (paths).
@@ -358,8 +360,8 @@ def run_paper_workflow(
     from tissuestack.ops import store_aggregation
     from tissuestack.transforms import Affine, Identity, Scale
 
-    if n_cells < 50:
-        raise ValueError(f"n_cells must be at least 50 for a meaningful workflow, got {n_cells}")
+    if n_cells < 300:
+        raise ValueError(f"n_cells must be at least 300 (a few Visium spots over the tissue), got {n_cells}")
     if n_genes < len(PAPER_CELL_TYPES):
         raise ValueError(f"n_genes must be at least {len(PAPER_CELL_TYPES)}, got {n_genes}")
     outdir = Path(outdir)
@@ -570,7 +572,10 @@ def run_paper_workflow(
     step("aggregate", "aggregate cells (fractions) and transcripts at the Visium spots")
 
     # ---------------------------------------------------------------------------------------- 5. correlate
-    perm = np.random.default_rng(seed + 1).permutation(len(spot_ids))
+    # the shuffled control: every spot takes another spot's values (a permutation without fixed points)
+    order = np.random.default_rng(seed + 1).permutation(len(spot_ids))
+    perm = np.empty_like(order)
+    perm[order] = np.roll(order, 1)
     f1, f2 = tables["rep1_fractions"].X, tables["rep2_fractions"].X
     g1, g2 = _normalise(tables["rep1_genes"].X), _normalise(tables["rep2_genes"].X)
     gv = _normalise(sdata["visium_table"].X)
