@@ -682,7 +682,7 @@ def run_paper_workflow(
         (
             np.asarray(f1.toarray() if sp.issparse(f1) else f1).ravel(),
             np.asarray(f2.toarray() if sp.issparse(f2) else f2).ravel(),
-            "cell-type fractions rep1",
+            "cells per type per spot (area-weighted), rep1",
             "rep2",
             "replicates_fractions",
         ),
