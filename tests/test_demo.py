@@ -83,3 +83,48 @@ def test_cli_demo_outdir(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "replicates fractions" in out and "shuffled" in out
     assert (tmp_path / "out" / "paper.zarr").is_dir()
+
+
+def test_register_images_carries_whole_sections_along():
+    """moving_coordinate_system: the moving section's cells and transcripts follow its image into the new system,
+    and the reference section joins it unchanged."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from tissuestack.demo import simulate_paper_data
+
+    paper = simulate_paper_data(n_cells=600, seed=2)
+    assert "aligned" not in paper.coordinate_systems
+    ts.register_images(
+        "rep2_dapi",
+        "rep1_dapi",
+        sdata=paper,
+        kind="rigid",
+        add_to_coordinate_system="aligned",
+        reference_coordinate_system="rep1",
+        moving_coordinate_system="rep2",
+    )
+    in_aligned = set(paper.elements_in_coordinate_system("aligned"))
+    assert {"rep1_cells", "rep1_transcripts", "rep2_cells", "rep2_transcripts"} <= in_aligned
+    assert "visium_spots" not in in_aligned
+
+    def centres(name, cs):
+        gdf = ts.transform(paper[name], cs) if cs != "native" else paper[name]
+        return np.column_stack([gdf.geometry.x, gdf.geometry.y])
+
+    one = centres("rep1_cells", "aligned")
+    np.testing.assert_allclose(one, centres("rep1_cells", "native"))  # the reference section is unchanged
+    aligned = cKDTree(one).query(centres("rep2_cells", "aligned"))[0]
+    native = cKDTree(one).query(centres("rep2_cells", "native"))[0]
+    assert np.median(aligned) < 2.5 < np.median(native)  # shared cells meet (1 µm jitter per section)
+    with pytest.raises(ts.ValidationError, match="has no transformation"):
+        ts.register_images(
+            "rep2_dapi",
+            "rep1_dapi",
+            sdata=paper,
+            kind="rigid",
+            add_to_coordinate_system="again",
+            reference_coordinate_system="rep1",
+            moving_coordinate_system="visium",
+        )
+    assert "again" not in paper.coordinate_systems  # refused before anything was placed

@@ -313,74 +313,28 @@ def _nearest_centroid(train: sp.csr_matrix, labels: np.ndarray, test: sp.csr_mat
     return d.argmin(axis=1)
 
 
-def run_paper_workflow(
-    outdir: str | Path,
-    *,
-    n_cells: int = 5_000,
-    n_genes: int = 30,
-    seed: int = 0,
-    progress: bool = True,
-    overwrite: bool = True,
-) -> dict[str, Any]:
-    """Run the SpatialData paper's workflow (alignment, label transfer, aggregation, correlation) on synthetic data.
+def simulate_paper_data(n_cells: int = 5_000, n_genes: int = 30, seed: int = 0) -> Any:
+    """The demo's synthetic sections: two Xenium-like replicates and a Visium-like slide of one hidden tissue.
 
-    Parameters
-    ----------
-    outdir
-        Output directory (created): ``paper.zarr``, ``aligned_overlay.png``, ``aligned_zoom.png`` (a 150 µm
-        window cut with :func:`~tissuestack.bounding_box_query`), ``fractions_at_spots.png``,
-        ``replicate_scatter.png``.
-    n_cells
-        Number of cells of the hidden tissue (each replicate observes about 90% of them); at least 300.
-    n_genes
-        Number of genes of the panel.
-    seed
-        Random seed; the same arguments give the same data.
-    progress
-        Print each step and the final report.
-    overwrite
-        Replace an existing ``paper.zarr`` in ``outdir``.
-
-    Returns
-    -------
-    dict
-        ``alignment`` (per registration: residual vs. the truth in µm and px, score; for rep2 also the distance
-        between the cells both sections share), ``landmarks`` (the fit into ``aligned_landmarks``),
-        ``label_transfer`` (accuracy), ``correlations`` (replicate fractions / genes, replicate vs. Visium, each
-        with its shuffled control), ``rois`` (cell-type fractions per ROI and replicate), ``timings`` (s),
-        ``store`` (path) and ``elements`` (names re-read from the store), ``figures`` (paths).
+    Elements: ``rep1_dapi``, ``rep1_cells`` (circles), ``rep1_transcripts``, ``rep1_table`` (counts, obs
+    ``true_cell_type``), the same for ``rep2``, and ``visium_he`` (RGB), ``visium_spots``, ``visium_table``. Each
+    section lives in its own coordinate system (``rep1``, ``rep2``, ``visium``, in µm of that section), rotated by
+    10-40° and shifted against the others by an amount the data do not tell: aligning them is the exercise.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    import tissuestack as ts
-    from tissuestack.elements import Image2DModel, PointsModel, ShapesModel, TableModel, set_transformation
-    from tissuestack.ops import store_aggregation
-    from tissuestack.transforms import Affine, Identity, Scale
-
     if n_cells < 300:
         raise ValueError(f"n_cells must be at least 300 (a few Visium spots over the tissue), got {n_cells}")
     if n_genes < len(PAPER_CELL_TYPES):
         raise ValueError(f"n_genes must be at least {len(PAPER_CELL_TYPES)}, got {n_genes}")
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
-    clock = [time.perf_counter()]
+    return _simulate(n_cells, n_genes, seed)[0]
 
-    def step(key: str, what: str) -> None:
-        now = time.perf_counter()
-        timings[key] = round(now - clock[0], 3)
-        clock[0] = now
-        if progress:
-            print(f"  [{timings[key]:6.2f} s] {what}", flush=True)
 
-    def aff(m: np.ndarray) -> Affine:
-        return Affine(m, ("x", "y"), ("x", "y"))
+def _simulate(
+    n_cells: int, n_genes: int, seed: int
+) -> tuple[Any, Any, dict[str, np.ndarray], dict, dict, Any]:
+    import tissuestack as ts
+    from tissuestack.elements import Image2DModel, PointsModel, ShapesModel, TableModel
+    from tissuestack.transforms import Identity, Scale
 
-    # ---------------------------------------------------------------------------------------- 1. simulate
     rng = np.random.default_rng(seed)
     tissue = _Tissue(n_cells, n_genes, rng)
     angles = rng.uniform(10, 40, 3) * rng.choice([-1, 1], 3)
@@ -440,6 +394,80 @@ def run_paper_workflow(
         region_key="region",
         instance_key="spot_id",
     )
+    return sdata, tissue, frames, reps, vis, rng
+
+
+def run_paper_workflow(
+    outdir: str | Path,
+    *,
+    n_cells: int = 5_000,
+    n_genes: int = 30,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = True,
+) -> dict[str, Any]:
+    """Run the SpatialData paper's workflow (alignment, label transfer, aggregation, correlation) on synthetic data.
+
+    Parameters
+    ----------
+    outdir
+        Output directory (created): ``paper.zarr``, ``aligned_overlay.png``, ``aligned_zoom.png`` (a 150 µm
+        window cut with :func:`~tissuestack.bounding_box_query`), ``fractions_at_spots.png``,
+        ``replicate_scatter.png``.
+    n_cells
+        Number of cells of the hidden tissue (each replicate observes about 90% of them); at least 300.
+    n_genes
+        Number of genes of the panel.
+    seed
+        Random seed; the same arguments give the same data.
+    progress
+        Print each step and the final report.
+    overwrite
+        Replace an existing ``paper.zarr`` in ``outdir``.
+
+    Returns
+    -------
+    dict
+        ``alignment`` (per registration: residual vs. the truth in µm and px, score; for rep2 also the distance
+        between the cells both sections share), ``landmarks`` (the fit into ``aligned_landmarks``),
+        ``label_transfer`` (accuracy), ``correlations`` (replicate fractions / genes, replicate vs. Visium, each
+        with its shuffled control), ``rois`` (cell-type fractions per ROI and replicate), ``timings`` (s),
+        ``store`` (path) and ``elements`` (names re-read from the store), ``figures`` (paths).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import tissuestack as ts
+    from tissuestack.elements import PointsModel, ShapesModel, set_transformation
+    from tissuestack.ops import store_aggregation
+    from tissuestack.transforms import Affine, Identity
+
+    if n_cells < 300:
+        raise ValueError(f"n_cells must be at least 300 (a few Visium spots over the tissue), got {n_cells}")
+    if n_genes < len(PAPER_CELL_TYPES):
+        raise ValueError(f"n_genes must be at least {len(PAPER_CELL_TYPES)}, got {n_genes}")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    clock = [time.perf_counter()]
+
+    def step(key: str, what: str) -> None:
+        now = time.perf_counter()
+        timings[key] = round(now - clock[0], 3)
+        clock[0] = now
+        if progress:
+            print(f"  [{timings[key]:6.2f} s] {what}", flush=True)
+
+    def aff(m: np.ndarray) -> Affine:
+        return Affine(m, ("x", "y"), ("x", "y"))
+
+    # ---------------------------------------------------------------------------------------- 1. simulate
+    sdata, tissue, frames, reps, vis, rng = _simulate(n_cells, n_genes, seed)
+    spot_ids = sdata["visium_spots"].index.to_numpy()
+    types = list(PAPER_CELL_TYPES)
     step("simulate", "simulate (hidden tissue, 2 Xenium-like replicates, 1 Visium-like slide)")
 
     # ---------------------------------------------------------------------------------------- 2. align

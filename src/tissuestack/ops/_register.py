@@ -511,6 +511,7 @@ def register_images(
     min_score: float = 0.1,
     add_to_coordinate_system: str | None = None,
     reference_coordinate_system: str = "global",
+    moving_coordinate_system: str | None = None,
     seed: int = 0,
 ) -> RegistrationResult:
     """Find the transformation that maps the ``moving`` image onto the ``reference`` image, also across stains.
@@ -555,6 +556,11 @@ def register_images(
         transformation])``. ``sdata`` is modified in place (call ``sdata.write_metadata()`` to persist).
     reference_coordinate_system
         See ``add_to_coordinate_system``.
+    moving_coordinate_system
+        With ``add_to_coordinate_system``: every element placed in this coordinate system (the moving section's
+        cells, transcripts, other images) follows the moving image into the new system, and every element placed
+        in ``reference_coordinate_system`` joins it unchanged, so that whole datasets are aligned at once. The
+        moving image must have a transformation to this system.
     seed
         Seed of the subsampling of reference pixels in the refinement (results are deterministic).
 
@@ -677,9 +683,44 @@ def register_images(
     if add_to_coordinate_system is not None:
         assert sdata is not None and mov_name is not None and ref_name is not None
         t_ref = sdata.get_transformation(ref_name, reference_coordinate_system)
+        if moving_coordinate_system is not None:
+            _carry_along(
+                sdata,
+                mov_name,
+                Sequence([t, t_ref]),
+                moving_coordinate_system,
+                reference_coordinate_system,
+                add_to_coordinate_system,
+            )
         sdata.set_transformation(ref_name, t_ref, add_to_coordinate_system)
         sdata.set_transformation(mov_name, Sequence([t, t_ref]), add_to_coordinate_system)
     return result
+
+
+def _carry_along(
+    sdata: SpatialData,
+    mov_name: str,
+    mov_to_new: BaseTransformation,
+    moving_cs: str,
+    reference_cs: str,
+    new_cs: str,
+) -> None:
+    """Place every element of ``moving_cs`` (through the moving image) and of ``reference_cs`` into ``new_cs``."""
+    try:
+        mov_to_cs = sdata.get_transformation(mov_name, moving_cs)
+    except KeyError as err:
+        raise ValidationError(
+            f"moving_coordinate_system {moving_cs!r}: the moving image {mov_name!r} has no transformation to it"
+        ) from err
+    cs_to_new = Sequence([mov_to_cs.inverse(), mov_to_new])  # moving system -> moving pixels -> new system
+    for name in sdata.elements_in_coordinate_system(reference_cs):
+        if new_cs not in sdata._meta_of(name).transformations:
+            sdata.set_transformation(name, sdata.get_transformation(name, reference_cs), new_cs)
+    for name in sdata.elements_in_coordinate_system(moving_cs):
+        if name != mov_name:
+            sdata.set_transformation(
+                name, Sequence([sdata.get_transformation(name, moving_cs), cs_to_new]), new_cs
+            )
 
 
 def _peak_score(obj: _Objective, m: np.ndarray, ncc: float) -> float:
