@@ -188,3 +188,14 @@ def test_to_polygons_and_to_circles_agree_with_the_reference(reference_python, t
     circles = ts.to_circles(labels)
     assert list(circles.index) == theirs["circle_index"]
     assert np.allclose(circles["radius"], theirs["radius"])
+
+
+def test_reference_reads_the_paper_demo_store(reference_python, tmp_path):
+    """`tissuestack demo OUTDIR` writes a store the reference reads: every element, table and coordinate system."""
+    from tissuestack.demo import run_paper_workflow
+
+    report = run_paper_workflow(tmp_path, n_cells=600, n_genes=10, seed=3, progress=False)
+    store = Path(report["store"])
+    theirs = _reference_summary(reference_python, store)
+    assert theirs == _ours(store)  # shapes, dtypes, checksums and transformations of every element
+    assert "aligned" in theirs["coordinate_systems"] and len(theirs["tables"]) >= 9
