@@ -26,6 +26,11 @@ class _Step:
     params: dict = field(default_factory=dict)
 
 
+def _options(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A render call's keyword options (its signature states them once; the call's ``locals()`` carry them)."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "element")}
+
+
 class PlotAccessor:
     """Static plots of a SpatialData object: ``sdata.pl.render_images(...).pl.render_shapes(...).pl.show()``.
 
@@ -104,15 +109,7 @@ class PlotAccessor:
             pixels are no larger than an output pixel. Uint8 images with 3 or 4 channels are shown as RGB(A)
             when no channel, palette or cmap is given.
         """
-        params = {
-            "channel": channel,
-            "cmap": cmap,
-            "norm": norm,
-            "palette": palette,
-            "alpha": alpha,
-            "scale": scale,
-        }
-        return self._add("images", element, params)
+        return self._add("images", element, _options(locals()))
 
     def render_labels(
         self,
@@ -149,21 +146,7 @@ class PlotAccessor:
         scale
             As for :meth:`render_images`.
         """
-        params = {
-            "color": color,
-            "fill_alpha": fill_alpha,
-            "outline": outline,
-            "outline_alpha": outline_alpha,
-            "table_name": table_name,
-            "table_layer": table_layer,
-            "groups": groups,
-            "palette": palette,
-            "cmap": cmap,
-            "norm": norm,
-            "na_color": na_color,
-            "scale": scale,
-        }
-        return self._add("labels", element, params)
+        return self._add("labels", element, _options(locals()))
 
     def render_points(
         self,
@@ -197,20 +180,7 @@ class PlotAccessor:
         groups, palette, cmap, norm, na_color
             As for :meth:`render_shapes`.
         """
-        params = {
-            "color": color,
-            "size": size,
-            "alpha": alpha,
-            "groups": groups,
-            "palette": palette,
-            "cmap": cmap,
-            "norm": norm,
-            "na_color": na_color,
-            "table_name": table_name,
-            "table_layer": table_layer,
-            "method": method,
-        }
-        return self._add("points", element, params)
+        return self._add("points", element, _options(locals()))
 
     def render_shapes(
         self,
@@ -260,22 +230,7 @@ class PlotAccessor:
         """
         if method not in (None, "matplotlib"):
             raise ValueError(f"render_shapes: method must be None or 'matplotlib', got {method!r}")
-        params = {
-            "color": color,
-            "fill_alpha": fill_alpha,
-            "outline_width": outline_width,
-            "outline_color": outline_color,
-            "outline_alpha": outline_alpha,
-            "groups": groups,
-            "palette": palette,
-            "cmap": cmap,
-            "norm": norm,
-            "na_color": na_color,
-            "table_name": table_name,
-            "table_layer": table_layer,
-            "method": method,
-        }
-        return self._add("shapes", element, params)
+        return self._add("shapes", element, _options(locals()))
 
     # -------------------------------------------------------------------------------------------- show
     def _panels(
