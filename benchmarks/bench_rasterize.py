@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sources import REFERENCE_BUILD, _json, _reference_python, generate  # noqa: E402
+from bench_sources import _json, _reference_python, prepare_stores  # noqa: E402
 
 _DEFAULT_REFERENCE = Path.home() / ".cache" / "tissuestack-reference" / "bin" / "python"
 
@@ -96,23 +94,8 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true")
     args = ap.parse_args()
     ops = [o for o in args.ops.split(",") if o]
-    folder = args.data / f"sources_{args.cells}_{args.tx}"
     ref_py = None if args.no_reference else _reference()
-    if not (folder / "meta.json").exists():
-        t = time.perf_counter()
-        generate(folder, args.cells, args.tx)
-        print(f"generated {folder} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    meta = json.loads((folder / "meta.json").read_text())
-    ref_store, our_store = folder / "ref.zarr", folder / "ours.zarr"
-    if not ref_store.exists():
-        if ref_py is None:
-            sys.exit(
-                "the reference environment is needed once, to write ref.zarr (shared/tools/reference-env)"
-            )
-        print(_json([ref_py, "-c", REFERENCE_BUILD, str(folder), str(ref_store)]), file=sys.stderr)
-    if not our_store.exists():
-        cmd = [sys.executable, "-m", "tissuestack", "convert-format", str(ref_store), str(our_store)]
-        subprocess.run([*cmd, "--zarr-format", "3"], check=True, capture_output=True)
+    meta, ref_store, our_store = prepare_stores(args.data, args.cells, args.tx, ref_py)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for op in ops:

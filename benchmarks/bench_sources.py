@@ -205,6 +205,25 @@ def _json(cmd: list[str]) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def prepare_stores(data: Path, cells: int, tx: int, ref_py: str | None) -> tuple[dict, Path, Path]:
+    """The generated workload (cached in ``data``), the store the reference wrote and ours converted from it."""
+    folder = data / f"sources_{cells}_{tx}"
+    if not (folder / "meta.json").exists():
+        t = time.perf_counter()
+        generate(folder, cells, tx)
+        print(f"generated {folder} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    meta = json.loads((folder / "meta.json").read_text())
+    ref_store, our_store = folder / "ref.zarr", folder / "ours.zarr"
+    if not ref_store.exists():
+        if ref_py is None:
+            sys.exit("the reference environment is needed once, to write ref.zarr (shared/tools/reference-env)")
+        print(_json([ref_py, "-c", REFERENCE_BUILD, str(folder), str(ref_store)]), file=sys.stderr)
+    if not our_store.exists():
+        cmd = [sys.executable, "-m", "tissuestack", "convert-format", str(ref_store), str(our_store)]
+        subprocess.run([*cmd, "--zarr-format", "3"], check=True, capture_output=True)
+    return meta, ref_store, our_store
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", type=int, default=100_000)
@@ -215,21 +234,8 @@ def main() -> None:
     ap.add_argument("--whole-process", action="store_true")
     args = ap.parse_args()
     ops = [o for o in args.ops.split(",") if o]
-    folder = args.data / f"sources_{args.cells}_{args.tx}"
     ref_py = None if args.no_reference else _reference_python()
-    if not (folder / "meta.json").exists():
-        t = time.perf_counter()
-        generate(folder, args.cells, args.tx)
-        print(f"generated {folder} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-    meta = json.loads((folder / "meta.json").read_text())
-    ref_store, our_store = folder / "ref.zarr", folder / "ours.zarr"
-    if not ref_store.exists():
-        if ref_py is None:
-            sys.exit("the reference environment is needed once, to write ref.zarr (shared/tools/reference-env)")
-        print(_json([ref_py, "-c", REFERENCE_BUILD, str(folder), str(ref_store)]), file=sys.stderr)
-    if not our_store.exists():
-        subprocess.run(["tissuestack", "convert-format", str(ref_store), str(our_store), "--zarr-format", "3"],
-                       check=True, capture_output=True)  # fmt: skip
+    meta, ref_store, our_store = prepare_stores(args.data, args.cells, args.tx, ref_py)
     rows = []
     for op in ops:
         row = {"op": op}
