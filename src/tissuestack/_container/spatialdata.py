@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from tissuestack._container._graph import Node, transformation_between
@@ -36,6 +35,7 @@ from tissuestack.elements import (
     set_table_annotates,
     table_rows,
 )
+from tissuestack.elements._instances import table_id_mismatch
 from tissuestack.errors import StoreError, UnknownCoordinateSystemError, ValidationError
 from tissuestack.store import StoreRoot
 from tissuestack.store import _io as store_io
@@ -837,36 +837,6 @@ class SpatialData:
 
     def _repr_pretty_(self, p, cycle) -> None:  # IPython
         p.text(repr(self))
-
-
-def table_id_mismatch(table: Any, region: str, element: Any) -> tuple[int, int, str] | None:
-    """``(rows, unmatched rows, description)`` for the rows of ``table`` annotating ``region`` whose instance id
-    is not an instance of ``element``; ``None`` when every row matches (or there is none)."""
-    from tissuestack.ops._joins import _comparable, _plain_ids, element_instances
-
-    _, region_key, instance_key = get_table_keys(table)
-    rows = np.asarray(table.obs[region_key] == region)
-    if not rows.any():
-        return None
-    wanted = _plain_ids(table.obs[instance_key].to_numpy()[rows])
-    have = element_instances(element, name=region)
-    a, b = _comparable(wanted, have)
-    unmatched = ~np.asarray(a.isin(b))
-    n_bad = int(unmatched.sum())
-    if not n_bad:
-        return None
-    share = (
-        f"none of its {len(wanted):,} rows for {region!r} match an instance of {region!r}"
-        if n_bad == len(wanted)
-        else f"{n_bad:,} of its {len(wanted):,} rows for {region!r} match no instance of {region!r}"
-    )
-    sample = ", ".join(repr(v) for v in pd.unique(np.asarray(wanted[unmatched]))[:3].tolist())
-    theirs = ", ".join(repr(v) for v in np.asarray(have[:3]).tolist())
-    dtypes = (
-        f" (table ids are {wanted.dtype}, element ids {have.dtype})" if wanted.dtype != have.dtype else ""
-    )
-    message = f"{share}: ids such as {sample} are not among the element's ids ({theirs}, ...){dtypes}"
-    return len(wanted), n_bad, message
 
 
 def _filter_table_to_regions(table: Any, regions: list[str], name: str) -> Any:

@@ -23,17 +23,24 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anndata as ad
-import dask
 import dask.array as da
 import dask.dataframe as dd
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_meta, get_table_keys, raster_levels, table_rows
+from tissuestack.elements import get_kind, get_table_keys, table_rows
+from tissuestack.elements._instances import (
+    comparable_ids,
+    element_instances,
+    id_kind,
+    labels_instances,
+    plain_ids,
+    points_instance_key,
+    points_instances,
+)
 from tissuestack.elements._meta import copy_meta
 
 __all__ = [
@@ -58,86 +65,6 @@ _JOINABLE = ("labels", "shapes", "points")
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _id_kind(dtype: Any) -> str:
-    """``"int"``, ``"str"`` or ``"other"``: how instance ids of this dtype compare."""
-    if isinstance(dtype, pd.CategoricalDtype):
-        dtype = dtype.categories.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        return "other"
-    if pd.api.types.is_integer_dtype(dtype):
-        return "int"
-    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        return "str"
-    return "other"
-
-
-def _plain_ids(values: Any) -> pd.Index:
-    """Instance ids as a plain (non-categorical) index."""
-    index = pd.Index(values)
-    if isinstance(index.dtype, pd.CategoricalDtype):
-        index = pd.Index(np.asarray(index), dtype=index.dtype.categories.dtype)
-    return index
-
-
-def _comparable(a: pd.Index, b: pd.Index) -> tuple[pd.Index, pd.Index]:
-    """Make two id indexes comparable: integer ids meeting string ids are turned into strings."""
-    ka, kb = _id_kind(a.dtype), _id_kind(b.dtype)
-    if ka == "int" and kb == "str":
-        a = a.astype(str)
-    elif ka == "str" and kb == "int":
-        b = b.astype(str)
-    return a, b
-
-
-def _labels_instances(element: xr.DataArray | xr.DataTree) -> pd.Index:
-    """Sorted distinct values of a labels raster (full resolution), unique per chunk then combined."""
-    data = raster_levels(element)[0].data
-    if isinstance(data, da.Array):
-        (values,) = dask.compute(da.unique(data), scheduler=scheduler())
-    else:
-        values = np.unique(np.asarray(data))
-    return pd.Index(values)
-
-
-def _first_seen(values: pd.Series) -> np.ndarray:
-    return pd.unique(np.asarray(values))
-
-
-def _points_instance_key(element: dd.DataFrame, name: str | None) -> str:
-    key = get_meta(element).instance_key
-    if key is None or key not in element.columns:
-        label = f"points element {name!r}" if name else "points element"
-        raise ValueError(
-            f"{label} has no instance_key column, so no table row can refer to its points; parse it with "
-            "PointsModel.parse(..., instance_key=...)"
-        )
-    return key
-
-
-def _points_instances(element: dd.DataFrame, key: str) -> pd.Index:
-    """Distinct values of a points instance column, in order of first appearance (one pass over one column)."""
-    parts = [dask.delayed(_first_seen)(p) for p in element[key].to_delayed()]
-    uniques = dask.compute(*parts, scheduler=scheduler())
-    if not uniques:
-        return _plain_ids(pd.Series([], dtype=element.dtypes[key]))
-    return _plain_ids(pd.unique(np.concatenate([np.asarray(u) for u in uniques])))
-
-
-def element_instances(element: Any, *, name: str | None = None) -> pd.Index:
-    """The instance ids of a labels, shapes or points element (see the module notes for their order).
-
-    Labels are scanned once (distinct values per chunk, combined); points read only their instance column.
-    """
-    kind = get_kind(element)
-    if kind == "shapes":
-        return _plain_ids(element.index)
-    if kind == "labels":
-        return _labels_instances(element)
-    if kind == "points":
-        return _points_instances(element, _points_instance_key(element, name))
-    raise ValueError(f"element {name!r} is {kind}; only labels, shapes and points have instances")
-
-
 # ------------------------------------------------------------------------------------------------------------
 # element side: filtering and reordering
 # ------------------------------------------------------------------------------------------------------------
@@ -157,7 +84,7 @@ def _points_isin(ddf: dd.DataFrame, key: str, ids: pd.Index) -> dd.Series:
     dtype = ddf.dtypes[key]
     if isinstance(dtype, pd.CategoricalDtype):
         column = column.astype(dtype.categories.dtype)
-    col_kind, ids_kind = _id_kind(dtype), _id_kind(ids.dtype)
+    col_kind, ids_kind = id_kind(dtype), id_kind(ids.dtype)
     if col_kind == "int" and ids_kind == "str":
         column = column.astype(str)
     elif col_kind == "str" and ids_kind == "int":
@@ -188,8 +115,8 @@ def _with_order(
 
 def _sort_points_like(ddf: dd.DataFrame, key: str, ids: pd.Index) -> dd.DataFrame:
     """Points ordered like ``ids`` (table order) by a lazy, stable sort: points of one instance keep their order."""
-    str_ids = _id_kind(ddf.dtypes[key]) == "int" and _id_kind(ids.dtype) == "str"
-    if _id_kind(ddf.dtypes[key]) == "str" and _id_kind(ids.dtype) == "int":
+    str_ids = id_kind(ddf.dtypes[key]) == "int" and id_kind(ids.dtype) == "str"
+    if id_kind(ddf.dtypes[key]) == "str" and id_kind(ids.dtype) == "int":
         ids = ids.astype(str)
     taken = set(ddf.columns)
     names = tuple(_free_name(f"__{what}", taken) for what in ("order", "part", "row"))
@@ -223,7 +150,7 @@ def _region_rows(table: ad.AnnData, region_key: str, instance_key: str) -> dict[
     obs = table.obs
     regions = obs[region_key]
     codes = regions.cat.codes.to_numpy() if isinstance(regions.dtype, pd.CategoricalDtype) else None
-    ids_all = _plain_ids(obs[instance_key])
+    ids_all = plain_ids(obs[instance_key])
     out: dict[str, _Rows] = {}
     categories = regions.cat.categories if codes is not None else pd.Index(regions.unique())
     for code, region in enumerate(categories):  # one pass per region, not per row
@@ -317,7 +244,7 @@ def _join_one(
                 f"labels element {name!r}: match_rows='right' would reorder the element like the table rows, "
                 "but a labels raster cannot be reordered; use match_rows='left' or 'no_control'"
             )
-    points_key = _points_instance_key(element, name) if kind == "points" else None
+    points_key = points_instance_key(element, name) if kind == "points" else None
 
     # the element's instances, where they are needed (points: one pass over the instance column)
     need_instances = (
@@ -328,12 +255,12 @@ def _join_one(
     t_ids = rows.ids
     if need_instances:
         if kind == "shapes":
-            instances = _plain_ids(element.index)
+            instances = plain_ids(element.index)
         elif kind == "labels":
-            instances = _labels_instances(element)
+            instances = labels_instances(element)
         else:
-            instances = _points_instances(element, points_key)
-        inst_cmp, t_cmp = _comparable(instances, t_ids)
+            instances = points_instances(element, points_key)
+        inst_cmp, t_cmp = comparable_ids(instances, t_ids)
         e2t = t_cmp.get_indexer(inst_cmp)  # per element instance: position among the region's rows, or -1
         matched = e2t >= 0
         t_in_e = np.zeros(len(t_ids), dtype=bool)
@@ -505,7 +432,7 @@ def _left_matched_rows(
     instances = element_instances(element, name=name)
     if rows is None:
         return np.empty(0, dtype=np.intp), instances[:0], instance_key
-    inst_cmp, t_cmp = _comparable(instances, rows.ids)
+    inst_cmp, t_cmp = comparable_ids(instances, rows.ids)
     e2t = t_cmp.get_indexer(inst_cmp)
     matched = e2t >= 0
     return rows.positions[e2t[matched]], instances[matched], instance_key
@@ -659,10 +586,10 @@ def filter_table(
             element = sdata[name]
             ids = by_region[name].ids if name in by_region else pd.Index([])
             if sdata.kind_of(name) == "shapes":
-                index, ids = _comparable(_plain_ids(element.index), ids)
+                index, ids = comparable_ids(plain_ids(element.index), ids)
                 new = _take_shapes(element, np.flatnonzero(index.isin(ids)))
             else:
-                key = _points_instance_key(element, name)
+                key = points_instance_key(element, name)
                 new = element[_points_isin(element, key, ids)]
                 copy_meta(element, new)
             if new is None:

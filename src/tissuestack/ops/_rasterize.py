@@ -83,12 +83,13 @@ from tissuestack.elements import (
     points_axes,
     raster_levels,
 )
+from tissuestack.elements._instances import comparable_ids, plain_ids
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.kernels._burn import BURN_OPS, burn_category_counts, burn_runs, new_canvas
 from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
 from tissuestack.ops._extent import spatial_map
-from tissuestack.ops._joins import _comparable, _plain_ids, _region_rows
+from tissuestack.ops._joins import _region_rows
 from tissuestack.ops._resolve import _name_in, elements_in, resolve_element
 from tissuestack.ops._values import get_values
 from tissuestack.transforms import Affine, BaseTransformation, Scale, Translation, compose
@@ -423,7 +424,7 @@ def _label_dtype(max_value: int) -> np.dtype:
 
 def _instance_values(index: pd.Index) -> tuple[np.ndarray, dict | None]:
     """Label value per row and the value -> id mapping (``None`` when the ids themselves are the values)."""
-    ids = _plain_ids(index)
+    ids = plain_ids(index)
     if pd.api.types.is_integer_dtype(ids.dtype) and len(ids) and ids.min() > 0:
         return np.asarray(ids, dtype=np.int64), None
     codes, uniques = pd.factorize(ids, sort=False)
@@ -450,7 +451,7 @@ def _shape_values(
             f"{what}: value_key {value_key!r} must name one obs column or var name of {table_name!r}"
         )
     col = values.iloc[:, 0]
-    ids, mine = _comparable(pd.Index(col.index), _plain_ids(gdf.index))
+    ids, mine = comparable_ids(pd.Index(col.index), plain_ids(gdf.index))
     pos = ids.get_indexer(mine)
     if isinstance(col.dtype, pd.CategoricalDtype):
         codes = np.where(pos >= 0, col.cat.codes.to_numpy()[np.maximum(pos, 0)], -1)
@@ -947,7 +948,7 @@ def rasterize_bins(
     flat = v * shape[1] + u
     if len(np.unique(flat)) != len(flat):
         raise ValidationError(f"{what}: several table rows share a ({row_key}, {col_key}) bin")
-    ids, mine = _comparable(rows.ids, _plain_ids(element.index))
+    ids, mine = comparable_ids(rows.ids, plain_ids(element.index))
     positions = mine.get_indexer(ids)
     if (positions < 0).any():
         raise ValidationError(
