@@ -82,8 +82,11 @@ _EXPORTS: dict[str, str] = {
     "build_pyramids": "tissuestack.ops",
     # machine learning (torch optional)
     "ImageTilesDataset": "tissuestack.ml",
+    # the browser viewer (bokeh optional)
+    "view": "tissuestack.viewer",
+    "Viewer": "tissuestack.viewer",
 }
-_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ml", "ops", "pl", "query", "store")
+_SUBMODULES = ("datasets", "elements", "transforms", "errors", "io", "ml", "ops", "pl", "query", "store", "viewer")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
@@ -104,7 +107,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real names
-    from tissuestack import datasets, elements, errors, io, ml, ops, pl, query, store, transforms
+    from tissuestack import datasets, elements, errors, io, ml, ops, pl, query, store, transforms, viewer
     from tissuestack._container import SpatialData, read_zarr
     from tissuestack.elements import (
         Image2DModel,
@@ -169,3 +172,4 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         Translation,
         compose,
     )
+    from tissuestack.viewer import Viewer, view

@@ -206,6 +206,24 @@ def _selections_parser(sub: Any) -> None:
     _storage_option_arg(plot)
     plot.set_defaults(func=_cmd_plot)
 
+    viewer = sub.add_parser(
+        "view",
+        help="explore and annotate a store in the browser",
+        description="Serve the interactive viewer for a store and print its URL: every element in any "
+        "coordinate system, coloured by any table value; draw polygons, rectangles, circles and landmarks and "
+        "save them into the store. Bound to 127.0.0.1 by default (reach it from elsewhere through an SSH port "
+        "forward); bound to any other address it requires the random token in the printed URL. Remote stores "
+        "are never written.",
+    )
+    viewer.add_argument("store", help="store path or URL")
+    viewer.add_argument("--port", type=int, default=5006, help="port (default 5006; 0 picks a free one)")
+    viewer.add_argument("--host", default="127.0.0.1", metavar="ADDR", help="address to bind (default 127.0.0.1)")
+    viewer.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    viewer.add_argument("--read-only", action="store_true", help="disable saving annotations")
+    viewer.add_argument("--token", default=None, help=argparse.SUPPRESS)  # tests: a known token
+    _storage_option_arg(viewer)
+    viewer.set_defaults(func=_cmd_view)
+
 
 def _storage_option_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -448,6 +466,31 @@ def _color_applies(sdata: Any, name: str, key: str | None) -> bool:
     from matplotlib.colors import is_color_like
 
     return bool(is_color_like(key))
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    try:
+        import bokeh  # noqa: F401  (the viewer needs the optional "viewer" extra)
+    except ImportError:
+        raise ValidationError('the viewer needs bokeh: pip install "tissuestack[viewer]"') from None
+    from tissuestack import read_zarr
+    from tissuestack.viewer._server import make_server
+
+    sdata = read_zarr(args.store, storage_options=_storage_options(args.storage_option))
+    if not sdata.coordinate_systems:
+        raise ValidationError(f"{args.store}: no spatial element to show")
+    server, url = make_server(sdata, host=args.host, port=args.port, read_only=args.read_only, token=args.token)
+    print(f"tissuestack viewer for {args.store} at {url}", flush=True)
+    print("press Ctrl+C to stop", flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -1,0 +1,644 @@
+"""Server-side rendering of the viewer: every layer becomes an RGBA image of exactly the pixels in view.
+
+The browser only ever receives a picture of the current view (or, zoomed in far enough, a few thousand point
+markers), so the page stays light whatever the size of the data. Per element and coordinate system the engine
+keeps, for the life of the viewer, what a re-render needs and reading it again would cost:
+
+* points: x/y in the coordinate system (float32) and the colour id of every point, read once; a render bins the
+  points that fall in view onto the pixel grid (one numba pass) and shades each pixel with the mean colour of its
+  points, the opacity growing with the log of their count;
+* shapes: the flattened polygon rings (or the circle centres and radii) in the element's own frame; a render maps
+  them to view pixels and burns the row number of every shape into an id raster (the same scanline kernels as
+  :func:`tissuestack.rasterize`), coloured through a lookup table, outlines where the id changes;
+* images and labels: nothing — a render reads the window in view from the coarsest pyramid level whose pixels
+  are no larger than a view pixel and samples it at the view's pixel centres (any affine, rotations included).
+
+The id rasters of the last render are kept per layer, so a click is answered with the exact shape under the
+pointer as drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+import pandas as pd
+import shapely
+
+from tissuestack._compute import scheduler
+from tissuestack._container import SpatialData
+from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
+from tissuestack.elements._shapes import RADIUS_COLUMN
+from tissuestack.kernels._burn import BURN_OPS, burn_runs
+from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
+from tissuestack.ops import get_extent
+
+__all__ = ["LayerStyle", "Rendered", "View", "ViewerEngine"]
+
+MARKER_LIMIT = 5_000  # points in view at or below this are sent as markers (hover shows their values)
+_KIND_ORDER = {"images": 0, "labels": 1, "shapes": 2, "points": 3}
+_CHANNEL_COLORS = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff", "#ffffff")
+
+
+@dataclass(frozen=True)
+class View:
+    """The region in view: its bounds in ``coordinate_system`` and the size of the canvas in pixels.
+
+    Row 0 of a rendered image is at ``y0`` (the viewer shows y growing downwards, as images are stored)."""
+
+    coordinate_system: str
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    width: int
+    height: int
+
+    @property
+    def unit_per_px(self) -> float:
+        return max((self.x1 - self.x0) / max(self.width, 1), (self.y1 - self.y0) / max(self.height, 1))
+
+    def grid(self) -> tuple[int, int, float]:
+        """``(height, width, unit_per_px)`` of the square-pixel grid that covers the view from ``(x0, y0)``."""
+        upp = self.unit_per_px
+        if not (upp > 0 and math.isfinite(upp)):
+            raise ValueError(f"view {self}: empty or non-finite extent")
+        w = max(1, min(4 * self.width, math.ceil((self.x1 - self.x0) / upp)))
+        h = max(1, min(4 * self.height, math.ceil((self.y1 - self.y0) / upp)))
+        return h, w, upp
+
+
+@dataclass
+class LayerStyle:
+    """How one element is drawn (the state of its controls in the viewer)."""
+
+    visible: bool = True
+    opacity: float = 1.0
+    color: str | None = None  # a column, obs column or gene to colour by; a literal colour; None = default
+    fill: bool = True  # shapes / labels: fill the regions
+    outline: bool = False  # shapes / labels: draw their outlines
+    channels: list[int] | None = None  # images: channel indices shown (default: the first, or RGB)
+    channel_colors: dict[int, str] = field(default_factory=dict)
+    contrast: dict[int, tuple[float, float]] = field(default_factory=dict)  # image channel -> (lo, hi)
+    point_size: int = 1  # points: side of the square each point covers, in view pixels
+
+
+@dataclass
+class Rendered:
+    """One layer's picture of the view: ``rgba`` (``uint32`` rows of packed RGBA, little endian as Bokeh
+    expects) covering ``extent = (x0, x1, y0, y1)``; ``markers`` instead when few points are in view;
+    ``legend`` entries ``[(label, "#rrggbb")]`` or a colorbar ``("key", lo, hi, [colours])``."""
+
+    rgba: np.ndarray | None
+    extent: tuple[float, float, float, float]
+    markers: dict[str, np.ndarray] | None = None
+    legend: list[tuple[str, str]] | None = None
+    colorbar: tuple[str, float, float, list[str]] | None = None
+
+
+def _hex(rgba: np.ndarray) -> str:
+    r, g, b = (np.clip(np.asarray(rgba[:3], dtype=float), 0, 1) * 255).round().astype(int)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def pack_rgba(image: np.ndarray) -> np.ndarray:
+    """``(h, w, 4)`` floats in 0..1 -> ``(h, w)`` uint32 (RGBA bytes in memory order)."""
+    u8 = np.ascontiguousarray((np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8))
+    return u8.view(np.uint32).reshape(image.shape[:2])
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_points(x, y, ids, colors, x0, y0, inv, height, width, size):  # pragma: no cover - numba
+    """Count the points per pixel and sum their colours (``ids`` index ``colors``; -1 = not drawn)."""
+    count = np.zeros((height, width), dtype=np.float32)
+    rgb = np.zeros((height, width, 3), dtype=np.float32)
+    half = size // 2
+    for i in range(x.shape[0]):
+        k = ids[i]
+        if k < 0:
+            continue
+        c = math.floor((x[i] - x0) * inv)
+        r = math.floor((y[i] - y0) * inv)
+        if c < -half or r < -half or c >= width + half or r >= height + half:
+            continue
+        for rr in range(max(r - half, 0), min(r - half + size, height)):
+            for cc in range(max(c - half, 0), min(c - half + size, width)):
+                count[rr, cc] += 1.0
+                rgb[rr, cc, 0] += colors[k, 0]
+                rgb[rr, cc, 1] += colors[k, 1]
+                rgb[rr, cc, 2] += colors[k, 2]
+    return count, rgb
+
+
+@numba.njit(cache=True, nogil=True)
+def in_view(x, y, ids, x0, x1, y0, y1, limit):  # pragma: no cover - numba
+    """Indices of the drawn points inside the box, or ``None``-like (-1 first) when there are more than ``limit``."""
+    out = np.empty(limit + 1, dtype=np.int64)
+    m = 0
+    for i in range(x.shape[0]):
+        if ids[i] >= 0 and x[i] >= x0 and x[i] <= x1 and y[i] >= y0 and y[i] <= y1:
+            if m == limit:
+                out[0] = -1
+                return out[:1]
+            out[m] = i
+            m += 1
+    return out[:m]
+
+
+def _edges(ids: np.ndarray) -> np.ndarray:
+    edge = np.zeros(ids.shape, dtype=bool)
+    edge[1:, :] |= ids[1:, :] != ids[:-1, :]
+    edge[:-1, :] |= ids[:-1, :] != ids[1:, :]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    return edge & (ids > 0)
+
+
+class ViewerEngine:
+    """Renders the elements of one :class:`~tissuestack.SpatialData` for the viewer (see the module notes).
+
+    Thread-safe for concurrent renders of different sessions; caches are shared between them."""
+
+    def __init__(self, sdata: SpatialData):
+        self.sdata = sdata
+        self._lock = threading.RLock()
+        self._cache: dict[tuple, Any] = {}
+        self._last_ids: dict[tuple[str, str], tuple[View, np.ndarray, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------------------------------ elements
+    def coordinate_systems(self) -> list[str]:
+        return list(self.sdata.coordinate_systems)
+
+    def elements(self, coordinate_system: str) -> list[tuple[str, str]]:
+        """``(name, kind)`` of the spatial elements placed in the system, in drawing order (rasters first)."""
+        names = self.sdata.elements_in_coordinate_system(coordinate_system)
+        pairs = [(n, self.sdata.kind_of(n)) for n in names]
+        return sorted(pairs, key=lambda p: (_KIND_ORDER.get(p[1], 9), p[0]))
+
+    def extent(self, coordinate_system: str) -> tuple[float, float, float, float]:
+        """``(x0, x1, y0, y1)`` of everything in the system (one unit square when it is empty)."""
+        key = ("extent", coordinate_system, tuple(self.sdata.elements_in_coordinate_system(coordinate_system)))
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    ext = get_extent(self.sdata, coordinate_system, exact=False)
+                    self._cache[key] = (*ext["x"], *ext["y"])
+                except (ValueError, KeyError):
+                    self._cache[key] = (0.0, 1.0, 0.0, 1.0)
+            return self._cache[key]
+
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget cached data of element ``name`` (all when ``None``), e.g. after it was replaced."""
+        with self._lock:
+            if name is None:
+                self._cache.clear()
+            else:
+                for k in [k for k in self._cache if name in k[1:3] or k[0] == "extent"]:
+                    del self._cache[k]
+
+    def _transform(self, name: str, cs: str) -> Any:
+        from tissuestack.pl._render import _xy_map
+
+        element = self.sdata[name]
+        return _xy_map(element, self.sdata.get_transformation_between(name, cs), name)
+
+    def color_keys(self, name: str) -> tuple[list[str], list[str]]:
+        """``(columns, genes)`` element ``name`` can be coloured by: element columns and obs columns of the
+        annotating tables, and the var names of those tables."""
+        kind = self.sdata.kind_of(name)
+        element = self.sdata[name]
+        columns: list[str] = []
+        if kind == "points":
+            axes = set(get_axes(element))
+            columns = [str(c) for c in element.columns if c not in axes]
+        elif kind == "shapes":
+            columns = [str(c) for c in element.columns if c not in ("geometry", RADIUS_COLUMN)]
+        genes: list[str] = []
+        for tn in self.sdata.get_annotating_tables(name):
+            table = self.sdata.tables[tn]
+            columns += [str(c) for c in table.obs.columns if c not in columns]
+            genes += [str(g) for g in table.var_names if g not in genes]
+        return columns, genes
+
+    def default_color(self, name: str) -> str | None:
+        if self.sdata.kind_of(name) == "points":
+            key = get_meta(self.sdata[name]).feature_key
+            return str(key) if key is not None else None
+        return None
+
+    # --------------------------------------------------------------------------------------------- colours
+    def _coloring(self, name: str, color: str | None) -> Any:
+        """The :class:`~tissuestack.pl._colors.Coloring` of the element's rows (points: of the cached points;
+        labels: of the label ids in the ``ids`` attribute of the returned pair) for ``color``."""
+        from tissuestack.pl._colors import resolve_coloring
+        from tissuestack.pl._render import _align, _element_coloring, _key_in_tables
+        from tissuestack.pl._values import find_color_source, label_values
+
+        kind = self.sdata.kind_of(name)
+        key = ("coloring", name, color)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        element = self.sdata[name]
+        p = {"color": color, "na_color": "lightgray"}
+        if kind == "shapes":
+            fetch = lambda k: element[k].reset_index(drop=True)  # noqa: E731
+            result = _element_coloring(
+                self.sdata, name, element, pd.Index(element.columns), element.index, p, len(element), fetch
+            )
+        elif kind == "points":
+            pts = self._points(name, color)
+            values = pts["values"]
+            if values is None:
+                result = resolve_coloring(len(pts["x"]), color=color)
+            else:
+                uns = None
+                if pts["table"] is not None:
+                    uns = self.sdata.tables[pts["table"]].uns
+                result = resolve_coloring(
+                    len(values), values=values, key=color, uns=uns, what=f"points {name!r}"
+                )
+        else:  # labels: a lookup table indexed by label id
+            if color is None or not _key_in_tables(self.sdata, name, color, None):
+                result = None
+            else:
+                source = find_color_source(self.sdata, name, [], color, None)
+                values, uns = label_values(self.sdata, name, source, None)
+                ids = pd.Index(values.index)
+                coloring = resolve_coloring(
+                    len(ids), values=_align(values, ids, name), key=color, uns=uns, what=f"labels {name!r}"
+                )
+                result = (np.asarray(ids), coloring)
+        with self._lock:
+            self._cache[key] = result
+        return result
+
+    @staticmethod
+    def _legend(coloring: Any) -> tuple[list | None, tuple | None]:
+        if coloring is None:
+            return None, None
+        if coloring.legend is not None:
+            return [(label, _hex(c)) for label, c in coloring.legend], None
+        if coloring.mappable is not None:
+            cmap, norm = coloring.mappable
+            colors = [_hex(cmap(v)) for v in np.linspace(0, 1, 9)]
+            return None, (str(coloring.key), float(norm.vmin), float(norm.vmax), colors)
+        return None, None
+
+    # ---------------------------------------------------------------------------------------------- points
+    def _points(self, name: str, color: str | None) -> dict[str, Any]:
+        """x/y in the element frame plus the values coloured by (read once per element and key)."""
+        from tissuestack.pl._render import _align, _key_in_tables
+        from tissuestack.pl._values import find_color_source, table_values_by_id
+
+        key = ("points", name, color)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        element = self.sdata[name]
+        columns = pd.Index(element.columns)
+        meta = get_meta(element)
+        ax = list(get_axes(element)[:2])
+        table = None
+        if isinstance(color, str) and color in columns:
+            pdf = element[[*ax, color]].compute(scheduler=scheduler())
+            values = pd.Series(pdf[color].to_numpy())
+            if isinstance(pdf[color].dtype, pd.CategoricalDtype):
+                values = values.astype(pdf[color].dtype)
+        elif isinstance(color, str) and _key_in_tables(self.sdata, name, color, None):
+            if meta.instance_key is None:
+                raise ValueError(f"points {name!r} have no instance_key column to match table rows")
+            pdf = element[[*ax, meta.instance_key]].compute(scheduler=scheduler())
+            source = find_color_source(self.sdata, name, columns, color, None)
+            by_id, _ = table_values_by_id(self.sdata, name, element, source, None)
+            values = _align(by_id, pd.Index(pdf[meta.instance_key].to_numpy()), name)
+            table = source.table_name
+        else:
+            pdf = element[ax].compute(scheduler=scheduler())
+            values = None
+        out = {
+            "x": pdf[ax[0]].to_numpy(dtype=np.float64),
+            "y": pdf[ax[1]].to_numpy(dtype=np.float64),
+            "values": values,
+            "table": table,
+        }
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def _points_in_cs(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
+        key = ("points_cs", name, cs, color)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        pts = self._points(name, color)
+        amap = self._transform(name, cs)
+        xy = amap.apply(np.column_stack([pts["x"], pts["y"]]))
+        out = (xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32), pts)
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def _render_points(self, name: str, style: LayerStyle, view: View) -> Rendered:
+        color = style.color if style.color is not None else self.default_color(name)
+        x, y, pts = self._points_in_cs(name, view.coordinate_system, color)
+        coloring = self._coloring(name, color)
+        ids = np.asarray(coloring.ids, dtype=np.int64)
+        legend, colorbar = self._legend(coloring)
+        h, w, upp = view.grid()
+        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        picked = in_view(x, y, ids, view.x0, view.x1, view.y0, view.y1, MARKER_LIMIT)
+        if not (len(picked) == 1 and picked[0] == -1):
+            values = pts["values"]
+            labels = (
+                values.iloc[picked].astype(str).to_numpy() if values is not None else np.full(len(picked), "")
+            )
+            hexes = np.array([_hex(c) for c in coloring.rgba])
+            markers = {
+                "x": x[picked].astype(np.float64),
+                "y": y[picked].astype(np.float64),
+                "color": hexes[ids[picked]] if len(picked) else np.array([], dtype=object),
+                "value": labels,
+                "row": picked,
+            }
+            return Rendered(None, extent, markers=markers, legend=legend, colorbar=colorbar)
+        count, rgb = bin_points(
+            x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w,
+            max(1, int(style.point_size)),
+        )  # fmt: skip
+        image = np.zeros((h, w, 4), dtype=np.float32)
+        hit = count > 0
+        image[hit, :3] = rgb[hit] / count[hit, None]
+        if hit.any():
+            top = float(np.log1p(count.max()))
+            image[hit, 3] = 0.35 + 0.65 * (np.log1p(count[hit]) / top if top > 0 else 1.0)
+        return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
+
+    # ---------------------------------------------------------------------------------------------- shapes
+    def _shapes_geometry(self, name: str) -> dict[str, Any]:
+        key = ("shapes", name, None)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        gdf = self.sdata[name]
+        geoms = np.asarray(gdf.geometry.array)
+        if shapes_type(gdf) == "circles":
+            out = {
+                "circles": True,
+                "cx": shapely.get_x(geoms),
+                "cy": shapely.get_y(geoms),
+                "r": gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64),
+            }
+        else:
+            flat = flatten_polygons(geoms)
+            out = {"circles": False, "flat": flat}
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def shape_ids(self, name: str, view: View) -> np.ndarray:
+        """``(h, w)`` int64 raster of view pixels: 1 + the row of the shape drawn there, 0 where none."""
+        geo = self._shapes_geometry(name)
+        amap = self._transform(name, view.coordinate_system)
+        h, w, upp = view.grid()
+        lin = amap.linear / upp  # element frame -> view pixels
+        off = (amap.offset - np.array([view.x0, view.y0])) / upp
+        if abs(float(np.linalg.det(lin))) == 0.0:
+            return np.zeros((h, w), dtype=np.int64)
+        if geo["circles"]:
+            if len(geo["cx"]) == 0:
+                return np.zeros((h, w), dtype=np.int64)
+            inv = np.linalg.inv(lin)
+            mm = np.hstack([inv, (-inv @ off)[:, None]])
+            runs = circle_runs(geo["cx"], geo["cy"], geo["r"], mm, h, w)
+        else:
+            flat = geo["flat"]
+            if len(flat.geom_ring_offsets) <= 1:
+                return np.zeros((h, w), dtype=np.int64)
+            px = lin[0, 0] * flat.x + lin[0, 1] * flat.y + off[0]
+            py = lin[1, 0] * flat.x + lin[1, 1] * flat.y + off[1]
+            runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, h, w)
+        out = np.zeros((h, w), dtype=np.float64)
+        seen = np.zeros((h, w), dtype=np.bool_)
+        n = int(runs[0].max()) + 1 if len(runs[0]) else 0
+        burn_runs(*runs, np.arange(1, n + 1, dtype=np.float64), out, seen, BURN_OPS["last"])
+        return out.astype(np.int64)
+
+    def _render_shapes(self, name: str, style: LayerStyle, view: View) -> Rendered:
+        ids = self.shape_ids(name, view)
+        h, w, upp = view.grid()
+        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        coloring = self._coloring(name, style.color)
+        lut = np.vstack([np.zeros((1, 4)), coloring.row_colors()])
+        image = np.zeros((h, w, 4), dtype=np.float64)
+        if style.fill:
+            image = lut[ids]
+            image[..., 3] *= 0.6 if style.outline else 1.0
+        if style.outline or not style.fill:
+            edge = _edges(ids)
+            image[edge] = lut[ids[edge]]
+            image[edge, 3] = np.where(lut[ids[edge], 3] > 0, 1.0, 0.0)
+        with self._lock:
+            self._last_ids[(name, view.coordinate_system)] = (view, ids, np.array(extent))
+        legend, colorbar = self._legend(coloring if style.color is not None else None)
+        return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
+
+    # --------------------------------------------------------------------------------------------- rasters
+    def _sample(self, name: str, view: View, channels: list[int] | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Values of the element at the view's pixel centres (``(c, h, w)`` for images, ``(h, w)`` labels) and
+        the mask of pixels inside the raster."""
+        from tissuestack.pl._render import Canvas, read_raster
+
+        element = self.sdata[name]
+        amap = self._transform(name, view.coordinate_system)
+        h, w, upp = view.grid()
+        canvas = Canvas(
+            view.coordinate_system, view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp, w, h, True, 100.0
+        )
+        read = read_raster(element, amap, canvas, None, name, channels=channels)
+        if read is None:
+            return None
+        arr, (bx0, bx1, by0, by1) = read
+        cx = view.x0 + (np.arange(w) + 0.5) * upp
+        cy = view.y0 + (np.arange(h) + 0.5) * upp
+        gx, gy = np.meshgrid(cx, cy)
+        inv = np.linalg.inv(amap.linear)
+        u = inv[0, 0] * (gx - amap.offset[0]) + inv[0, 1] * (gy - amap.offset[1])
+        v = inv[1, 0] * (gx - amap.offset[0]) + inv[1, 1] * (gy - amap.offset[1])
+        nh, nw = arr.shape[-2], arr.shape[-1]
+        col = np.floor((u - bx0) / (bx1 - bx0) * nw).astype(np.int64)
+        row = np.floor((v - by0) / (by1 - by0) * nh).astype(np.int64)
+        levels = raster_levels(element)
+        full_w, full_h = levels[0].sizes["x"], levels[0].sizes["y"]
+        inside = (u >= 0) & (v >= 0) & (u < full_w) & (v < full_h) & (col >= 0) & (row >= 0)
+        inside &= (col < nw) & (row < nh)
+        col = np.clip(col, 0, nw - 1)
+        row = np.clip(row, 0, nh - 1)
+        return arr[..., row, col], inside
+
+    def image_channels(self, name: str) -> list[str]:
+        return [str(c) for c in raster_levels(self.sdata[name])[0].coords["c"].values]
+
+    def is_rgb(self, name: str) -> bool:
+        lvl = raster_levels(self.sdata[name])[0]
+        names = [str(c).lower() for c in lvl.coords["c"].values]
+        return lvl.sizes.get("c", 0) in (3, 4) and (names[:3] == ["r", "g", "b"] or lvl.dtype == np.uint8)
+
+    def contrast_limits(self, name: str) -> list[tuple[float, float]]:
+        """Per channel: the 1st and 99.5th percentile of the coarsest pyramid level (once per image)."""
+        key = ("contrast", name, None)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        lvl = raster_levels(self.sdata[name])[-1]
+        data = lvl.data
+        if hasattr(data, "compute"):
+            data = data.compute(scheduler=scheduler())
+        data = np.asarray(data, dtype=np.float64).reshape(lvl.sizes["c"], -1)
+        limits = []
+        for ch in data:
+            finite = ch[np.isfinite(ch)]
+            lo, hi = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
+            limits.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+        with self._lock:
+            self._cache[key] = limits
+        return limits
+
+    def _render_image(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
+        from tissuestack.pl._colors import to_rgba
+
+        h, w, upp = view.grid()
+        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        n_c = len(self.image_channels(name))
+        rgb = self.is_rgb(name) and style.channels is None
+        channels = list(range(min(n_c, 3))) if rgb else (style.channels or [0])
+        bad = [c for c in channels if not 0 <= c < n_c]
+        if bad:
+            raise ValueError(f"image {name!r}: channels {bad} out of range 0..{n_c - 1}")
+        got = self._sample(name, view, channels)
+        if got is None:
+            return None
+        values, inside = got
+        limits = self.contrast_limits(name)
+        image = np.zeros((h, w, 4), dtype=np.float64)
+        for i, c in enumerate(channels):
+            lo, hi = style.contrast.get(c, (0.0, 255.0) if rgb and values.dtype == np.uint8 else limits[c])
+            scaled = np.clip((values[i].astype(np.float64) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+            if rgb:
+                image[..., i] = scaled
+            else:
+                colour = style.channel_colors.get(
+                    c, "#ffffff" if len(channels) == 1 else _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)]
+                )
+                image[..., :3] += scaled[..., None] * to_rgba(colour)[None, None, :3]
+        image[..., 3] = inside
+        legend = None if rgb else [(self.image_channels(name)[c], style.channel_colors.get(
+            c, "#ffffff" if len(channels) == 1 else _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)]))
+            for i, c in enumerate(channels)]  # fmt: skip
+        return Rendered(pack_rgba(image), extent, legend=legend)
+
+    def _render_labels(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
+        from tissuestack.pl._render import _hashed_colors
+
+        h, w, upp = view.grid()
+        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        got = self._sample(name, view, None)
+        if got is None:
+            return None
+        labels, inside = got
+        labels = np.where(inside, labels, 0).astype(np.int64)
+        present, inverse = np.unique(labels, return_inverse=True)
+        inverse = inverse.reshape(labels.shape)
+        colored = self._coloring(name, style.color)
+        legend = colorbar = None
+        if colored is None:
+            lut = _hashed_colors(present)
+            if style.color is not None:
+                from tissuestack.pl._colors import to_rgba
+
+                lut = np.tile(to_rgba(style.color), (len(present), 1))
+        else:
+            ids, coloring = colored
+            pos = pd.Index(ids).get_indexer(present)
+            colors = coloring.row_colors()
+            na = coloring.rgba[-1] if coloring.legend is not None or coloring.mappable is not None else None
+            lut = np.where((pos >= 0)[:, None], colors[np.maximum(pos, 0)], na if na is not None else 0.0)
+            legend, colorbar = self._legend(coloring)
+        lut = np.asarray(lut, dtype=np.float64).copy()
+        lut[present == 0] = 0.0
+        image = lut[inverse]
+        if style.fill:
+            image[..., 3] *= 0.6 if style.outline else 1.0
+        else:
+            image[..., 3] = 0.0
+        if style.outline or not style.fill:
+            edge = _edges(labels)
+            image[edge] = lut[inverse[edge]]
+            image[edge, 3] = 1.0
+        with self._lock:
+            self._last_ids[(name, view.coordinate_system)] = (view, labels, np.array(extent))
+        return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
+
+    # ------------------------------------------------------------------------------------------------- api
+    def render(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
+        """The picture of element ``name`` in ``view`` (``None`` when nothing of it is in view)."""
+        kind = self.sdata.kind_of(name)
+        if kind == "points":
+            return self._render_points(name, style, view)
+        if kind == "shapes":
+            return self._render_shapes(name, style, view)
+        if kind == "images":
+            return self._render_image(name, style, view)
+        if kind == "labels":
+            return self._render_labels(name, style, view)
+        raise ValueError(f"element {name!r} of kind {kind!r} cannot be shown")
+
+    def pick(self, name: str, coordinate_system: str, x: float, y: float) -> dict[str, Any] | None:
+        """The instance of shapes / labels element ``name`` drawn at ``(x, y)`` in the last render, with its
+        table row (``{"element", "instance", "values"}``), or ``None``."""
+        with self._lock:
+            last = self._last_ids.get((name, coordinate_system))
+        if last is None:
+            return None
+        _view, ids, extent = last
+        h, w = ids.shape
+        upp = (extent[1] - extent[0]) / w
+        c = math.floor((x - extent[0]) / upp)
+        r = math.floor((y - extent[2]) / upp)
+        if not (0 <= r < h and 0 <= c < w) or ids[r, c] == 0:
+            return None
+        kind = self.sdata.kind_of(name)
+        if kind == "shapes":
+            element = self.sdata[name]
+            instance = element.index[int(ids[r, c]) - 1]
+        else:
+            instance = int(ids[r, c])
+        return {"element": name, "instance": instance, "values": self.table_row(name, instance)}
+
+    def table_row(self, name: str, instance: Any) -> dict[str, Any]:
+        """The element's columns and the obs columns of its annotating tables for one instance."""
+        from tissuestack.elements import get_table_keys
+
+        out: dict[str, Any] = {}
+        if self.sdata.kind_of(name) == "shapes":
+            element = self.sdata[name]
+            for col in element.columns:
+                if col not in ("geometry", RADIUS_COLUMN):
+                    out[str(col)] = element.at[instance, col]
+        for tn in self.sdata.get_annotating_tables(name):
+            table = self.sdata.tables[tn]
+            _, region_key, instance_key = get_table_keys(table)
+            obs = table.obs
+            rows = np.flatnonzero(
+                (obs[region_key].astype(str).to_numpy() == name)
+                & (obs[instance_key].astype(str).to_numpy() == str(instance))
+            )
+            if len(rows):
+                for col in obs.columns:
+                    if col not in (region_key, instance_key):
+                        out[str(col)] = obs[col].iloc[rows[0]]
+        return {k: (v.item() if hasattr(v, "item") else v) for k, v in out.items()}
