@@ -1,7 +1,8 @@
 """Alignment from landmarks: a least-squares rigid, similarity or affine map between two sets of matched points.
 
 Landmarks are ``N x 2`` arrays of ``(x, y)`` coordinates (or points elements, or point shapes), matched by row:
-row ``i`` of ``moving`` corresponds to row ``i`` of ``references``. The fitted transformation maps ``moving``
+row ``i`` of ``moving`` corresponds to row ``i`` of ``references`` (points elements in the order of their index,
+which is the order the landmarks were made in even where a store keeps the rows spatially sorted). The fitted transformation maps ``moving``
 onto ``references``.
 
 Fits
@@ -90,6 +91,10 @@ def _element_xy(element: Any, kind: str, what: str) -> np.ndarray:
     if kind == "points":
         df = element[["x", "y"]]
         df = df.compute() if hasattr(df, "compute") else df
+        if df.index.is_unique:
+            # matched in index order: the order the landmarks were made in (a store keeps the index while it
+            # stores the rows spatially sorted)
+            df = df.sort_index(kind="stable")
         return df.to_numpy(dtype=np.float64)
     import shapely
 

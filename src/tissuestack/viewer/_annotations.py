@@ -205,6 +205,8 @@ def load_annotations(sdata: SpatialData, name: str, coordinate_system: str) -> A
             ax = list(get_axes(element)[:2])
             cols = [c for c in (NAME_COLUMN, CLASS_COLUMN) if c in element.columns]
             pdf = element[[*ax, *cols]].compute()
+            if pdf.index.is_unique:
+                pdf = pdf.sort_index(kind="stable")  # the order they were placed in (stores sort rows spatially)
             xy = amap.apply(pdf[ax].to_numpy(dtype=float))
             for i in range(len(pdf)):
                 nm = str(pdf[NAME_COLUMN].iloc[i]) if NAME_COLUMN in pdf else f"landmark_{i + 1}"

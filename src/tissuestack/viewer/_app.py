@@ -37,7 +37,7 @@ _EDITABLE_ROWS = 10_000  # elements up to this size can be loaded into the annot
 def _legend_html(name: str, legend: list | None, colorbar: tuple | None) -> str:
     if legend:
         shown = legend[:24]
-        items = "".join(
+        items = " ".join(
             f'<span style="display:inline-block;margin:1px 6px 1px 0"><span style="display:inline-block;'
             f'width:10px;height:10px;background:{c};margin-right:3px"></span>{html.escape(str(label))}</span>'
             for label, c in shown
@@ -195,7 +195,7 @@ class ViewerSession:
         )
         sidebar = column(
             Div(text=f"<b>{html.escape(title)}</b>"), self.cs_select, self.info, self.layer_box, annot,
-            width=_SIDEBAR, height=self.height + 40, styles={"overflow-y": "auto"},
+            width=_SIDEBAR,
         )  # fmt: skip
         doc.add_root(row(sidebar, self.fig))
         self._build_layers()
@@ -297,7 +297,8 @@ class ViewerSession:
                 controls.append(color)
             if kind in ("shapes", "labels"):
                 active = [i for i, on in enumerate((style.fill, style.outline)) if on]
-                mode = CheckboxGroup(labels=["fill", "outline"], active=active, inline=True)
+                mode = CheckboxGroup(labels=["fill", "outline"], active=active, inline=True,
+                                     css_classes=[f"ts-mode-{name}"])  # fmt: skip
                 mode.on_change("active", lambda a, o, n, name=name: self._set(name, fill=0 in n, outline=1 in n))
                 controls.append(mode)
             if kind == "points":
