@@ -216,7 +216,8 @@ def test_session_layers_switch_and_save(tmp_path):
     s = _session(sdata)
     assert s.cs == "global"
     assert set(s.layers) == {"img", "lab", "cells", "tx"}
-    assert s.layers["cells"]["image"].visible and len(s.layers["cells"]["source"].data["image"]) == 1
+    assert s.image_r.visible and len(s.image_src.data["image"]) == 1  # all layers blended into one picture
+    assert s.image_src.data["image"][0].shape == (700, 900) or s.image_src.data["image"][0].shape[1] == 900
     s._switch("other")
     assert set(s.layers) == {"spots"}
     s._switch("global")
@@ -244,6 +245,20 @@ def test_session_layers_switch_and_save(tmp_path):
     s.name_input.value = "../x"
     s._save()
     assert "not saved" in s.status.text
+
+
+def test_blend_over_and_opacity():
+    from tissuestack.viewer._app import _blend
+    from tissuestack.viewer._engine import pack_rgba
+
+    red = pack_rgba(np.tile([1.0, 0.0, 0.0, 1.0], (2, 2, 1)))
+    blue = np.zeros((2, 2, 4))
+    blue[0, 0] = [0.0, 0.0, 1.0, 1.0]
+    out = _blend([(red, 1.0), (pack_rgba(blue), 0.5)]).view(np.uint8).reshape(2, 2, 4)
+    assert tuple(out[0, 0]) == (128, 0, 128, 255)  # half blue over red
+    assert tuple(out[1, 1]) == (255, 0, 0, 255)  # transparent pixel of the top layer: red shows
+    alone = _blend([(pack_rgba(blue), 0.5)]).view(np.uint8).reshape(2, 2, 4)
+    assert tuple(alone[0, 0]) == (0, 0, 255, 128) and alone[1, 1, 3] == 0
 
 
 def test_read_only_session_writes_nothing(tmp_path):

@@ -479,6 +479,11 @@ def _cmd_view(args: argparse.Namespace) -> int:
     sdata = read_zarr(args.store, storage_options=_storage_options(args.storage_option))
     if not sdata.coordinate_systems:
         raise ValidationError(f"{args.store}: no spatial element to show")
+    if os.environ.get("TISSUESTACK_VIEWER_LOG"):  # render timings on stderr (benchmarks/bench_viewer.py)
+        import logging
+
+        logging.basicConfig(stream=sys.stderr, format="%(name)s: %(message)s")
+        logging.getLogger("tissuestack.viewer").setLevel(logging.DEBUG)
     server, url = make_server(sdata, host=args.host, port=args.port, read_only=args.read_only, token=args.token)
     print(f"tissuestack viewer for {args.store} at {url}", flush=True)
     print("press Ctrl+C to stop", flush=True)

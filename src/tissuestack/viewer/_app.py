@@ -15,8 +15,11 @@ typed in the sidebar and a name, both editable in the table below; "Save" writes
 from __future__ import annotations
 
 import html
+import logging
 import math
+import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -26,12 +29,16 @@ from tissuestack.viewer._engine import LayerStyle, View, ViewerEngine
 
 __all__ = ["ViewerSession"]
 
+_log = logging.getLogger("tissuestack.viewer")
 _SIDEBAR = 340
 _NONE = "(default)"
 _LAYER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22")
 _GENE = "gene: "
 _MAX_GENES = 3000
 _EDITABLE_ROWS = 10_000  # elements up to this size can be loaded into the annotation editor
+_POOL = ThreadPoolExecutor(2, thread_name_prefix="tissuestack-render")  # layers render in parallel (numba
+# kernels and numpy release the GIL)
+_SETTLE_MS = 60  # a pan or zoom is rendered once the ranges have not changed for this long
 
 
 def _legend_html(name: str, legend: list | None, colorbar: tuple | None) -> str:
@@ -101,6 +108,7 @@ class ViewerSession:
         self.default_colors: dict[tuple[str, str], str | None] = {}
         self.layers: dict[str, dict[str, Any]] = {}
         self._pending = False
+        self._requested = 0.0
         self._syncing = False
         # polygons are never rewritten from the server while they may be being drawn (that would cancel the
         # drawing in the browser): their name and class live here, keyed by their first vertex
@@ -124,6 +132,14 @@ class ViewerSession:
         self.fig.grid.visible = False
         self.fig.background_fill_color = "#000000"
         self.fig.min_border = 0
+
+        # every layer's picture of the view, blended on the server into one image (one message per render)
+        self.image_src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
+        self.image_r = self.fig.image_rgba("image", "x", "y", "dw", "dh", source=self.image_src, level="image",
+                                           name="ts-layers")  # fmt: skip
+        self._pictures: dict[str, tuple[View, Any]] = {}
+        self._rerender = True
+        self._last_range_change = 0.0
 
         # ------------------------------------------------------------------------- annotation drawing
         self.poly_src = ColumnDataSource({"xs": [], "ys": [], "name": [], "cls": []})
@@ -182,7 +198,9 @@ class ViewerSession:
                                 name="ts-cs", css_classes=["ts-cs"])  # fmt: skip
         self.cs_select.on_change("value", lambda attr, old, new: self._switch(new))
         self.layer_box = column(width=_SIDEBAR - 10)
-        self.fig.on_event("rangesupdate", lambda event: self.request_render())
+        for rng in (self.fig.x_range, self.fig.y_range):
+            rng.on_change("start", lambda a, o, n: self._ranges_changed())
+            rng.on_change("end", lambda a, o, n: self._ranges_changed())
         self.fig.on_event("tap", self._tap)
         annot = column(
             Div(text="<b>Annotations</b>"),
@@ -259,17 +277,14 @@ class ViewerSession:
         )
 
         for layer in self.layers.values():
-            for r in (layer["image"], layer["markers"]):
-                if r in self.fig.renderers:
-                    self.fig.renderers.remove(r)
+            if layer["markers"] in self.fig.renderers:
+                self.fig.renderers.remove(layer["markers"])
         self.layers = {}
+        self._pictures = {}
         self.hover.renderers = []
         children = []
         for name, kind in self.engine.elements(self.cs) if self.cs else []:
             style = self._style(name)
-            src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []})
-            image = self.fig.image_rgba("image", "x", "y", "dw", "dh", source=src, global_alpha=style.opacity,
-                                        level="image" if kind in ("images", "labels") else "glyph")  # fmt: skip
             msrc = ColumnDataSource({"x": [], "y": [], "color": [], "value": [], "element": []})
             markers = self.fig.scatter("x", "y", source=msrc, color="color", size=5, alpha=style.opacity,
                                        visible=False)  # fmt: skip
@@ -278,7 +293,7 @@ class ViewerSession:
             visible = Checkbox(label=f"{name} ({kind})", active=style.visible, name=f"ts-layer-{name}", css_classes=[f"ts-layer-{name}"])
             opacity = Slider(title="opacity", start=0, end=1, step=0.05, value=style.opacity, width=_SIDEBAR - 40)
             controls: list[Any] = [visible, opacity]
-            visible.on_change("active", lambda a, o, n, name=name: self._set(name, visible=bool(n)))
+            visible.on_change("active", lambda a, o, n, name=name: self._visible(name, bool(n)))
             opacity.on_change("value", lambda a, o, n, name=name: self._opacity(name, float(n)))
             if kind in ("shapes", "labels", "points"):
                 cols, genes = self.engine.color_keys(name)
@@ -318,7 +333,7 @@ class ViewerSession:
                 controls += [pick, channel_box]
             controls.append(legend)
             children.append(column(*controls, width=_SIDEBAR - 20, styles={"border-top": "1px solid #ccc"}))
-            self.layers[name] = {"kind": kind, "image": image, "source": src, "markers": markers, "msrc": msrc,
+            self.layers[name] = {"kind": kind, "markers": markers, "msrc": msrc,
                                  "legend": legend, "channel_box": channel_box}  # fmt: skip
             if kind == "images":
                 self._channels(name, [] if self.engine.is_rgb(name) else [self.engine.image_channels(name)[0]],
@@ -355,6 +370,10 @@ class ViewerSession:
         if render:
             self.request_render()
 
+    def _visible(self, name: str, on: bool) -> None:
+        self._style(name).visible = on
+        self.request_render(rerender=False)
+
     def _set(self, name: str, **changes: Any) -> None:
         style = self._style(name)
         for k, v in changes.items():
@@ -365,9 +384,9 @@ class ViewerSession:
         self._style(name).opacity = value
         layer = self.layers.get(name)
         if layer is not None:
-            layer["image"].glyph.global_alpha = value
             layer["markers"].glyph.fill_alpha = value
             layer["markers"].glyph.line_alpha = value
+        self.request_render(rerender=False)
 
     def _switch(self, cs: str) -> None:
         self.cs = cs
@@ -382,45 +401,83 @@ class ViewerSession:
         self.request_render()
 
     # ======================================================================================== rendering
-    def request_render(self) -> None:
-        """Re-render every layer on the next tick (requests in between are merged into one render)."""
+    def request_render(self, rerender: bool = True, delay_ms: int = 0) -> None:
+        """Render on the next tick, or after ``delay_ms`` (requests in between are merged into one render).
+
+        ``rerender=False``: only visibility or opacity changed; the layers' last pictures are blended again."""
+        self._rerender = self._rerender or rerender
         if not self._pending:
             self._pending = True
-            self.doc.add_next_tick_callback(self._render_all)
+            self._requested = time.perf_counter()
+            if delay_ms:
+                self.doc.add_timeout_callback(self._render_all, delay_ms)
+            else:
+                self.doc.add_next_tick_callback(self._render_all)
+
+    def _render_one(self, name: str, view: View) -> Any:
+        try:
+            return self.engine.render(name, self._style(name), view)
+        except Exception as err:
+            traceback.print_exc()
+            return err
+
+    def _ranges_changed(self) -> None:
+        # pans and wheel zooms change the ranges many times a second: render once they rest for a moment
+        self._last_range_change = time.perf_counter()
+        self.request_render(delay_ms=_SETTLE_MS)
 
     def _render_all(self) -> None:
+        if time.perf_counter() - self._last_range_change < _SETTLE_MS / 1000 * 0.9:
+            self._pending = False  # still moving: wait until the ranges rest
+            self.request_render(delay_ms=_SETTLE_MS)
+            return
         self._pending = False
+        rerender, self._rerender = self._rerender, False
+        started = time.perf_counter()
         view = self.view()
         errors = []
+        pictures: list[tuple[np.ndarray, float]] = []
+        extent = None
+        todo = [
+            n for n in self.layers
+            if self._style(n).visible and (rerender or n not in self._pictures or self._pictures[n][0] != view)
+        ]  # fmt: skip
+        fresh = dict(zip(todo, _POOL.map(lambda n: self._render_one(n, view), todo), strict=True))
         for name, layer in self.layers.items():
             style = self._style(name)
             if not style.visible:
-                layer["image"].visible = False
                 layer["markers"].visible = False
                 continue
-            try:
-                out = self.engine.render(name, style, view)
-            except Exception as err:  # a layer that cannot be drawn must not break the others
-                errors.append(f"{html.escape(name)}: {html.escape(str(err))}")
-                traceback.print_exc()
-                layer["image"].visible = layer["markers"].visible = False
-                continue
-            if out is None:
-                layer["image"].visible = layer["markers"].visible = False
-                layer["legend"].text = ""
-                continue
-            if out.markers is not None:
-                m = out.markers
-                layer["msrc"].data = {"x": m["x"], "y": m["y"], "color": list(m["color"]),
-                                      "value": list(m["value"]), "element": [name] * len(m["x"])}  # fmt: skip
-                layer["markers"].visible, layer["image"].visible = True, False
-            else:
-                x0, x1, y0, y1 = out.extent
-                layer["source"].data = {"image": [out.rgba], "x": [x0], "y": [y0], "dw": [x1 - x0], "dh": [y1 - y0]}
-                layer["image"].visible, layer["markers"].visible = True, False
-            layer["legend"].text = _legend_html(name, out.legend, out.colorbar)
+            cached = self._pictures.get(name)
+            if name in fresh:
+                out = fresh[name]
+                if isinstance(out, Exception):  # a layer that cannot be drawn must not break the others
+                    errors.append(f"{html.escape(name)}: {html.escape(str(out))}")
+                    layer["markers"].visible = False
+                    self._pictures.pop(name, None)
+                    continue
+                self._pictures[name] = cached = (view, out)
+                layer["legend"].text = "" if out is None else _legend_html(name, out.legend, out.colorbar)
+                if out is not None and out.markers is not None:
+                    m = out.markers
+                    layer["msrc"].data = {"x": m["x"], "y": m["y"], "color": list(m["color"]),
+                                          "value": list(m["value"]), "element": [name] * len(m["x"])}  # fmt: skip
+            out = cached[1]
+            layer["markers"].visible = out is not None and out.markers is not None
+            if out is not None and out.rgba is not None:
+                pictures.append((out.rgba, style.opacity))
+                extent = out.extent
+        if pictures and extent is not None:
+            x0, x1, y0, y1 = extent
+            self.image_src.data = {"image": [_blend(pictures)], "x": [x0], "y": [y0], "dw": [x1 - x0],
+                                   "dh": [y1 - y0]}  # fmt: skip
+            self.image_r.visible = True
+        else:
+            self.image_r.visible = False
         if errors:
             self.status.text = '<span style="color:#c00">' + "<br>".join(errors) + "</span>"
+        _log.debug("render requested %.3f started %.3f done %.3f (%d layers)", self._requested, started,
+                   time.perf_counter(), len(self.layers))  # fmt: skip
 
     # ========================================================================================== picking
     def _tap(self, event: Any) -> None:
@@ -652,6 +709,27 @@ class ViewerSession:
         except ValueError:
             self.owned.add(name)
         self.status.text = f"loaded {len(ann)} annotation(s) from {html.escape(name)}"
+
+
+def _blend(pictures: list[tuple[np.ndarray, float]]) -> np.ndarray:
+    """Layer pictures (packed RGBA, bottom first) with their opacities composited into one packed RGBA image."""
+    first = pictures[0][0]
+    h, w = first.shape
+    rgb = np.zeros((h, w, 3), dtype=np.float32)  # premultiplied
+    alpha = np.zeros((h, w), dtype=np.float32)
+    for packed, opacity in pictures:
+        px = packed.view(np.uint8).reshape(h, w, 4).astype(np.float32) * (1.0 / 255.0)
+        a = px[..., 3] * float(opacity)
+        keep = 1.0 - a
+        rgb *= keep[..., None]
+        rgb += px[..., :3] * a[..., None]
+        alpha *= keep
+        alpha += a
+    out = np.empty((h, w, 4), dtype=np.uint8)
+    safe = np.maximum(alpha, 1e-6)[..., None]
+    out[..., :3] = np.clip(rgb / safe * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out[..., 3] = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out.view(np.uint32).reshape(h, w)
 
 
 def _poly_key(xs: Any, ys: Any) -> tuple[float, float] | None:

@@ -168,6 +168,11 @@ class ViewerEngine:
         self._lock = threading.RLock()
         self._cache: dict[tuple, Any] = {}
         self._last_ids: dict[tuple[str, str], tuple[View, np.ndarray, np.ndarray]] = {}
+        self._name_locks: dict[str, threading.RLock] = {}
+
+    def _name_lock(self, name: str) -> threading.RLock:
+        with self._lock:
+            return self._name_locks.setdefault(name, threading.RLock())
 
     # ------------------------------------------------------------------------------------------ elements
     def coordinate_systems(self) -> list[str]:
@@ -232,6 +237,10 @@ class ViewerEngine:
 
     # --------------------------------------------------------------------------------------------- colours
     def _coloring(self, name: str, color: str | None) -> Any:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_coloring(name, color)
+
+    def _build_coloring(self, name: str, color: str | None) -> Any:
         """The :class:`~tissuestack.pl._colors.Coloring` of the element's rows (points: of the cached points;
         labels: of the label ids in the ``ids`` attribute of the returned pair) for ``color``."""
         from tissuestack.pl._colors import resolve_coloring
@@ -291,6 +300,10 @@ class ViewerEngine:
 
     # ---------------------------------------------------------------------------------------------- points
     def _points(self, name: str, color: str | None) -> dict[str, Any]:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_points(name, color)
+
+    def _build_points(self, name: str, color: str | None) -> dict[str, Any]:
         """x/y in the element frame plus the values coloured by (read once per element and key)."""
         from tissuestack.pl._render import _align, _key_in_tables
         from tissuestack.pl._values import find_color_source, table_values_by_id
@@ -331,6 +344,10 @@ class ViewerEngine:
         return out
 
     def _points_in_cs(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_points_in_cs(name, cs, color)
+
+    def _build_points_in_cs(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
         key = ("points_cs", name, cs, color)
         with self._lock:
             if key in self._cache:
@@ -351,7 +368,13 @@ class ViewerEngine:
         legend, colorbar = self._legend(coloring)
         h, w, upp = view.grid()
         extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
-        picked = in_view(x, y, ids, view.x0, view.x1, view.y0, view.y1, MARKER_LIMIT)
+        count, rgb = bin_points(
+            x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w, 1
+        )
+        if float(count.sum()) <= MARKER_LIMIT:
+            picked = in_view(x, y, ids, view.x0, view.x1, view.y0, view.y1, MARKER_LIMIT)
+        else:
+            picked = np.array([-1])
         if not (len(picked) == 1 and picked[0] == -1):
             values = pts["values"]
             labels = (
@@ -366,10 +389,11 @@ class ViewerEngine:
                 "row": picked,
             }
             return Rendered(None, extent, markers=markers, legend=legend, colorbar=colorbar)
-        count, rgb = bin_points(
-            x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w,
-            max(1, int(style.point_size)),
-        )  # fmt: skip
+        if style.point_size > 1:
+            count, rgb = bin_points(
+                x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w,
+                int(style.point_size),
+            )  # fmt: skip
         image = np.zeros((h, w, 4), dtype=np.float32)
         hit = count > 0
         image[hit, :3] = rgb[hit] / count[hit, None]
@@ -380,6 +404,10 @@ class ViewerEngine:
 
     # ---------------------------------------------------------------------------------------------- shapes
     def _shapes_geometry(self, name: str) -> dict[str, Any]:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_shapes_geometry(name)
+
+    def _build_shapes_geometry(self, name: str) -> dict[str, Any]:
         key = ("shapes", name, None)
         with self._lock:
             if key in self._cache:
@@ -489,6 +517,10 @@ class ViewerEngine:
         return lvl.sizes.get("c", 0) in (3, 4) and (names[:3] == ["r", "g", "b"] or lvl.dtype == np.uint8)
 
     def contrast_limits(self, name: str) -> list[tuple[float, float]]:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_contrast_limits(name)
+
+    def _build_contrast_limits(self, name: str) -> list[tuple[float, float]]:
         """Per channel: the 1st and 99.5th percentile of the coarsest pyramid level (once per image)."""
         key = ("contrast", name, None)
         with self._lock:
@@ -584,6 +616,20 @@ class ViewerEngine:
         return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
 
     # ------------------------------------------------------------------------------------------------- api
+    def warm(self, coordinate_system: str | None = None, width: int = 900, height: int = 700) -> None:
+        """Read what the first picture of a coordinate system needs (extent, point coordinates and colours,
+        polygon rings, contrast limits), so that the first page opens quickly; errors are left for the render
+        to report."""
+        systems = [coordinate_system] if coordinate_system else self.coordinate_systems()[:1]
+        for cs in systems:
+            try:
+                x0, x1, y0, y1 = self.extent(cs)
+                view = View(cs, x0, x1, y0, y1, width, height)
+                for name, _kind in self.elements(cs):
+                    self.render(name, LayerStyle(color=self.default_color(name)), view)
+            except Exception:
+                continue
+
     def render(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
         """The picture of element ``name`` in ``view`` (``None`` when nothing of it is in view)."""
         kind = self.sdata.kind_of(name)

@@ -96,6 +96,9 @@ def make_server(
     if _is_remote(sdata.path):
         read_only = True  # a remote store is never written
     engine = ViewerEngine(sdata)
+    # read what the first page needs while the server starts and the browser connects
+    threading.Thread(target=engine.warm, kwargs={"width": width, "height": height}, daemon=True,
+                     name="tissuestack-viewer-warm").start()  # fmt: skip
     title = f"tissuestack viewer — {sdata.path}" if sdata.path else "tissuestack viewer"
 
     def make_document(doc: Any) -> None:
