@@ -160,3 +160,20 @@ def test_draw_a_polygon_and_landmarks_and_save_them_into_the_store(page, served)
     lm = again["drawn_landmarks"].compute().sort_index()  # the order they were placed in
     np.testing.assert_allclose(lm[["x", "y"]].to_numpy(), np.array(marks), atol=0.5)
     assert again.get_transformation("drawn", "global") is not None
+
+
+IMAGE_EXTENT = """() => { const v = Bokeh.index.all_views().find(v => v.model.name === 'ts-figure');
+  const r = v.model.renderers.find(r => r.name === 'ts-layers'); const d = r.data_source.data;
+  return d.x.length ? [d.x[0], d.x[0] + d.dw[0], d.y[0], d.y[0] + d.dh[0]] : null; }"""
+
+
+def test_zoom_re_renders_the_region_in_view(page):
+    page.locator(".ts-mode-cells input").first.check()
+    wait_for(lambda: ((c := pixel(page, 25, 25)).max() > 40, c), "the filled cell")
+    before = page.evaluate(IMAGE_EXTENT)
+    page.mouse.move(*screen(page, 25, 25))
+    page.mouse.wheel(0, -600)  # zoom in about cell 'a'
+    after = wait_for(lambda: ((e := page.evaluate(IMAGE_EXTENT)) != before, e), "a picture of the new view")[1]
+    assert after[1] - after[0] < (before[1] - before[0]) * 0.9  # a narrower region, drawn again
+    assert after[0] <= 25 <= after[1] and after[2] <= 25 <= after[3]
+    wait_for(lambda: ((c := pixel(page, 25, 25)).max() > 40, c), "the cell drawn again after the zoom")

@@ -4,9 +4,11 @@ The browser only ever receives a picture of the current view (or, zoomed in far 
 markers), so the page stays light whatever the size of the data. Per element and coordinate system the engine
 keeps, for the life of the viewer, what a re-render needs and reading it again would cost:
 
-* points: x/y in the coordinate system (float32) and the colour id of every point, read once; a render bins the
-  points that fall in view onto the pixel grid (one numba pass) and shades each pixel with the mean colour of its
-  points, the opacity growing with the log of their count;
+* points: x/y in the coordinate system (float32), ordered by the cells of a 1024 x 1024 grid over their extent,
+  with the colour id of every point and the count and colour sum per grid cell, read and built once. A view whose
+  pixels are larger than a grid cell is drawn from the cells alone; a closer view bins only the points of the
+  grid rows it covers (and sends them as markers when few enough). Each pixel shows the mean colour of its
+  points, its opacity growing with the log of their count;
 * shapes: the flattened polygon rings (or the circle centres and radii) in the element's own frame; a render maps
   them to view pixels and burns the row number of every shape into an id raster (the same scanline kernels as
   :func:`tissuestack.rasterize`), coloured through a lookup table, outlines where the id changes;
@@ -19,6 +21,7 @@ pointer as drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from dataclasses import dataclass, field
@@ -111,42 +114,168 @@ def pack_rgba(image: np.ndarray) -> np.ndarray:
     return u8.view(np.uint32).reshape(image.shape[:2])
 
 
+GRID = 1024  # points are ordered by the cells of a GRID x GRID grid over their extent
+
+
+@dataclass(frozen=True)
+class PointsGrid:
+    """Points of one element in one coordinate system, ordered by grid cell (row-major): the points of cell
+    ``k`` are ``x[starts[k]:starts[k + 1]]``; ``order`` maps back to the element's rows."""
+
+    x: np.ndarray
+    y: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    gx0: float
+    gy0: float
+    cell: float
+
+    def cols(self, lo: float, hi: float, axis: str = "x") -> tuple[int, int]:
+        """The half-open range of grid columns (rows for ``axis="y"``) that ``[lo, hi]`` touches."""
+        origin = self.gx0 if axis == "x" else self.gy0
+        a = int(np.clip(math.floor((lo - origin) / self.cell), 0, GRID))
+        b = int(np.clip(math.floor((hi - origin) / self.cell) + 1, 0, GRID))
+        return a, max(a, b)
+
+
 @numba.njit(cache=True, nogil=True)
-def bin_points(x, y, ids, colors, x0, y0, inv, height, width, size):  # pragma: no cover - numba
-    """Count the points per pixel and sum their colours (``ids`` index ``colors``; -1 = not drawn)."""
-    count = np.zeros((height, width), dtype=np.float32)
-    rgb = np.zeros((height, width, 3), dtype=np.float32)
-    half = size // 2
+def grid_keys(x, y, gx0, gy0, inv, n):  # pragma: no cover - numba
+    keys = np.empty(x.shape[0], dtype=np.int32)
     for i in range(x.shape[0]):
-        k = ids[i]
-        if k < 0:
+        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
+            keys[i] = -1
             continue
-        c = math.floor((x[i] - x0) * inv)
-        r = math.floor((y[i] - y0) * inv)
-        if c < -half or r < -half or c >= width + half or r >= height + half:
-            continue
-        for rr in range(max(r - half, 0), min(r - half + size, height)):
-            for cc in range(max(c - half, 0), min(c - half + size, width)):
-                count[rr, cc] += 1.0
-                rgb[rr, cc, 0] += colors[k, 0]
-                rgb[rr, cc, 1] += colors[k, 1]
-                rgb[rr, cc, 2] += colors[k, 2]
+        c = min(max(int((x[i] - gx0) * inv), 0), n - 1)
+        r = min(max(int((y[i] - gy0) * inv), 0), n - 1)
+        keys[i] = r * n + c
+    return keys
+
+
+@numba.njit(cache=True, nogil=True)
+def counting_order(keys, starts):  # pragma: no cover - numba
+    """The stable order of ``keys`` by counting sort (``starts``: cumulative counts); keys < 0 are dropped."""
+    pos = starts[:-1].copy()
+    order = np.empty(starts[-1], dtype=np.int32)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        if k >= 0:
+            order[pos[k]] = i
+            pos[k] += 1
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
+def cell_density(ids, colors, starts):  # pragma: no cover - numba
+    """Per grid cell: the number of drawn points and the sum of their colours."""
+    n_cells = starts.shape[0] - 1
+    count = np.zeros(n_cells, dtype=np.float32)
+    rgb = np.zeros((n_cells, 3), dtype=np.float32)
+    for k in range(n_cells):
+        for i in range(starts[k], starts[k + 1]):
+            c = ids[i]
+            if c >= 0:
+                count[k] += 1.0
+                rgb[k, 0] += colors[c, 0]
+                rgb[k, 1] += colors[c, 1]
+                rgb[k, 2] += colors[c, 2]
     return count, rgb
 
 
 @numba.njit(cache=True, nogil=True)
-def in_view(x, y, ids, x0, x1, y0, y1, limit):  # pragma: no cover - numba
-    """Indices of the drawn points inside the box, or ``None``-like (-1 first) when there are more than ``limit``."""
-    out = np.empty(limit + 1, dtype=np.int64)
+def count_cells(count, n, c0, c1, r0, r1):  # pragma: no cover - numba
+    total = 0.0
+    for r in range(r0, r1):
+        for c in range(c0, c1):
+            total += count[r * n + c]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_cells(count, rgb, n, c0, c1, r0, r1, gx0, gy0, cell, x0, y0, inv, height, width):  # pragma: no cover
+    """View pixels from grid cells (each cell goes to the pixel of its centre)."""
+    out = np.zeros((height, width), dtype=np.float32)
+    out_rgb = np.zeros((height, width, 3), dtype=np.float32)
+    for r in range(r0, r1):
+        py = math.floor((gy0 + (r + 0.5) * cell - y0) * inv)
+        if py < 0 or py >= height:
+            continue
+        for c in range(c0, c1):
+            k = r * n + c
+            if count[k] == 0:
+                continue
+            px = math.floor((gx0 + (c + 0.5) * cell - x0) * inv)
+            if px < 0 or px >= width:
+                continue
+            out[py, px] += count[k]
+            out_rgb[py, px, 0] += rgb[k, 0]
+            out_rgb[py, px, 1] += rgb[k, 1]
+            out_rgb[py, px, 2] += rgb[k, 2]
+    return out, out_rgb
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_sorted(x, y, ids, colors, starts, n, c0, c1, r0, r1, x0, y0, inv, height, width, size):  # pragma: no cover
+    """View pixels from the points of the grid cells in view: count and colour sum per pixel (``size`` x
+    ``size`` pixels per point)."""
+    count = np.zeros((height, width), dtype=np.float32)
+    rgb = np.zeros((height, width, 3), dtype=np.float32)
+    half = size // 2
+    for r in range(r0, r1):
+        if c1 <= c0:
+            continue
+        for i in range(starts[r * n + c0], starts[r * n + c1]):
+            k = ids[i]
+            if k < 0:
+                continue
+            c = math.floor((x[i] - x0) * inv)
+            q = math.floor((y[i] - y0) * inv)
+            if c < -half or q < -half or c >= width + half or q >= height + half:
+                continue
+            for rr in range(max(q - half, 0), min(q - half + size, height)):
+                for cc in range(max(c - half, 0), min(c - half + size, width)):
+                    count[rr, cc] += 1.0
+                    rgb[rr, cc, 0] += colors[k, 0]
+                    rgb[rr, cc, 1] += colors[k, 1]
+                    rgb[rr, cc, 2] += colors[k, 2]
+    return count, rgb
+
+
+@numba.njit(cache=True, nogil=True)
+def select_points(x, y, ids, starts, n, c0, c1, r0, r1, x0, x1, y0, y1):  # pragma: no cover - numba
+    """Positions (in grid order) of the drawn points inside the box, from the grid cells in view."""
     m = 0
-    for i in range(x.shape[0]):
-        if ids[i] >= 0 and x[i] >= x0 and x[i] <= x1 and y[i] >= y0 and y[i] <= y1:
-            if m == limit:
-                out[0] = -1
-                return out[:1]
-            out[m] = i
-            m += 1
-    return out[:m]
+    for r in range(r0, r1):
+        if c1 > c0:
+            m += starts[r * n + c1] - starts[r * n + c0]
+    out = np.empty(m, dtype=np.int64)
+    k = 0
+    for r in range(r0, r1):
+        if c1 <= c0:
+            continue
+        for i in range(starts[r * n + c0], starts[r * n + c1]):
+            if ids[i] >= 0 and x[i] >= x0 and x[i] <= x1 and y[i] >= y0 and y[i] <= y1:
+                out[k] = i
+                k += 1
+    return out[:k]
+
+
+def _read_columns(element: Any, columns: list[str], cats: dict[str, pd.Index]) -> dict[str, np.ndarray] | None:
+    """Columns of a points element read from a store, straight from its Parquet row groups with pyarrow (two
+    reads at a time; categoricals as codes into ``cats``), or ``None`` when the element has no such source."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tissuestack.elements._record import record_of
+
+    record = record_of(element)
+    source = record.source if record is not None else None
+    if not (hasattr(source, "read_arrays") and hasattr(source, "tasks") and hasattr(source, "row_group_stats")):
+        return None
+    tasks = source.tasks(np.ones(len(source.row_group_stats()), dtype=bool))
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda t: source.read_arrays(t, columns, cats), tasks))
+    if not parts:
+        return {c: np.zeros(0) for c in columns}
+    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
 
 
 def _edges(ids: np.ndarray) -> np.ndarray:
@@ -202,7 +331,7 @@ class ViewerEngine:
             if name is None:
                 self._cache.clear()
             else:
-                for k in [k for k in self._cache if name in k[1:3] or k[0] == "extent"]:
+                for k in [k for k in self._cache if k[1] == name or k[0] == "extent"]:
                     del self._cache[k]
 
     def _transform(self, name: str, cs: str) -> Any:
@@ -315,85 +444,143 @@ class ViewerEngine:
         element = self.sdata[name]
         columns = pd.Index(element.columns)
         meta = get_meta(element)
-        ax = list(get_axes(element)[:2])
+        x, y = self._points_xy(name)
         table = None
         if isinstance(color, str) and color in columns:
-            pdf = element[[*ax, color]].compute(scheduler=scheduler())
-            values = pd.Series(pdf[color].to_numpy())
-            if isinstance(pdf[color].dtype, pd.CategoricalDtype):
-                values = values.astype(pdf[color].dtype)
+            values = self._points_column(name, color)
         elif isinstance(color, str) and _key_in_tables(self.sdata, name, color, None):
             if meta.instance_key is None:
                 raise ValueError(f"points {name!r} have no instance_key column to match table rows")
-            pdf = element[[*ax, meta.instance_key]].compute(scheduler=scheduler())
+            ids = self._points_column(name, meta.instance_key)
             source = find_color_source(self.sdata, name, columns, color, None)
             by_id, _ = table_values_by_id(self.sdata, name, element, source, None)
-            values = _align(by_id, pd.Index(pdf[meta.instance_key].to_numpy()), name)
+            values = _align(by_id, pd.Index(np.asarray(ids)), name)
             table = source.table_name
         else:
-            pdf = element[ax].compute(scheduler=scheduler())
             values = None
-        out = {
-            "x": pdf[ax[0]].to_numpy(dtype=np.float64),
-            "y": pdf[ax[1]].to_numpy(dtype=np.float64),
-            "values": values,
-            "table": table,
-        }
+        out = {"x": x, "y": y, "values": values, "table": table}
         with self._lock:
             self._cache[key] = out
         return out
 
-    def _points_in_cs(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_points_in_cs(name, cs, color)
-
-    def _build_points_in_cs(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, np.ndarray, Any]:
-        key = ("points_cs", name, cs, color)
+    def _points_xy(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The element's x and y (float32), read once."""
+        key = ("xy", name, None)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        pts = self._points(name, color)
-        amap = self._transform(name, cs)
-        xy = amap.apply(np.column_stack([pts["x"], pts["y"]]))
-        out = (xy[:, 0].astype(np.float32), xy[:, 1].astype(np.float32), pts)
+        element = self.sdata[name]
+        ax = list(get_axes(element)[:2])
+        arrays = _read_columns(element, ax, {})
+        if arrays is None:
+            pdf = element[ax].compute(scheduler=scheduler())
+            arrays = {a: pdf[a].to_numpy() for a in ax}
+        out = (np.asarray(arrays[ax[0]], dtype=np.float32), np.asarray(arrays[ax[1]], dtype=np.float32))
         with self._lock:
             self._cache[key] = out
         return out
 
+    def _points_column(self, name: str, column: str) -> pd.Series:
+        """One column of the element, in the row order of :meth:`_points_xy` (categoricals stay categorical)."""
+        element = self.sdata[name]
+        dtype = element.dtypes[column]
+        cats = {column: pd.Index(dtype.categories)} if isinstance(dtype, pd.CategoricalDtype) else {}
+        arrays = _read_columns(element, [column], cats)
+        if arrays is None:
+            series = element[column].compute(scheduler=scheduler())
+            return pd.Series(series.to_numpy(), dtype=series.dtype)
+        if cats:
+            return pd.Series(pd.Categorical.from_codes(arrays[column], dtype=dtype))
+        return pd.Series(arrays[column])
+
+    def _points_in_cs(self, name: str, cs: str) -> PointsGrid:
+        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
+            return self._build_points_in_cs(name, cs)
+
+    def _build_points_in_cs(self, name: str, cs: str) -> PointsGrid:
+        """The points in ``cs`` ordered by the cells of a ``GRID`` x ``GRID`` grid over their extent (built once
+        per element and system): a view then reads only the grid rows it covers."""
+        key = ("points_cs", name, cs)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        x, y = self._points_xy(name)
+        amap = self._transform(name, cs)
+        if not (np.array_equal(amap.linear, np.eye(2)) and not np.any(amap.offset)):
+            lin, off = amap.linear.astype(np.float32), amap.offset.astype(np.float32)
+            x, y = lin[0, 0] * x + lin[0, 1] * y + off[0], lin[1, 0] * x + lin[1, 1] * y + off[1]
+        finite = np.isfinite(x) & np.isfinite(y)
+        if len(x) and finite.any():
+            gx0, gy0 = float(x[finite].min()), float(y[finite].min())
+            size = max(float(x[finite].max()) - gx0, float(y[finite].max()) - gy0, 1e-9)
+        else:
+            gx0, gy0, size = 0.0, 0.0, 1.0
+        cell = size * (1 + 1e-6) / GRID
+        keys = grid_keys(x, y, gx0, gy0, 1.0 / cell, GRID)
+        counts = np.bincount(keys[keys >= 0], minlength=GRID * GRID)
+        starts = np.zeros(GRID * GRID + 1, dtype=np.int64)
+        np.cumsum(counts, out=starts[1:])
+        order = counting_order(keys, starts)
+        out = PointsGrid(x[order], y[order], order, starts, gx0, gy0, cell)
+        with self._lock:
+            self._cache[key] = out
+        return out
+
+    def _points_colors(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, Any, Any]:
+        """Colour ids of the grid-ordered points, the coloring and the per-cell density (count, rgb sums)."""
+        with self._name_lock(name):
+            key = ("points_colors", name, cs, color)
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+            grid = self._points_in_cs(name, cs)
+            coloring = self._coloring(name, color)
+            small = np.int16 if len(coloring.rgba) < np.iinfo(np.int16).max else np.int32
+            ids = np.asarray(coloring.ids).astype(small)[grid.order]
+            with self._lock:  # the per-row colour ids now live in grid order only: keep the palette
+                self._cache[("coloring", name, color)] = dataclasses.replace(coloring, ids=np.zeros(0, np.intp))
+                coloring = self._cache[("coloring", name, color)]
+            colors = coloring.rgba[:, :3].astype(np.float32)
+            density = cell_density(ids, colors, grid.starts)
+            out = (ids, coloring, density)
+            with self._lock:
+                self._cache[key] = out
+            return out
+
     def _render_points(self, name: str, style: LayerStyle, view: View) -> Rendered:
         color = style.color if style.color is not None else self.default_color(name)
-        x, y, pts = self._points_in_cs(name, view.coordinate_system, color)
-        coloring = self._coloring(name, color)
-        ids = np.asarray(coloring.ids, dtype=np.int64)
+        grid = self._points_in_cs(name, view.coordinate_system)
+        ids, coloring, (cell_count, cell_rgb) = self._points_colors(name, view.coordinate_system, color)
+        pts = self._points(name, color)
         legend, colorbar = self._legend(coloring)
         h, w, upp = view.grid()
         extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
-        count, rgb = bin_points(
-            x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w, 1
-        )
-        if float(count.sum()) <= MARKER_LIMIT:
-            picked = in_view(x, y, ids, view.x0, view.x1, view.y0, view.y1, MARKER_LIMIT)
-        else:
-            picked = np.array([-1])
-        if not (len(picked) == 1 and picked[0] == -1):
+        lo_x, hi_x = grid.cols(view.x0, view.x1)
+        lo_y, hi_y = grid.cols(view.y0, view.y1, axis="y")
+        colors = coloring.rgba[:, :3].astype(np.float32)
+        n_view = count_cells(cell_count, GRID, lo_x, hi_x, lo_y, hi_y)
+        if n_view <= MARKER_LIMIT:
+            picked = select_points(grid.x, grid.y, ids, grid.starts, GRID, lo_x, hi_x, lo_y, hi_y,
+                                   view.x0, view.x1, view.y0, view.y1)  # fmt: skip
+            rows = grid.order[picked]
             values = pts["values"]
-            labels = (
-                values.iloc[picked].astype(str).to_numpy() if values is not None else np.full(len(picked), "")
-            )
+            labels = values.iloc[rows].astype(str).to_numpy() if values is not None else np.full(len(rows), "")
             hexes = np.array([_hex(c) for c in coloring.rgba])
             markers = {
-                "x": x[picked].astype(np.float64),
-                "y": y[picked].astype(np.float64),
+                "x": grid.x[picked].astype(np.float64),
+                "y": grid.y[picked].astype(np.float64),
                 "color": hexes[ids[picked]] if len(picked) else np.array([], dtype=object),
                 "value": labels,
-                "row": picked,
+                "row": rows,
             }
             return Rendered(None, extent, markers=markers, legend=legend, colorbar=colorbar)
-        if style.point_size > 1:
-            count, rgb = bin_points(
-                x, y, ids, coloring.rgba[:, :3].astype(np.float32), view.x0, view.y0, 1.0 / upp, h, w,
-                int(style.point_size),
-            )  # fmt: skip
+        if upp >= grid.cell and style.point_size <= 1:
+            # pixels larger than grid cells: sum the cells (no point is touched)
+            count, rgb = bin_cells(cell_count, cell_rgb, GRID, lo_x, hi_x, lo_y, hi_y, grid.gx0, grid.gy0,
+                                   grid.cell, view.x0, view.y0, 1.0 / upp, h, w)  # fmt: skip
+        else:
+            count, rgb = bin_sorted(grid.x, grid.y, ids, colors, grid.starts, GRID, lo_x, hi_x, lo_y, hi_y,
+                                    view.x0, view.y0, 1.0 / upp, h, w, max(1, int(style.point_size)))  # fmt: skip
         image = np.zeros((h, w, 4), dtype=np.float32)
         hit = count > 0
         image[hit, :3] = rgb[hit] / count[hit, None]
