@@ -70,7 +70,7 @@ def _chromium() -> str:
 def run_ours(store: Path, n_layers_expected: int | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
-    log = open(HERE / "data" / f"viewer_{store.stem}.log", "w+")  # noqa: SIM115
+    log = open(HERE / "data" / f"viewer_{store.stem}.log", "w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tissuestack", "view", str(store), "--no-browser", "--port", "0"],
         stdout=subprocess.PIPE, stderr=log, text=True, env={**os.environ, "TISSUESTACK_VIEWER_LOG": "1"},

@@ -444,23 +444,39 @@ def test_scanpy_preprocessing_and_spatial_plot_on_legacy_output():
     matplotlib.pyplot.close("all")
 
 
-def test_squidpy_spatial_neighbours_are_the_grid_neighbours():
-    # squidpy (>= 1.8) needs spatialdata, which pins an older dask than this project's: it is not in the test
-    # extra and this test runs where squidpy is installed next to tissuestack (checked with squidpy 1.8.2)
-    sq = pytest.importorskip("squidpy")
+SQUIDPY_SKIP = (
+    "squidpy is not installed: squidpy >= 1.8 requires spatialdata >= 0.7.2, which pins dask < 2026.1.2 and "
+    "distributed < 2026.1.2, older than this environment's dask; it runs where squidpy is installed"
+)
+
+
+def test_squidpy_spatial_neighbors_on_a_table_from_a_tissuestack_store(tmp_path):
+    sq = pytest.importorskip("squidpy", reason=SQUIDPY_SKIP)
     sdata, cells = grid_table()
-    adata = to_legacy_anndata(sdata)
+    sdata.write(tmp_path / "grid.zarr")
+    adata = to_legacy_anndata(read_zarr(tmp_path / "grid.zarr"))
+    assert adata.n_obs == len(cells)
+    # the 4-connected grid: spots 100 units apart on a 6 x 7 lattice
     distance = np.abs(cells[:, None, :] - cells[None, :, :]).sum(axis=2)
-    if hasattr(sq.gr, "spatial_neighbors_radius"):  # squidpy >= 1.8
-        sq.gr.spatial_neighbors_radius(adata, radius=110.0)
-    else:
+    np.testing.assert_allclose(adata.obsm["spatial"], cells * 100.0 + 50.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # squidpy >= 1.8 points to spatial_neighbors_radius
         sq.gr.spatial_neighbors(adata, coord_type="generic", radius=110.0, delaunay=False)
-    np.testing.assert_array_equal(adata.obsp["spatial_connectivities"].toarray() > 0, distance == 1)
-    if hasattr(sq.gr, "spatial_neighbors_grid"):
-        sq.gr.spatial_neighbors_grid(adata, n_neighs=4)
-    else:
+    connected = adata.obsp["spatial_connectivities"].toarray() > 0
+    np.testing.assert_array_equal(connected, distance == 1)
+    assert connected.sum() == 2 * (6 * 6 + 5 * 7)  # each of the 71 grid edges, both ways
+    np.testing.assert_allclose(adata.obsp["spatial_distances"].toarray()[connected], 100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         sq.gr.spatial_neighbors(adata, coord_type="grid", n_neighs=4)
     np.testing.assert_array_equal(adata.obsp["spatial_connectivities"].toarray() > 0, distance == 1)
+    # a neighbourhood statistic on the result: spots are labelled by column parity, so along x neighbours differ
+    adata.obs["parity"] = pd.Categorical(np.where(cells[:, 0] % 2 == 0, "even", "odd"))
+    sq.gr.interaction_matrix(adata, cluster_key="parity", normalized=False)
+    counts = np.asarray(adata.uns["parity_interactions"])
+    # 6 rows x 6 horizontal edges join even and odd columns; 7 columns x 5 vertical edges stay within a parity
+    assert counts[0, 1] == counts[1, 0] == 6 * 6
+    assert counts[0, 0] + counts[1, 1] == 2 * 7 * 5
 
 
 def test_points_metadata_survives_a_foreign_attrs_accessor(monkeypatch):

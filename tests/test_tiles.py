@@ -78,6 +78,56 @@ def test_scale_translation_tiles_equal_a_crop_with_zero_padding(cache_bytes):
         assert len(ds._cache._chunks) == 1  # evicted down to the last chunk read
 
 
+def _bilinear_tile(data, cx, cy, size, shape):
+    """Brute force: bilinear samples of ``data`` (pixel (i, j) centred on (j + 0.5, i + 0.5)) at the output pixel
+    centres of a ``size``-wide tile centred on (cx, cy); taps clamped to the image, zero off the image."""
+    (h, w), (c, ny, nx) = shape, data.shape
+    out = np.zeros((c, h, w))
+    for i in range(h):
+        for j in range(w):
+            x = cx - size[0] / 2 + (j + 0.5) * size[0] / w - 0.5  # pixel-index position
+            y = cy - size[1] / 2 + (i + 0.5) * size[1] / h - 0.5
+            if not (-0.5 <= x < nx - 0.5 and -0.5 <= y < ny - 0.5):
+                continue
+            qx, qy = min(max(x, 0), nx - 1), min(max(y, 0), ny - 1)
+            x0, y0 = int(np.floor(qx)), int(np.floor(qy))
+            x1, y1 = min(x0 + 1, nx - 1), min(y0 + 1, ny - 1)
+            fx, fy = qx - x0, qy - y0
+            top = (1 - fx) * data[:, y0, x0] + fx * data[:, y0, x1]
+            bottom = (1 - fx) * data[:, y1, x0] + fx * data[:, y1, x1]
+            out[:, i, j] = (1 - fy) * top + fy * bottom
+    return out
+
+
+def test_sub_pixel_tiles_are_bilinear_at_the_output_pixel_centres():
+    rng = np.random.default_rng(7)
+    data = rng.uniform(0, 100, (2, 30, 40)).astype(np.float32)
+    image = Image2DModel.parse(data, chunks=8)
+    # inside, across chunk borders, reaching past each edge, and one near a corner
+    centres = np.array([[17.3, 11.8], [1.2, 15.55], [38.9, 3.1], [20.0, 29.4], [0.4, 0.7], [25.25, 14.75]])
+    circles = ShapesModel.parse(centres, radius=1.0)
+    sdata = SpatialData(images={"img": image}, shapes={"c": circles})
+    # 7.3 x 5.1 units in 12 x 10 pixels: upsampled, output pixels off the image grid
+    ds = ImageTilesDataset(sdata, "c", "img", tile_size=(7.3, 5.1), tile_pixels=(10, 12), return_annotations=False)
+    for i, (cx, cy) in enumerate(centres):
+        expected = _bilinear_tile(data.astype(np.float64), cx, cy, (7.3, 5.1), (10, 12))
+        np.testing.assert_allclose(_as_numpy(ds[i]), expected, rtol=1e-5, atol=1e-3)
+    assert not _as_numpy(ds[1])[:, :, 0].any() and _as_numpy(ds[1])[:, :, -1].all()  # left columns off the image
+
+
+def test_nan_pixels_stay_where_they_are():
+    rng = np.random.default_rng(8)
+    offsets = [(5, 7), (20, 10)]
+    sdata, data = _aligned_sdata(rng, offsets)
+    data[1, 9, 8] = np.nan  # inside the first tile (rows 7-14, columns 5-12), channel 1 only
+    sdata["img"] = Image2DModel.parse(data, transformations={"global": SCALE_TRANSLATE}, chunks=16)
+    ds = ImageTilesDataset(sdata, "cells", "img", tile_size=16.0, tile_pixels=(8, 8), return_annotations=False)
+    first = _as_numpy(ds[0])
+    np.testing.assert_array_equal(first, _crop(data, 5, 7))  # NaN compares equal to NaN here
+    assert np.isnan(first).sum() == 1 and np.isnan(first[1, 2, 3])
+    np.testing.assert_array_equal(_as_numpy(ds[1]), _crop(data, 20, 10))
+
+
 def test_pyramid_level_matching_the_output_pixels_is_read():
     rng = np.random.default_rng(1)
     offsets = [(4, 6), (10, 3)]

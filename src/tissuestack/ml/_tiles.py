@@ -46,6 +46,11 @@ __all__ = ["ImageTilesDataset"]
 _SNAP = 1e-6  # sample positions this close to a pixel centre take that pixel exactly
 
 
+def _clip(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    # np.clip's Python-level dispatch costs several times the work on these 64-element arrays
+    return np.minimum(np.maximum(a, lo), hi)
+
+
 def _snap(p: np.ndarray) -> np.ndarray:
     r = np.round(p)
     return np.where(np.abs(p - r) < _SNAP, r, p)
@@ -56,10 +61,23 @@ def _axis_samples(p: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
     its centre at ``i``): lower/upper index, upper weight, and whether the sample lies on the image."""
     p = _snap(p)
     inside = (p >= -0.5) & (p < n - 0.5)
-    q = np.clip(p, 0, n - 1)
+    q = _clip(p, 0, n - 1)
     i0 = np.floor(q).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n - 1)
-    return i0, i1, (q - i0).astype(np.float32), inside
+    frac = q - i0
+    # a sample on a pixel centre takes that pixel alone (its neighbour, weighted 0, would pass on a NaN)
+    i1 = np.where(frac > 0, np.minimum(i0 + 1, n - 1), i0)
+    return i0, i1, frac.astype(np.float32), inside
+
+
+def _interp_matrix(taps: tuple[np.ndarray, np.ndarray], w1: np.ndarray, inside: np.ndarray, n: int) -> np.ndarray:
+    """(samples, n) float32 matrix of linear weights: row s has ``1 - w1[s]`` at ``taps[0][s]`` and ``w1[s]`` at
+    ``taps[1][s]`` (summed where they coincide), zero where the sample is not ``inside``."""
+    m = np.zeros((len(w1), n), dtype=np.float32)
+    rows = np.arange(len(w1))
+    w1 = np.where(inside, w1, 0.0).astype(np.float32)
+    m[rows, taps[0]] = np.where(inside, 1.0 - w1, 0.0)
+    m[rows, taps[1]] += w1
+    return m
 
 
 def _compute(data: Any) -> np.ndarray:
@@ -416,8 +434,13 @@ class ImageTilesDataset(_DatasetBase):
             x0, x1 = int(ix0[inx].min()), int(ix1[inx].max()) + 1
             y0, y1 = int(iy0[iny].min()), int(iy1[iny].max()) + 1
             win = cache.read(k, y0, y1, x0, x1)
-            cols = np.clip(ix0 - x0, 0, x1 - x0 - 1), np.clip(ix1 - x0, 0, x1 - x0 - 1)
-            rows = np.clip(iy0 - y0, 0, y1 - y0 - 1), np.clip(iy1 - y0, 0, y1 - y0 - 1)
+            cols = _clip(ix0 - x0, 0, x1 - x0 - 1), _clip(ix1 - x0, 0, x1 - x0 - 1)
+            rows = _clip(iy0 - y0, 0, y1 - y0 - 1), _clip(iy1 - y0, 0, y1 - y0 - 1)
+            if np.isfinite(win).all():
+                # separable resampling as two small matrix products: tile = Wy @ win @ Wx.T, each row of Wy / Wx
+                # holding a sample's two linear weights (zero for samples off the image)
+                return _interp_matrix(rows, wy, iny, y1 - y0) @ win @ _interp_matrix(cols, wx, inx, x1 - x0).T
+            # NaN or inf in the window: take the two taps directly, so that they do not spread along a row
             a = win[:, rows[0], :] * (1 - wy)[None, :, None] + win[:, rows[1], :] * wy[None, :, None]
             b = a[:, :, cols[0]] * (1 - wx)[None, None, :] + a[:, :, cols[1]] * wx[None, None, :]
             out[:] = b * (iny[:, None] & inx[None, :])[None]
