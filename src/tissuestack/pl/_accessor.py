@@ -220,16 +220,22 @@ class PlotAccessor:
         na_color
             Colour of shapes without a value (no table row, missing value).
         method
-            ``None`` or ``"matplotlib"``: one compound path per colour (vectorised; fine for 10^5-10^6
-            shapes).
+            ``"matplotlib"``: one compound path per colour (vectorised; anti-aliased edges).
+            ``"datashader"``: rasterised onto the panel's output pixel grid (a pixel takes the colour of the
+            shape covering its centre; outlines ``outline_width`` points wide on the shape boundaries), with
+            tissuestack's scanline kernels. ``None``: rasterised when there are at least 10,000 shapes (after the
+            crop) and more than one per 100 output pixels, else matplotlib.
 
         Notes
         -----
         Shapes of the same colour are drawn together, so where shapes of different colours overlap, the draw
-        order follows the colours, not the rows.
+        order follows the colours, not the rows. Rasterised, an overlap shows only the shape on top (matplotlib
+        blends translucent fills of different colours).
         """
-        if method not in (None, "matplotlib"):
-            raise ValueError(f"render_shapes: method must be None or 'matplotlib', got {method!r}")
+        if method not in (None, "matplotlib", "datashader"):
+            raise ValueError(
+                f"render_shapes: method must be None, 'matplotlib' or 'datashader', got {method!r}"
+            )
         return self._add("shapes", element, _options(locals()))
 
     # -------------------------------------------------------------------------------------------- show

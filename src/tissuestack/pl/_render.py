@@ -8,6 +8,8 @@ Every renderer gets the element, its transformation to the panel's coordinate sy
   ``Affine2D`` of the element's transformation (rotations and shears included).
 * Shapes become one compound ``Path`` per colour (vertices from ``shapely.get_coordinates``, transformed in one
   matrix product; circles as polygons of the transformed disk, so they keep their true radius under any affine).
+  Many shapes for the canvas's pixels are rasterised onto the output pixel grid instead
+  (:mod:`tissuestack.pl._shapes_raster`).
 * Points are scattered, or rasterised with datashader onto the canvas when there are many.
 """
 
@@ -29,13 +31,15 @@ from tissuestack.errors import ValidationError
 from tissuestack.ops._extent import spatial_map
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
+from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes
 from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
 from tissuestack.query._bbox import Region, query_points, query_shapes
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
-__all__ = ["DATASHADER_THRESHOLD", "Canvas", "render_element"]
+__all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
 
 DATASHADER_THRESHOLD = 100_000  # points above this are rasterised with datashader (method=None)
+SHAPES_RASTER_MINIMUM = 10_000  # shapes rasterised by method=None: at least this many, and > 1 per 100 pixels
 _MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
 _PATH_VERTICES = 250_000  # vertices per compound path
 
@@ -436,6 +440,26 @@ def render_shapes(
     if len(rows) == 0:
         return coloring
     geoms = np.asarray(gdf.geometry.array)[rows]
+    method = p.get("method")
+    if method is None:
+        method = (
+            "datashader" if rasterise_by_default(len(rows), canvas, SHAPES_RASTER_MINIMUM) else "matplotlib"
+        )
+    if method == "datashader":
+        radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows] if shapes_type(gdf) == "circles" else None
+        image = rasterize_shapes(
+            geoms,
+            radii,
+            coloring.rgba[coloring.ids[rows]],
+            amap,
+            canvas,
+            fill_alpha=float(p.get("fill_alpha", 1.0)),
+            outline_color=p.get("outline_color", "#000000"),
+            outline_alpha=float(p.get("outline_alpha", 0.0)),
+            outline_width=float(p.get("outline_width", 1.5)),
+        )
+        _imshow_canvas(ax, image, canvas, zorder=p["zorder"])
+        return coloring
     if shapes_type(gdf) == "circles":
         centres = shapely.get_coordinates(geoms)
         radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows]
@@ -538,15 +562,19 @@ def render_points(
         )
         return coloring
     image = _datashade(xy, ids, coloring, canvas, size)
+    _imshow_canvas(ax, image, canvas, alpha=alpha, zorder=p["zorder"])
+    return coloring
+
+
+def _imshow_canvas(ax: Any, image: np.ndarray, canvas: Canvas, **kwargs: Any) -> None:
+    """Place an image of the canvas's pixel grid (row 0 at ``ymin``) over the panel."""
     ax.imshow(
         image,
         extent=(canvas.xmin, canvas.xmax, canvas.ymax, canvas.ymin),
         origin="upper",
         interpolation="nearest",
-        alpha=alpha,
-        zorder=p["zorder"],
+        **kwargs,
     )
-    return coloring
 
 
 _MODE_MAX_COLORS = 16  # up to this many colours a pixel takes the most frequent one; above, the highest id
