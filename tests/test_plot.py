@@ -628,3 +628,35 @@ def test_points_datashader_matches_scatter():
         px=200,
         min_away=0.05,
     )
+
+
+def test_crop_reads_only_the_points_and_shapes_in_view(tmp_path, monkeypatch):
+    from tissuestack.pl import _render
+    from tissuestack.store._points import PointsScan
+
+    rng = np.random.default_rng(2)
+    n = 300_000
+    frame = pd.DataFrame({"x": rng.uniform(0, 100, n), "y": rng.uniform(0, 100, n)})
+    centres = rng.uniform(0, 100, (2_000, 2))
+    SpatialData(
+        points={"p": PointsModel.parse(frame)}, shapes={"c": ShapesModel.parse(centres, radius=0.5)}
+    ).write(tmp_path / "s.zarr")
+    from tissuestack import read_zarr
+
+    sdata = read_zarr(tmp_path / "s.zarr")
+    rows_read = []
+    read = PointsScan.read
+    monkeypatch.setattr(
+        PointsScan, "read", lambda self, task: rows_read.append(len(out := read(self, task))) or out
+    )
+    queried = []
+    query = _render.query_shapes
+    monkeypatch.setattr(_render, "query_shapes", lambda *a: queried.append(len(out := query(*a)[0])) or [out])
+    chain = sdata.pl.render_points("p", color="red", method="datashader").pl.render_shapes("c", color="blue")
+    pixels, ax = _draw(chain, crop=(0, 20, 0, 20))
+    # the points: only the row groups meeting the crop (the store is written spatially sorted)
+    assert 0 < sum(rows_read) < n / 2, sum(rows_read)
+    # the shapes: only those meeting the crop, through the spatial query
+    inside = ((centres > -0.5) & (centres < 20.5)).all(axis=1).sum()
+    assert queried == [inside] and inside < 200
+    assert (np.abs(pixels - np.array(RED)).sum(-1) < 40).mean() > 0.2  # points drawn
