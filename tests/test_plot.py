@@ -660,3 +660,46 @@ def test_crop_reads_only_the_points_and_shapes_in_view(tmp_path, monkeypatch):
     inside = ((centres > -0.5) & (centres < 20.5)).all(axis=1).sum()
     assert queried == [inside] and inside < 200
     assert (np.abs(pixels - np.array(RED)).sum(-1) < 40).mean() > 0.2  # points drawn
+
+
+# ------------------------------------------------------------------------------------------------ scale bar
+def test_scalebar_from_the_coordinate_system_unit(tmp_path):
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from tissuestack import read_zarr
+    from tissuestack.elements import get_meta
+    from tissuestack.pl._accessor import unit_scalebar
+
+    assert unit_scalebar(100, "micrometer") == (20, "20 µm")
+    assert unit_scalebar(10_000, "micrometer") == (2000, "2 mm")
+    assert unit_scalebar(100, "nanometer") == (20, "20 nm")
+    assert unit_scalebar(3, "millimeter") == (0.5, "500 µm")
+    assert unit_scalebar(100, "pixel") == (20, "20 pixel")
+    sdata = _squares()
+    get_meta(sdata["cells"]).units = {"global": {"x": "micrometer", "y": "micrometer"}}
+    sdata.write(tmp_path / "s.zarr")  # the unit is stored with the transformation (NGFF output axes) ...
+    sdata = read_zarr(tmp_path / "s.zarr")
+    assert get_meta(sdata["cells"]).units == {"global": {"x": "micrometer", "y": "micrometer"}}
+    # ... and a plot of that coordinate system gets a scale bar without being asked
+    fig = Figure(figsize=(2, 2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    sdata.pl.render_shapes("cells", color="#cccccc").pl.show(
+        ax=ax, crop=(0, 100, 0, 100), legend_loc=None, return_ax=True
+    )
+    bars = [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert len(bars) == 1 and bars[0].txt_label.get_text() == "20 µm"
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    dark = pixels.sum(-1) < 100
+    # the bar: a dark horizontal run in the lower right, 20 units = 40 px long (200 px for 100 units)
+    lower_right = dark[100:, 100:]
+    runs = lower_right.sum(axis=1)
+    assert 38 <= runs.max() <= 42, runs.max()
+    assert not dark[:100].any()  # nothing dark elsewhere (the cells are light grey)
+    ax = sdata.pl.render_shapes("cells").pl.show(crop=(0, 100, 0, 100), scalebar=False, return_ax=True)
+    assert not [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    # without a unit, no scale bar unless scalebar_dx is given
+    ax = _squares().pl.render_shapes("cells").pl.show(crop=(0, 100, 0, 100), return_ax=True)
+    assert not [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
