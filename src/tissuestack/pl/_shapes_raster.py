@@ -33,13 +33,34 @@ def _pixel_scale(canvas) -> tuple[float, float]:
     )
 
 
+_CHUNK = 65_536  # shapes rasterised per pass: bounds the temporary coordinate arrays
+
+
+def _to_pixels(x: np.ndarray, y: np.ndarray, amap: AffineMap, canvas) -> tuple[np.ndarray, np.ndarray]:
+    """Intrinsic x/y -> canvas pixel coordinates (one fused affine, float64, contiguous)."""
+    sx, sy = _pixel_scale(canvas)
+    lin = np.asarray(amap.linear, dtype=float)
+    off = np.asarray(amap.offset, dtype=float)
+    if lin[0, 1] == 0.0 and lin[1, 0] == 0.0:
+        px = x * (lin[0, 0] / sx) + (off[0] - canvas.xmin) / sx
+        py = y * (lin[1, 1] / sy) + (off[1] - canvas.ymin) / sy
+    else:
+        px = x * (lin[0, 0] / sx) + y * (lin[0, 1] / sx) + (off[0] - canvas.xmin) / sx
+        py = x * (lin[1, 0] / sy) + y * (lin[1, 1] / sy) + (off[1] - canvas.ymin) / sy
+    return px, py
+
+
 def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, canvas) -> np.ndarray:
     """``(height, width)`` int64: per canvas pixel the position in ``geoms`` of the last shape covering its centre
-    (``-1``: none). ``radii`` given: ``geoms`` are circle centres (points) of those radii (intrinsic units)."""
+    (``-1``: none). ``radii`` given: ``geoms`` are circle centres (points) of those radii (intrinsic units).
+
+    Shapes are rasterised ``_CHUNK`` at a time into the same raster (the temporary coordinates stay small)."""
     height, width = int(canvas.height_px), int(canvas.width_px)
     sx, sy = _pixel_scale(canvas)
+    out = np.full((height, width), -1.0)
+    seen = np.zeros((height, width), dtype=np.bool_)
+    positions = np.arange(len(geoms), dtype=np.float64)
     if radii is not None:
-        centres = shapely.get_coordinates(geoms)
         linear = np.asarray(amap.linear, dtype=float)
         if abs(np.linalg.det(linear)) < 1e-300:
             raise ValueError("circles under a singular transformation cannot be rasterised")
@@ -48,6 +69,7 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
         m = np.empty((2, 3))
         m[:, :2] = inv @ np.diag([sx, sy])
         m[:, 2] = inv @ (np.array([canvas.xmin, canvas.ymin]) - np.asarray(amap.offset, dtype=float))
+        centres = shapely.get_coordinates(geoms)
         runs = circle_runs(
             np.ascontiguousarray(centres[:, 0], dtype=np.float64),
             np.ascontiguousarray(centres[:, 1], dtype=np.float64),
@@ -56,15 +78,13 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
             height,
             width,
         )
-    else:
-        flat = flatten_polygons(geoms)
-        xy = amap.apply(np.column_stack([flat.x, flat.y]))
-        px = np.ascontiguousarray((xy[:, 0] - canvas.xmin) / sx)
-        py = np.ascontiguousarray((xy[:, 1] - canvas.ymin) / sy)
+        burn_runs(*runs, positions, out, seen, BURN_OPS["max"])
+        return out.astype(np.int64)
+    for start in range(0, len(geoms), _CHUNK):
+        flat = flatten_polygons(geoms[start : start + _CHUNK])
+        px, py = _to_pixels(flat.x, flat.y, amap, canvas)
         runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, height, width)
-    out = np.full((height, width), -1.0)
-    seen = np.zeros((height, width), dtype=np.bool_)
-    burn_runs(*runs, np.arange(len(geoms), dtype=np.float64), out, seen, BURN_OPS["max"])
+        burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
     return out.astype(np.int64)
 
 
