@@ -653,7 +653,7 @@ def test_crop_reads_only_the_points_and_shapes_in_view(tmp_path, monkeypatch):
     query = _render.query_shapes
     monkeypatch.setattr(_render, "query_shapes", lambda *a: queried.append(len(out := query(*a)[0])) or [out])
     chain = sdata.pl.render_points("p", color="red", method="datashader").pl.render_shapes("c", color="blue")
-    pixels, ax = _draw(chain, crop=(0, 20, 0, 20))
+    pixels, _ = _draw(chain, crop=(0, 20, 0, 20))
     # the points: only the row groups meeting the crop (the store is written spatially sorted)
     assert 0 < sum(rows_read) < n / 2, sum(rows_read)
     # the shapes: only those meeting the crop, through the spatial query
