@@ -703,3 +703,29 @@ def test_scalebar_from_the_coordinate_system_unit(tmp_path):
     # without a unit, no scale bar unless scalebar_dx is given
     ax = _squares().pl.render_shapes("cells").pl.show(crop=(0, 100, 0, 100), return_ax=True)
     assert not [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+
+
+@pytest.mark.parametrize("circles", [False, True])
+def test_shapes_smaller_than_a_pixel_still_show_when_rasterised(circles):
+    # 0.3-unit shapes, 1 unit per output pixel: no shape covers a pixel centre
+    rng = np.random.default_rng(3)
+    centres = np.column_stack([rng.integers(5, 95, 300) + 0.2, rng.integers(5, 95, 300) + 0.6])
+    kind = pd.Categorical(np.where(np.arange(300) % 2 == 0, "a", "b"))
+    if circles:
+        shapes = ShapesModel.parse(centres, radius=0.15)
+    else:
+        shapes = ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=shapely.box(*(centres - 0.15).T, *(centres + 0.15).T))
+        )
+    shapes["kind"] = kind
+    sdata = SpatialData(shapes={"s": shapes})
+    chain = sdata.pl.render_shapes("s", color="kind", palette=["red", "blue"], method="datashader")
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    for x, y in centres:
+        colour = _at(pixels, ax, x, y)
+        assert _close(colour, RED) or _close(colour, BLUE), (x, y, colour)
+    coloured = (np.abs(pixels - np.array(RED)).sum(-1) < 30) | (np.abs(pixels - np.array(BLUE)).sum(-1) < 30)
+    assert coloured.sum() <= len(np.unique(centres.astype(int), axis=0)) + 5  # one pixel each, no more
+    # both categories keep their share where they compete for pixels
+    reds = (np.abs(pixels - np.array(RED)).sum(-1) < 30).sum()
+    assert 0.35 < reds / coloured.sum() < 0.65

@@ -5,7 +5,10 @@ cost a scanline pass over their edges: tissuestack's own kernels (:func:`~tissue
 for (multi)polygons with holes, :func:`~tissuestack.kernels._zonal.circle_runs` for discs, exact under any affine)
 turn every shape into pixel runs of the canvas grid, and :func:`~tissuestack.kernels._burn.burn_runs` keeps, per
 pixel, the last shape drawn in the matplotlib path's order (rows ordered by colour). A pixel belongs to a shape
-when its centre does.
+when its centre does. A shape that covers no pixel centre (smaller than a pixel: cells seen from afar) still
+shows in the pixel holding the mean of its vertices (its centre, for circles), when no covering shape claims
+that pixel; where several such shapes share a pixel, a fixed pseudo-random one of them colours it, so the
+colours of a crowd of tiny shapes keep their proportions instead of favouring the last category drawn.
 
 The picture is then built the way matplotlib would paint it: fills in their colours at ``fill_alpha``, and an
 outline ``outline_width`` points wide, centred on every shape boundary (between two shapes, or a shape and the
@@ -50,9 +53,16 @@ def _to_pixels(x: np.ndarray, y: np.ndarray, amap: AffineMap, canvas) -> tuple[n
     return px, py
 
 
+def _has_runs(run_shape: np.ndarray, n: int) -> np.ndarray:
+    has = np.zeros(n, dtype=bool)
+    has[run_shape] = True
+    return has
+
+
 def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, canvas) -> np.ndarray:
     """``(height, width)`` int64: per canvas pixel the position in ``geoms`` of the last shape covering its centre
-    (``-1``: none). ``radii`` given: ``geoms`` are circle centres (points) of those radii (intrinsic units).
+    (``-1``: none); shapes covering no pixel centre are placed in one pixel (see the module notes). ``radii``
+    given: ``geoms`` are circle centres (points) of those radii (intrinsic units).
 
     Shapes are rasterised ``_CHUNK`` at a time into the same raster (the temporary coordinates stay small)."""
     height, width = int(canvas.height_px), int(canvas.width_px)
@@ -60,6 +70,7 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
     out = np.full((height, width), -1.0)
     seen = np.zeros((height, width), dtype=np.bool_)
     positions = np.arange(len(geoms), dtype=np.float64)
+    anchors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (px, py, position) of shapes without runs
     if radii is not None:
         linear = np.asarray(amap.linear, dtype=float)
         if abs(np.linalg.det(linear)) < 1e-300:
@@ -70,21 +81,42 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
         m[:, :2] = inv @ np.diag([sx, sy])
         m[:, 2] = inv @ (np.array([canvas.xmin, canvas.ymin]) - np.asarray(amap.offset, dtype=float))
         centres = shapely.get_coordinates(geoms)
-        runs = circle_runs(
-            np.ascontiguousarray(centres[:, 0], dtype=np.float64),
-            np.ascontiguousarray(centres[:, 1], dtype=np.float64),
-            np.ascontiguousarray(radii, dtype=np.float64),
-            m,
-            height,
-            width,
-        )
+        cx = np.ascontiguousarray(centres[:, 0], dtype=np.float64)
+        cy = np.ascontiguousarray(centres[:, 1], dtype=np.float64)
+        runs = circle_runs(cx, cy, np.ascontiguousarray(radii, dtype=np.float64), m, height, width)
         burn_runs(*runs, positions, out, seen, BURN_OPS["max"])
-        return out.astype(np.int64)
-    for start in range(0, len(geoms), _CHUNK):
-        flat = flatten_polygons(geoms[start : start + _CHUNK])
-        px, py = _to_pixels(flat.x, flat.y, amap, canvas)
-        runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, height, width)
-        burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
+        lost = ~_has_runs(runs[0], len(geoms))
+        anchors.append((*_to_pixels(cx[lost], cy[lost], amap, canvas), positions[lost]))
+    else:
+        for start in range(0, len(geoms), _CHUNK):
+            flat = flatten_polygons(geoms[start : start + _CHUNK])
+            px, py = _to_pixels(flat.x, flat.y, amap, canvas)
+            runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+            burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
+            lost = np.flatnonzero(~_has_runs(runs[0], len(flat.geom_ring_offsets) - 1))
+            if len(lost):
+                first_ring = flat.geom_ring_offsets[lost]
+                a, b = flat.ring_offsets[first_ring], flat.ring_offsets[first_ring + 1]
+                count = np.maximum(b - a, 1)
+                cum_x, cum_y = np.r_[0.0, np.cumsum(px)], np.r_[0.0, np.cumsum(py)]
+                mean_x = (cum_x[b] - cum_x[a]) / count
+                mean_y = (cum_y[b] - cum_y[a]) / count
+                anchors.append((mean_x, mean_y, positions[start + lost]))
+    if anchors:
+        ax, ay, pos = (np.concatenate(parts) for parts in zip(*anchors, strict=True))
+        with np.errstate(invalid="ignore"):
+            col, row = np.floor(ax), np.floor(ay)
+            ok = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+        col, row, pos = col[ok].astype(np.intp), row[ok].astype(np.intp), pos[ok]
+        free = ~seen[row, col]
+        col, row, pos = col[free], row[free], pos[free]
+        if len(pos):
+            order = np.random.default_rng(0).permutation(len(pos))
+            flat_px = row[order] * width + col[order]
+            # the last of each pixel's shapes in that order (np.unique on the reversed order: first = last)
+            _, last = np.unique(flat_px[::-1], return_index=True)
+            chosen = order[::-1][last]
+            out[row[chosen], col[chosen]] = pos[chosen]
     return out.astype(np.int64)
 
 
