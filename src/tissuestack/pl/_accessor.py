@@ -175,8 +175,9 @@ class PlotAccessor:
         size
             Marker size (matplotlib ``scatter`` ``s``, points squared).
         method
-            ``"matplotlib"`` (scatter), ``"datashader"`` (rasterised onto the panel's pixel grid: per pixel the
-            colour with most points, spread to the marker size), or ``None``: datashader above 100,000 points
+            ``"matplotlib"`` (scatter), ``"datashader"`` (binned onto the panel's pixel grid: per pixel the
+            category with most points, or the highest value of a continuous colour, spread to the marker size;
+            spatialdata-plot's name, with tissuestack's own kernels), or ``None``: binned above 100,000 points
             (after the crop).
         groups, palette, cmap, norm, na_color
             As for :meth:`render_shapes`.

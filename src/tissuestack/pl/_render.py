@@ -10,7 +10,8 @@ Every renderer gets the element, its transformation to the panel's coordinate sy
   matrix product; circles as polygons of the transformed disk, so they keep their true radius under any affine).
   Many shapes for the canvas's pixels are rasterised onto the output pixel grid instead
   (:mod:`tissuestack.pl._shapes_raster`).
-* Points are scattered, or rasterised with datashader onto the canvas when there are many.
+* Points are scattered, or binned onto the canvas's pixel grid when there are many (``method="datashader"``,
+  the name spatialdata-plot uses; the binning is tissuestack's own cached numba kernels).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tissuestack._container import SpatialData
 from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
+from tissuestack.kernels._bin import bin_points_count, bin_points_max
 from tissuestack.ops._extent import spatial_map
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
@@ -38,7 +40,7 @@ from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
 __all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
 
-DATASHADER_THRESHOLD = 100_000  # points above this are rasterised with datashader (method=None)
+DATASHADER_THRESHOLD = 100_000  # points above this are rasterised (method=None)
 SHAPES_RASTER_MINIMUM = 10_000  # shapes rasterised by method=None: at least this many, and > 1 per 100 pixels
 _MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
 _PATH_VERTICES = 250_000  # vertices per compound path
@@ -431,7 +433,7 @@ def render_shapes(
         return None
     columns = gdf.columns.drop(gdf.geometry.name)
     coloring = _element_coloring(
-        sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].to_numpy())
+        sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].array)
     )
     # order the rows by colour (rows not drawn left out) before taking vertices: they come out grouped
     rows = np.flatnonzero(coloring.ids >= 0)
@@ -545,7 +547,7 @@ def render_points(
         )
     else:
         coloring = _element_coloring(
-            sdata, name, element, columns, None, p, n, lambda key: pd.Series(pdf[key].to_numpy())
+            sdata, name, element, columns, None, p, n, lambda key: pdf[key].reset_index(drop=True)
         )
     method = p.get("method")
     if method is None:
@@ -577,7 +579,7 @@ def _imshow_canvas(ax: Any, image: np.ndarray, canvas: Canvas, **kwargs: Any) ->
     )
 
 
-_MODE_MAX_COLORS = 16  # up to this many colours a pixel takes the most frequent one; above, the highest id
+_MODE_MAX_CELLS = 32_000_000  # categories x pixels up to which a pixel takes its most frequent category
 
 
 def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
@@ -601,34 +603,27 @@ def _datashade(
 ) -> np.ndarray:
     """RGBA image of the points on the canvas grid, spread to the marker's radius.
 
-    With few colours (categories, or one colour) a pixel takes the colour of most of its points; with many
-    (continuous values: 256 colormap levels) the highest level among its points, missing values last.
+    Categories (and one colour) a pixel takes the colour of most of its points; continuous values (256 colormap
+    levels), or more categories than a per-pixel count fits in memory, the highest level among its points,
+    missing values last. The binning is tissuestack's own kernels (:mod:`tissuestack.kernels._bin`).
     """
-    ds = require("datashader")
-    cvs = ds.Canvas(
-        plot_width=int(canvas.width_px),
-        plot_height=int(canvas.height_px),
-        x_range=(canvas.xmin, canvas.xmax),
-        y_range=(canvas.ymin, canvas.ymax),
-    )
-    image = np.zeros((int(canvas.height_px), int(canvas.width_px), 4))  # row 0 at ymin
+    height, width = int(canvas.height_px), int(canvas.width_px)
+    image = np.zeros((height, width, 4))  # row 0 at ymin
     if len(ids) == 0:
         return image
+    px = (xy[:, 0] - canvas.xmin) * (width / (canvas.xmax - canvas.xmin))
+    py = (xy[:, 1] - canvas.ymin) * (height / (canvas.ymax - canvas.ymin))
     used = np.unique(ids)
-    if len(used) <= _MODE_MAX_COLORS:
-        codes = pd.Categorical(np.searchsorted(used, ids), categories=range(len(used)))
-        frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "c": codes})
-        counts = _spread(
-            np.asarray(cvs.points(frame, "x", "y", agg=ds.count_cat("c")).values), size, canvas.dpi
-        )
+    categorical = coloring.mappable is None
+    if len(used) == 1 or (categorical and len(used) * height * width <= _MODE_MAX_CELLS):
+        codes = np.searchsorted(used, ids).astype(np.int64)
+        counts = _spread(bin_points_count(px, py, codes, len(used), height, width), size, canvas.dpi)
         drawn = counts.max(axis=-1) > 0
         image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]
         return image
     na_id = len(coloring.rgba) - 1
     value = np.where(ids == na_id, -0.5, ids).astype(np.float64)  # missing values lose to any real value
-    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": value})
-    top = np.nan_to_num(np.asarray(cvs.points(frame, "x", "y", agg=ds.max("v")).values), nan=-1.0)
-    top = _spread(top, size, canvas.dpi)
+    top = _spread(bin_points_max(px, py, value, -1.0, height, width), size, canvas.dpi)
     image[top >= 0] = coloring.rgba[top[top >= 0].astype(np.intp)]
     image[top == -0.5] = coloring.rgba[na_id]
     return image
