@@ -175,7 +175,7 @@ def resolve_coloring(
                 raise ValueError(f"{what}: groups {unknown} are not categories of {key!r}: {categories[:10]}")
             shown = np.isin(categories, wanted)
             ids = np.where((codes >= 0) & ~shown[np.maximum(codes, 0)], -1, ids)
-        present = np.unique(codes[codes >= 0])
+        present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(categories)))
         legend = [(categories[i], rgba[i]) for i in present if shown[i]]
         return Coloring(ids, rgba, legend=legend, key=key)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)

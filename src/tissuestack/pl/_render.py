@@ -33,9 +33,10 @@ from tissuestack.kernels._bin import bin_points_count, bin_points_max
 from tissuestack.ops._extent import spatial_map
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
-from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes
+from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
 from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
 from tissuestack.query._bbox import Region, query_points, query_shapes
+from tissuestack.store._points import points_scan, scan_row_groups
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
 __all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
@@ -508,6 +509,12 @@ def render_points(
         frame = query_points(element, t, canvas.region())[0]
         if frame is None:
             return None
+    else:
+        scan = points_scan(element)
+        if scan is not None:  # read straight from the Parquet row groups (pyarrow; no dask-expr planning)
+            frame = scan_row_groups(scan, np.ones(len(scan.row_group_stats()), dtype=bool))
+            if frame is None:
+                return None
     columns = pd.Index(frame.columns)
     color = p.get("color")
     meta = get_meta(element)
@@ -528,7 +535,6 @@ def render_points(
     n = len(pdf)
     if n == 0:
         return None
-    xy = amap.apply(pdf[["x", "y"]].to_numpy(dtype=float))
     if use_table:
         source = find_color_source(sdata, name, columns, color, p.get("table_name"))
         values, uns = table_values_by_id(sdata, name, element, source, p.get("table_layer"))
@@ -555,15 +561,18 @@ def render_points(
     if method not in ("matplotlib", "datashader"):
         raise ValueError(f"points {name!r}: method must be 'matplotlib' or 'datashader', got {method!r}")
     keep = coloring.ids >= 0
-    xy, ids = xy[keep], coloring.ids[keep]
+    everything = bool(keep.all())
+    x, y = (pdf[a].to_numpy() if everything else pdf[a].to_numpy()[keep] for a in ("x", "y"))
+    ids = coloring.ids if everything else coloring.ids[keep]
     size = float(p.get("size", 1.0))
     alpha = float(p.get("alpha", 1.0))
     if method == "matplotlib":
+        xy = amap.apply(np.column_stack([x, y]).astype(float))
         ax.scatter(
             xy[:, 0], xy[:, 1], s=size, c=coloring.rgba[ids], linewidths=0, alpha=alpha, zorder=p["zorder"]
         )
         return coloring
-    image = _datashade(xy, ids, coloring, canvas, size)
+    image = _datashade(x, y, amap, ids, coloring, canvas, size)
     _imshow_canvas(ax, image, canvas, alpha=alpha, zorder=p["zorder"])
     return coloring
 
@@ -599,7 +608,13 @@ def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
 
 
 def _datashade(
-    xy: np.ndarray, ids: np.ndarray, coloring: Coloring, canvas: Canvas, size: float
+    x: np.ndarray,
+    y: np.ndarray,
+    amap: AffineMap,
+    ids: np.ndarray,
+    coloring: Coloring,
+    canvas: Canvas,
+    size: float,
 ) -> np.ndarray:
     """RGBA image of the points on the canvas grid, spread to the marker's radius.
 
@@ -611,12 +626,13 @@ def _datashade(
     image = np.zeros((height, width, 4))  # row 0 at ymin
     if len(ids) == 0:
         return image
-    px = (xy[:, 0] - canvas.xmin) * (width / (canvas.xmax - canvas.xmin))
-    py = (xy[:, 1] - canvas.ymin) * (height / (canvas.ymax - canvas.ymin))
-    used = np.unique(ids)
+    px, py = to_pixels(x, y, amap, canvas)  # intrinsic -> canvas pixels in one fused affine
+    used = np.flatnonzero(np.bincount(ids, minlength=len(coloring.rgba)))  # colours present (O(n), no sort)
     categorical = coloring.mappable is None
     if len(used) == 1 or (categorical and len(used) * height * width <= _MODE_MAX_CELLS):
-        codes = np.searchsorted(used, ids).astype(np.int64)
+        lut = np.full(len(coloring.rgba), -1, dtype=np.int64)
+        lut[used] = np.arange(len(used))
+        codes = lut[ids]
         counts = _spread(bin_points_count(px, py, codes, len(used), height, width), size, canvas.dpi)
         drawn = counts.max(axis=-1) > 0
         image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]

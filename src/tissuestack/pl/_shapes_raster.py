@@ -26,7 +26,7 @@ from tissuestack.pl._colors import to_rgba
 from tissuestack.pl._mpl import require
 from tissuestack.transforms import AffineMap
 
-__all__ = ["rasterise_by_default", "rasterize_shapes", "shape_owner"]
+__all__ = ["rasterise_by_default", "rasterize_shapes", "shape_owner", "to_pixels"]
 
 
 def _pixel_scale(canvas) -> tuple[float, float]:
@@ -39,7 +39,7 @@ def _pixel_scale(canvas) -> tuple[float, float]:
 _CHUNK = 65_536  # shapes rasterised per pass: bounds the temporary coordinate arrays
 
 
-def _to_pixels(x: np.ndarray, y: np.ndarray, amap: AffineMap, canvas) -> tuple[np.ndarray, np.ndarray]:
+def to_pixels(x: np.ndarray, y: np.ndarray, amap: AffineMap, canvas) -> tuple[np.ndarray, np.ndarray]:
     """Intrinsic x/y -> canvas pixel coordinates (one fused affine, float64, contiguous)."""
     sx, sy = _pixel_scale(canvas)
     lin = np.asarray(amap.linear, dtype=float)
@@ -86,11 +86,11 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
         runs = circle_runs(cx, cy, np.ascontiguousarray(radii, dtype=np.float64), m, height, width)
         burn_runs(*runs, positions, out, seen, BURN_OPS["max"])
         lost = ~_has_runs(runs[0], len(geoms))
-        anchors.append((*_to_pixels(cx[lost], cy[lost], amap, canvas), positions[lost]))
+        anchors.append((*to_pixels(cx[lost], cy[lost], amap, canvas), positions[lost]))
     else:
         for start in range(0, len(geoms), _CHUNK):
             flat = flatten_polygons(geoms[start : start + _CHUNK])
-            px, py = _to_pixels(flat.x, flat.y, amap, canvas)
+            px, py = to_pixels(flat.x, flat.y, amap, canvas)
             runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, height, width)
             burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
             lost = np.flatnonzero(~_has_runs(runs[0], len(flat.geom_ring_offsets) - 1))
