@@ -729,3 +729,37 @@ def test_shapes_smaller_than_a_pixel_still_show_when_rasterised(circles):
     # both categories keep their share where they compete for pixels
     reds = (np.abs(pixels - np.array(RED)).sum(-1) < 30).sum()
     assert 0.35 < reds / coloured.sum() < 0.65
+
+
+def test_points_of_a_store_drawn_as_in_memory(tmp_path, monkeypatch):
+    from tissuestack import read_zarr
+    from tissuestack.store._points import PointsScan
+
+    read_columns = []
+    read_arrays = PointsScan.read_arrays
+    monkeypatch.setattr(
+        PointsScan,
+        "read_arrays",
+        lambda self, task, cols, *a: read_columns.append(cols) or read_arrays(self, task, cols, *a),
+    )
+
+    rng = np.random.default_rng(4)
+    n = 50_000
+    frame = pd.DataFrame(
+        {
+            "x": rng.uniform(0, 100, n),
+            "y": rng.uniform(0, 100, n),
+            "gene": pd.Categorical(rng.choice(["g1", "g2", "g3"], n)),
+        }
+    )
+    frame.loc[frame.x < 50, "gene"] = "g1"  # left half one gene
+    sdata = SpatialData(points={"tx": PointsModel.parse(frame, feature_key="gene")})
+    sdata.write(tmp_path / "s.zarr")
+    stored = read_zarr(tmp_path / "s.zarr")
+    pictures = []
+    for s in (sdata, stored):
+        chain = s.pl.render_points("tx", color="gene", palette=["red", "green", "blue"], method="datashader")
+        pictures.append(_draw(chain, crop=None)[0])
+    assert np.array_equal(pictures[0], pictures[1])
+    assert read_columns and all(cols == ["x", "y", "gene"] for cols in read_columns)  # only those columns
+    assert (np.abs(pictures[1][:, 5:45] - np.array(RED)).sum(-1) < 40).mean() > 0.9
