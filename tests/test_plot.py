@@ -600,11 +600,14 @@ def test_shapes_raster_circles_true_radius_under_affine():
         assert _close(_at(pixels, ax, *(np.array([cx, cy]) + 1.1 * edge * d)), (255, 255, 255)), direction
 
 
-def test_many_shapes_default_to_the_raster_path():
+def test_many_shapes_default_to_the_raster_path(monkeypatch):
+    from tissuestack.pl import _render
+
     rng = np.random.default_rng(1)
-    n = 12_000
-    centres = rng.uniform(0, 100, (n, 2))
-    sdata = SpatialData(shapes={"c": ShapesModel.parse(centres, radius=0.3)})
+    sdata = SpatialData(shapes={"c": ShapesModel.parse(rng.uniform(0, 100, (12_000, 2)), radius=0.3)})
+    _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 100, 0, 100))
+    assert not ax.images and len(ax.collections) == 1  # below the minimum: paths
+    monkeypatch.setattr(_render, "SHAPES_RASTER_MINIMUM", 10_000)
     _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 100, 0, 100))
     assert len(ax.images) == 1 and not ax.collections
     _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 10, 0, 10))  # few shapes in the crop

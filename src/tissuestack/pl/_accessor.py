@@ -225,7 +225,7 @@ class PlotAccessor:
             ``"matplotlib"``: one compound path per colour (vectorised; anti-aliased edges).
             ``"datashader"``: rasterised onto the panel's output pixel grid (a pixel takes the colour of the
             shape covering its centre; outlines ``outline_width`` points wide on the shape boundaries), with
-            tissuestack's scanline kernels. ``None``: rasterised when there are at least 10,000 shapes (after the
+            tissuestack's scanline kernels. ``None``: rasterised when there are at least 250,000 shapes (after the
             crop) and more than one per 100 output pixels, else matplotlib.
 
         Notes

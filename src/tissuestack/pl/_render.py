@@ -42,7 +42,9 @@ from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 __all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
 
 DATASHADER_THRESHOLD = 100_000  # points above this are rasterised (method=None)
-SHAPES_RASTER_MINIMUM = 10_000  # shapes rasterised by method=None: at least this many, and > 1 per 100 pixels
+# shapes rasterised by method=None: at least this many (below, Agg's paths are as fast and the kernels' first
+# call in a process costs ~0.7 s), and more than one per 100 output pixels
+SHAPES_RASTER_MINIMUM = 250_000
 _MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
 _PATH_VERTICES = 250_000  # vertices per compound path
 
