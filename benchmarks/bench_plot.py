@@ -16,7 +16,7 @@ stopped and reported as ">N s".
 
 Usage:
   python3 benchmarks/bench_plot.py                                # cells, 100k polygons, with the reference
-  python3 benchmarks/bench_plot.py --workload mixed --workload polygons
+  python3 benchmarks/bench_plot.py --workload mixed --workload polygons --repeat 2
   python3 benchmarks/bench_plot.py --cells 20000 --no-reference
 """
 
@@ -143,6 +143,32 @@ def run(
     return {**json.loads(line), "wall_s": wall, "png_bytes": out.stat().st_size, "load_avg": load}
 
 
+def report(label: str, results: dict) -> None:
+    for tool, r in results.items():
+        load = "load avg " + " ".join(f"{v:.2f}" for v in r["load_avg"])
+        if "timeout_s" in r:
+            print(f"[{label}] {tool:17s} read+render+save > {r['timeout_s']:.0f} s (stopped)   {load}")
+            continue
+        print(
+            f"[{label}] {tool:17s} read+render+save {r['render_s']:7.2f} s   import {r['import_s']:5.2f} s   "
+            f"process {r['wall_s']:7.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
+            f"png {r['png_bytes'] / 1e3:6.0f} kB   {load}",
+            flush=True,
+        )
+    ref_r = results.get("spatialdata-plot")
+    if ref_r is not None:
+        ours_r = results["tissuestack"]
+        if "timeout_s" in ref_r:
+            print(f"[{label}] speed-up (read+render+save): > {ref_r['timeout_s'] / ours_r['render_s']:.1f}x")
+        else:
+            print(
+                f"[{label}] speed-up (read+render+save): {ref_r['render_s'] / ours_r['render_s']:.1f}x   "
+                f"whole process: {ref_r['wall_s'] / ours_r['wall_s']:.1f}x   "
+                f"peak RSS ratio (reference / ours): {ref_r['peak_rss_mb'] / ours_r['peak_rss_mb']:.1f}x",
+                flush=True,
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", action="append", choices=sorted(CHAINS), help="default: cells")
@@ -151,6 +177,7 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--build-only", action="store_true", help="write the stores and stop")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a reference run is stopped")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each tool per workload (alternating)")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     everything = {}
@@ -164,41 +191,24 @@ def main() -> None:
         if args.build_only:
             continue
         ours, ref = scripts(workload)
-        results = {"tissuestack": run(sys.executable, ours, store, args.workdir / f"{name}_ours.png")}
-        if not args.no_reference and REFERENCE.exists():
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the reference's own packages
-            results["spatialdata-plot"] = run(
-                str(REFERENCE),
-                ref,
-                store,
-                args.workdir / f"{name}_reference.png",
-                env=env,
-                timeout=args.timeout,
-            )
-        for tool, r in results.items():
-            load = "load avg " + " ".join(f"{v:.2f}" for v in r["load_avg"])
-            if "timeout_s" in r:
-                print(f"[{workload}] {tool:17s} read+render+save > {r['timeout_s']:.0f} s (stopped)   {load}")
-                continue
-            print(
-                f"[{workload}] {tool:17s} read+render+save {r['render_s']:7.2f} s   import {r['import_s']:5.2f} s   "
-                f"process {r['wall_s']:7.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
-                f"png {r['png_bytes'] / 1e3:6.0f} kB   {load}",
-                flush=True,
-            )
-        ref_r = results.get("spatialdata-plot")
-        if ref_r is not None:
-            ours_r = results["tissuestack"]
-            if "timeout_s" in ref_r:
-                print(
-                    f"[{workload}] speed-up (read+render+save): > {ref_r['timeout_s'] / ours_r['render_s']:.1f}x"
+        runs = []
+        for rep in range(args.repeat):  # the tools alternate, so both see the machine's load of the moment
+            results = {"tissuestack": run(sys.executable, ours, store, args.workdir / f"{name}_ours.png")}
+            if not args.no_reference and REFERENCE.exists():
+                env = {
+                    k: v for k, v in os.environ.items() if k != "PYTHONPATH"
+                }  # the reference's own packages
+                results["spatialdata-plot"] = run(
+                    str(REFERENCE),
+                    ref,
+                    store,
+                    args.workdir / f"{name}_reference.png",
+                    env=env,
+                    timeout=args.timeout,
                 )
-            else:
-                print(
-                    f"[{workload}] speed-up (read+render+save): {ref_r['render_s'] / ours_r['render_s']:.1f}x   "
-                    f"peak RSS ratio (reference / ours): {ref_r['peak_rss_mb'] / ours_r['peak_rss_mb']:.1f}x"
-                )
-        everything[workload] = results
+            report(f"{workload} run {rep + 1}", results)
+            runs.append(results)
+        everything[workload] = runs
     print(json.dumps({"cells": args.cells, **everything}))
 
 
