@@ -657,7 +657,7 @@ def _datashade(
     used = np.flatnonzero(np.bincount(ids, minlength=len(coloring.rgba)))  # colours present (O(n), no sort)
     categorical = coloring.mappable is None
     if len(used) == 1 or (categorical and len(used) * height * width <= _MODE_MAX_CELLS):
-        lut = np.full(len(coloring.rgba), -1, dtype=np.int64)
+        lut = np.full(len(coloring.rgba), -1, dtype=np.int32)
         lut[used] = np.arange(len(used))
         codes = lut[ids]
         counts = _spread(bin_points_count(px, py, codes, len(used), height, width), size, canvas.dpi)
