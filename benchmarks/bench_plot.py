@@ -10,7 +10,8 @@ Workloads (tissuestack's synthetic data, ``ts.datasets.synthetic``; each store w
 
 Each tool runs in a fresh process: imports (timed apart: tissuestack's modules are imported up front as
 ``import spatialdata`` imports the reference's), ``read_zarr``, render and save a PNG (Agg, dpi 100). Reported:
-seconds for read + render + save, the import time, the whole process's wall time and its peak RSS (VmHWM from
+seconds for read + render + save (and the CPU seconds they took: less sensitive to a busy machine), the import
+time, the whole process's wall time and its peak RSS (VmHWM from
 /proc/self/status), and the load average before the run. A reference run longer than ``--timeout`` seconds is
 stopped and reported as ">N s".
 
@@ -36,12 +37,14 @@ REFERENCE = Path("/root/.cache/tissuestack-reference/bin/python")
 
 _FOOTER = """
 run = time.perf_counter() - t1
+ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu = ru.ru_utime + ru.ru_stime - cpu0
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0].split()[1]
-print(json.dumps({"import_s": imported, "render_s": run, "peak_rss_mb": int(hwm) / 1024}))
+print(json.dumps({"import_s": imported, "render_s": run, "cpu_s": cpu, "peak_rss_mb": int(hwm) / 1024}))
 """
 
 OURS_HEAD = """
-import json, sys, time
+import json, resource, sys, time
 t0 = time.perf_counter()
 import matplotlib
 matplotlib.use("Agg")
@@ -52,11 +55,12 @@ import tissuestack.ops
 import tissuestack.query
 imported = time.perf_counter() - t0
 t1 = time.perf_counter()
+cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 sdata = ts.read_zarr(sys.argv[1])
 """
 
 REF_HEAD = """
-import json, sys, time, warnings
+import json, resource, sys, time, warnings
 warnings.filterwarnings("ignore")
 t0 = time.perf_counter()
 import matplotlib
@@ -66,6 +70,7 @@ import spatialdata as sd
 import spatialdata_plot  # noqa: F401  (registers sdata.pl)
 imported = time.perf_counter() - t0
 t1 = time.perf_counter()
+cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 sdata = sd.read_zarr(sys.argv[1])
 """
 
@@ -150,7 +155,8 @@ def report(label: str, results: dict) -> None:
             print(f"[{label}] {tool:17s} read+render+save > {r['timeout_s']:.0f} s (stopped)   {load}")
             continue
         print(
-            f"[{label}] {tool:17s} read+render+save {r['render_s']:7.2f} s   import {r['import_s']:5.2f} s   "
+            f"[{label}] {tool:17s} read+render+save {r['render_s']:7.2f} s (CPU {r['cpu_s']:6.1f} s)   "
+            f"import {r['import_s']:5.2f} s   "
             f"process {r['wall_s']:7.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   "
             f"png {r['png_bytes'] / 1e3:6.0f} kB   {load}",
             flush=True,
