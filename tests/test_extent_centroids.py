@@ -473,3 +473,23 @@ def test_centroids_dask_backed_labels_not_loaded_eagerly():
     arr = da.from_array(np.arange(16).reshape(4, 4) % 3, chunks=2)
     df = get_centroids(Labels2DModel.parse(arr)).compute()
     assert df.index.tolist() == [1, 2]
+
+
+def test_points_extent_of_a_store_comes_from_row_group_statistics(tmp_path, monkeypatch):
+    from tissuestack import read_zarr
+    from tissuestack.ops import _extent
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.uniform(-3, 7, 1000), "y": rng.uniform(2, 5, 1000)})
+    SpatialData(points={"p": PointsModel.parse(frame)}).write(tmp_path / "s.zarr")
+    sdata = read_zarr(tmp_path / "s.zarr")
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the extent read the rows")
+
+    monkeypatch.setattr(_extent.dask, "compute", no_compute)
+    box = get_extent(sdata["p"])
+    assert box["x"] == pytest.approx((frame.x.min(), frame.x.max()))
+    assert box["y"] == pytest.approx((frame.y.min(), frame.y.max()))
+    with pytest.raises(AssertionError, match="read the rows"):  # a derived frame has no statistics
+        get_extent(sdata["p"][sdata["p"].x > 0])

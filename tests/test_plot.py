@@ -475,3 +475,294 @@ def test_cli_draws_shapes_without_the_colour_key_as_outlines(tmp_path):
         target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
         # a cell covers ~30 x 30 px; a legend patch ~150 px
         assert (np.abs(rgb - target).sum(axis=1) < 10).sum() > 400, hex_colour
+
+
+# ------------------------------------------------------------------------------------------------ raster paths
+def _edges(pixels: np.ndarray, grow: int = 2) -> np.ndarray:
+    """Pixels near a change of colour in ``pixels`` (anti-aliased edges), as a mask."""
+    from scipy import ndimage
+
+    diff = np.zeros(pixels.shape[:2], dtype=bool)
+    d_rows = np.abs(np.diff(pixels, axis=0)).sum(-1) > 30
+    d_cols = np.abs(np.diff(pixels, axis=1)).sum(-1) > 30
+    diff[1:] |= d_rows
+    diff[:-1] |= d_rows
+    diff[:, 1:] |= d_cols
+    diff[:, :-1] |= d_cols
+    return ndimage.binary_dilation(diff, iterations=grow)
+
+
+def _same_picture(chain_of, crop, px: int = 300, min_equal: float = 0.97, min_away: float = 0.3):
+    """Draw ``chain_of(method)`` both ways; the fraction of pixels of equal colour away from edges."""
+    vector, ax = _draw(chain_of("matplotlib"), crop=crop, px=px)
+    assert not ax.images  # paths
+    raster, ax = _draw(chain_of("datashader"), crop=crop, px=px)
+    assert len(ax.images) >= 1 and not ax.collections  # one image
+    away = ~(_edges(vector) | _edges(raster))
+    assert away.mean() > min_away  # enough interior to compare
+    equal = (np.abs(vector - raster).sum(-1) <= 12)[away].mean()
+    assert equal >= min_equal, equal
+    print("same picture", away.mean(), equal)
+    return vector, raster
+
+
+def _cells(n_side: int = 12, seed: int = 0) -> SpatialData:
+    """A grid of irregular polygons (some with a hole, one multipolygon) annotated by a table."""
+    rng = np.random.default_rng(seed)
+    geoms = []
+    for i in range(n_side):
+        for j in range(n_side):
+            cx, cy = 10 * i + 5, 10 * j + 5
+            angles = np.arange(9) * (2 * np.pi / 9) + rng.uniform(0, 0.4, 9)
+            radii = rng.uniform(2.5, 4.5, 9)
+            ring = np.column_stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)])
+            holes = [shapely.box(cx - 1, cy - 1, cx + 1, cy + 1).exterior.coords] if (i + j) % 5 == 0 else []
+            geoms.append(shapely.Polygon(ring, holes=holes))
+    geoms[7] = shapely.MultiPolygon([shapely.box(71, 1, 74, 4), shapely.box(76, 6, 79, 9)])
+    n = len(geoms)
+    ids = np.arange(1, n + 1)
+    shapes = ShapesModel.parse(gpd.GeoDataFrame({"size": rng.uniform(0, 1, n)}, geometry=geoms, index=ids))
+    kind = pd.Categorical(rng.choice(["a", "b", "c"], n), categories=["a", "b", "c"])
+    kind[::11] = np.nan  # missing: na_color
+    table = ad.AnnData(
+        X=rng.uniform(0, 10, (n, 1)),
+        obs=pd.DataFrame(
+            {"cell_id": ids, "region": pd.Categorical(["cells"] * n), "kind": kind},
+            index=[f"c{i}" for i in ids],
+        ),
+        var=pd.DataFrame(index=["geneA"]),
+    )
+    table.uns["kind_colors"] = np.array(["#d62728", "#2ca02c", "#1f77b4"], dtype=object)
+    table = TableModel.parse(table, region="cells", region_key="region", instance_key="cell_id")
+    return SpatialData(shapes={"cells": shapes}, tables={"table": table})
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"color": "kind", "na_color": "#ff00ff"},  # categories from uns, missing values
+        {"color": "kind", "groups": ["a", "c"], "fill_alpha": 0.5},  # groups, translucent
+        {"color": "geneA", "cmap": "magma"},  # continuous, from X
+        {"color": "size", "cmap": "viridis", "norm": matplotlib.colors.Normalize(0.2, 0.8)},  # element column
+        {"color": "orange", "fill_alpha": 0.7},
+    ],
+)
+def test_shapes_raster_matches_paths(options):
+    sdata = _cells()
+    _same_picture(lambda m: sdata.pl.render_shapes("cells", method=m, **options), crop=(0, 120, 0, 120))
+
+
+def test_shapes_raster_outlines_match_paths():
+    sdata = _cells()
+
+    def chain(m, width=1.5):
+        return sdata.pl.render_shapes(
+            "cells", color="kind", outline_alpha=1.0, outline_color="black", outline_width=width, method=m
+        )
+
+    vector, raster = _same_picture(chain, crop=(0, 120, 0, 120), min_away=0.1)
+    from scipy import ndimage
+
+    for width in (1.5, 4.0):
+        vector, _ = _draw(chain("matplotlib", width), crop=(0, 120, 0, 120), px=200)
+        raster, _ = _draw(chain("datashader", width), crop=(0, 120, 0, 120), px=200)
+        dark_v = vector.sum(-1) < 150
+        dark_r = raster.sum(-1) < 150
+        ratio = dark_r.sum() / dark_v.sum()
+        assert 0.7 < ratio < 1.4, (width, ratio)  # about as much outline
+        # where the outline is: raster outline pixels lie on (or next to) the paths' outlines
+        near = ndimage.binary_dilation(dark_v, iterations=1)
+        assert dark_r[near].sum() / dark_r.sum() > 0.95, width
+
+
+def test_shapes_raster_circles_true_radius_under_affine():
+    # an anisotropic, sheared affine: circles become ellipses, both ways
+    affine = Affine(np.array([[2.0, 0.6, 10.0], [0.0, 1.2, 5.0], [0.0, 0.0, 1.0]]), ("x", "y"), ("x", "y"))
+    centres = np.array([[10.0 * i + 5, 10.0 * j + 5] for i in range(6) for j in range(6)])
+    circles = ShapesModel.parse(
+        pd.DataFrame(centres, columns=["x", "y"]).to_numpy(),
+        radius=np.linspace(2.0, 4.5, len(centres)),
+        transformations={"global": affine},
+    )
+    sdata = SpatialData(shapes={"c": circles})
+    sdata["c"]["v"] = np.arange(len(centres), dtype=float)
+    _same_picture(lambda m: sdata.pl.render_shapes("c", color="v", method=m), crop=(0, 200, 0, 100), px=300)
+    # the picture is right, not only the same: the last circle (r 4.5 at (55, 55)) is the ellipse of the affine
+    linear = np.array([[2.0, 0.6], [0.0, 1.2]])
+    cx, cy = linear @ np.array([55.0, 55.0]) + np.array([10.0, 5.0])
+    pixels, ax = _draw(
+        sdata.pl.render_shapes("c", color="red", method="datashader"), crop=(0, 200, 0, 100), px=300
+    )
+    for direction in ([1.0, 0.0], [0.0, 1.0], [-0.7071, 0.7071]):
+        d = np.asarray(direction)
+        edge = 4.5 / np.linalg.norm(np.linalg.solve(linear, d))  # distance to the ellipse along d
+        assert _close(_at(pixels, ax, *(np.array([cx, cy]) + 0.9 * edge * d)), RED), direction
+        assert _close(_at(pixels, ax, *(np.array([cx, cy]) + 1.1 * edge * d)), (255, 255, 255)), direction
+
+
+def test_many_shapes_default_to_the_raster_path(monkeypatch):
+    from tissuestack.pl import _render
+
+    rng = np.random.default_rng(1)
+    sdata = SpatialData(shapes={"c": ShapesModel.parse(rng.uniform(0, 100, (12_000, 2)), radius=0.3)})
+    _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 100, 0, 100))
+    assert not ax.images and len(ax.collections) == 1  # below the minimum: paths
+    monkeypatch.setattr(_render, "SHAPES_RASTER_MINIMUM", 10_000)
+    _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 100, 0, 100))
+    assert len(ax.images) == 1 and not ax.collections
+    _, ax = _draw(sdata.pl.render_shapes("c", color="red"), crop=(0, 10, 0, 10))  # few shapes in the crop
+    assert not ax.images and len(ax.collections) == 1
+
+
+def test_points_datashader_matches_scatter():
+    xs, ys = np.meshgrid(np.arange(5.0, 100, 10), np.arange(5.0, 100, 10))
+    n = xs.size
+    frame = pd.DataFrame(
+        {
+            "x": xs.ravel(),
+            "y": ys.ravel(),
+            "gene": pd.Categorical(np.array(["g1", "g2", "g3"])[np.arange(n) % 3]),
+        }
+    )
+    sdata = SpatialData(points={"tx": PointsModel.parse(frame, feature_key="gene")})
+    _same_picture(
+        lambda m: sdata.pl.render_points("tx", color="gene", size=40, method=m),
+        crop=(0, 100, 0, 100),
+        px=200,
+        min_away=0.05,
+    )
+
+
+def test_crop_reads_only_the_points_and_shapes_in_view(tmp_path, monkeypatch):
+    from tissuestack.pl import _render
+    from tissuestack.store._points import PointsScan
+
+    rng = np.random.default_rng(2)
+    n = 300_000
+    frame = pd.DataFrame({"x": rng.uniform(0, 100, n), "y": rng.uniform(0, 100, n)})
+    centres = rng.uniform(0, 100, (2_000, 2))
+    SpatialData(
+        points={"p": PointsModel.parse(frame)}, shapes={"c": ShapesModel.parse(centres, radius=0.5)}
+    ).write(tmp_path / "s.zarr")
+    from tissuestack import read_zarr
+
+    sdata = read_zarr(tmp_path / "s.zarr")
+    rows_read = []
+    read = PointsScan.read
+    monkeypatch.setattr(
+        PointsScan, "read", lambda self, task: rows_read.append(len(out := read(self, task))) or out
+    )
+    queried = []
+    query = _render.query_shapes
+    monkeypatch.setattr(_render, "query_shapes", lambda *a: queried.append(len(out := query(*a)[0])) or [out])
+    chain = sdata.pl.render_points("p", color="red", method="datashader").pl.render_shapes("c", color="blue")
+    pixels, _ = _draw(chain, crop=(0, 20, 0, 20))
+    # the points: only the row groups meeting the crop (the store is written spatially sorted)
+    assert 0 < sum(rows_read) < n / 2, sum(rows_read)
+    # the shapes: only those meeting the crop, through the spatial query
+    inside = ((centres > -0.5) & (centres < 20.5)).all(axis=1).sum()
+    assert queried == [inside] and inside < 200
+    assert (np.abs(pixels - np.array(RED)).sum(-1) < 40).mean() > 0.2  # points drawn
+
+
+# ------------------------------------------------------------------------------------------------ scale bar
+def test_scalebar_from_the_coordinate_system_unit(tmp_path):
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    from tissuestack import read_zarr
+    from tissuestack.elements import get_meta
+    from tissuestack.pl._accessor import unit_scalebar
+
+    assert unit_scalebar(100, "micrometer") == (20, "20 µm")
+    assert unit_scalebar(10_000, "micrometer") == (2000, "2 mm")
+    assert unit_scalebar(100, "nanometer") == (20, "20 nm")
+    assert unit_scalebar(3, "millimeter") == (0.5, "500 µm")
+    assert unit_scalebar(100, "pixel") == (20, "20 pixel")
+    sdata = _squares()
+    get_meta(sdata["cells"]).units = {"global": {"x": "micrometer", "y": "micrometer"}}
+    sdata.write(tmp_path / "s.zarr")  # the unit is stored with the transformation (NGFF output axes) ...
+    sdata = read_zarr(tmp_path / "s.zarr")
+    assert get_meta(sdata["cells"]).units == {"global": {"x": "micrometer", "y": "micrometer"}}
+    # ... and a plot of that coordinate system gets a scale bar without being asked
+    fig = Figure(figsize=(2, 2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    sdata.pl.render_shapes("cells", color="#cccccc").pl.show(
+        ax=ax, crop=(0, 100, 0, 100), legend_loc=None, return_ax=True
+    )
+    bars = [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    assert len(bars) == 1 and bars[0].txt_label.get_text() == "20 µm"
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    dark = pixels.sum(-1) < 100
+    # the bar: a dark horizontal run in the lower right, 20 units = 40 px long (200 px for 100 units)
+    lower_right = dark[100:, 100:]
+    runs = lower_right.sum(axis=1)
+    assert 38 <= runs.max() <= 42, runs.max()
+    assert not dark[:100].any()  # nothing dark elsewhere (the cells are light grey)
+    ax = sdata.pl.render_shapes("cells").pl.show(crop=(0, 100, 0, 100), scalebar=False, return_ax=True)
+    assert not [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+    # without a unit, no scale bar unless scalebar_dx is given
+    ax = _squares().pl.render_shapes("cells").pl.show(crop=(0, 100, 0, 100), return_ax=True)
+    assert not [a for a in ax.artists if isinstance(a, AnchoredSizeBar)]
+
+
+@pytest.mark.parametrize("circles", [False, True])
+def test_shapes_smaller_than_a_pixel_still_show_when_rasterised(circles):
+    # 0.3-unit shapes, 1 unit per output pixel: no shape covers a pixel centre
+    rng = np.random.default_rng(3)
+    centres = np.column_stack([rng.integers(5, 95, 300) + 0.2, rng.integers(5, 95, 300) + 0.6])
+    kind = pd.Categorical(np.where(np.arange(300) % 2 == 0, "a", "b"))
+    if circles:
+        shapes = ShapesModel.parse(centres, radius=0.15)
+    else:
+        shapes = ShapesModel.parse(
+            gpd.GeoDataFrame(geometry=shapely.box(*(centres - 0.15).T, *(centres + 0.15).T))
+        )
+    shapes["kind"] = kind
+    sdata = SpatialData(shapes={"s": shapes})
+    chain = sdata.pl.render_shapes("s", color="kind", palette=["red", "blue"], method="datashader")
+    pixels, ax = _draw(chain, crop=(0, 100, 0, 100))
+    for x, y in centres:
+        colour = _at(pixels, ax, x, y)
+        assert _close(colour, RED) or _close(colour, BLUE), (x, y, colour)
+    coloured = (np.abs(pixels - np.array(RED)).sum(-1) < 30) | (np.abs(pixels - np.array(BLUE)).sum(-1) < 30)
+    assert coloured.sum() <= len(np.unique(centres.astype(int), axis=0)) + 5  # one pixel each, no more
+    # both categories keep their share where they compete for pixels
+    reds = (np.abs(pixels - np.array(RED)).sum(-1) < 30).sum()
+    assert 0.35 < reds / coloured.sum() < 0.65
+
+
+def test_points_of_a_store_drawn_as_in_memory(tmp_path, monkeypatch):
+    from tissuestack import read_zarr
+    from tissuestack.store._points import PointsScan
+
+    read_columns = []
+    read_arrays = PointsScan.read_arrays
+    monkeypatch.setattr(
+        PointsScan,
+        "read_arrays",
+        lambda self, task, cols, *a: read_columns.append(cols) or read_arrays(self, task, cols, *a),
+    )
+
+    rng = np.random.default_rng(4)
+    n = 50_000
+    frame = pd.DataFrame(
+        {
+            "x": rng.uniform(0, 100, n),
+            "y": rng.uniform(0, 100, n),
+            "gene": pd.Categorical(rng.choice(["g1", "g2", "g3"], n)),
+        }
+    )
+    frame.loc[frame.x < 50, "gene"] = "g1"  # left half one gene
+    sdata = SpatialData(points={"tx": PointsModel.parse(frame, feature_key="gene")})
+    sdata.write(tmp_path / "s.zarr")
+    stored = read_zarr(tmp_path / "s.zarr")
+    pictures = []
+    for s in (sdata, stored):
+        chain = s.pl.render_points("tx", color="gene", palette=["red", "green", "blue"], method="datashader")
+        pictures.append(_draw(chain, crop=None)[0])
+    assert np.array_equal(pictures[0], pictures[1])
+    assert read_columns and all(cols == ["x", "y", "gene"] for cols in read_columns)  # only those columns
+    assert (np.abs(pictures[1][:, 5:45] - np.array(RED)).sum(-1) < 40).mean() > 0.9

@@ -769,3 +769,22 @@ def test_ngff_error_bad_values():
     }
     with pytest.raises(TransformationError, match=r"must have shape \(3, 3\)"):
         from_ngff_dict(d)
+
+
+def test_ngff_output_axis_units_written_and_read():
+    from tissuestack.transforms import coordinate_system_units, transformations_to_ngff
+
+    lst = transformations_to_ngff(
+        {"global": Scale([0.5, 0.5], axes=("x", "y")), "pixels": Identity()},
+        ("y", "x"),
+        {"global": {"x": "micrometer", "y": "micrometer"}},
+    )
+    axes = {a["name"]: a for a in lst[0]["output"]["axes"]}
+    assert axes["x"]["unit"] == "micrometer" and axes["y"]["unit"] == "micrometer"
+    assert {a["unit"] for a in lst[1]["output"]["axes"]} == {"unit"}  # the reference's placeholder otherwise
+    assert {a["unit"] for a in lst[0]["input"]["axes"]} == {"unit"}
+    assert coordinate_system_units(lst) == {"global": {"x": "micrometer", "y": "micrometer"}}
+    assert transformations_to_ngff({"global": Identity()}, ("y", "x")) == transformations_to_ngff(
+        {"global": Identity()}, ("y", "x"), {}
+    )
+    assert coordinate_system_units([{"output": "nonsense"}, 3]) == {}

@@ -1,4 +1,4 @@
-"""Spatial metadata of elements: transformations, feature key and instance key.
+"""Spatial metadata of elements: transformations, units, feature key and instance key.
 
 Where it lives
 --------------
@@ -51,7 +51,7 @@ __all__ = [
 ATTRS_KEY = "tissuestack"
 DEFAULT_COORDINATE_SYSTEM = "global"
 
-_FIELDS = ("transformations", "feature_key", "instance_key", "source")
+_FIELDS = ("transformations", "units", "feature_key", "instance_key", "source")
 
 
 class ElementMeta:
@@ -65,6 +65,10 @@ class ElementMeta:
     transformations
         Target coordinate-system name -> transformation from the element's intrinsic coordinates. Insertion
         order is kept (it is the order written to disk). Reading gives a new dict: assign to change it.
+    units
+        Coordinate-system name -> (axis -> unit, e.g. ``{"x": "micrometer", "y": "micrometer"}``): the units of
+        the coordinate systems' space axes, as stored with the transformations (NGFF ``output`` axes); empty
+        when unknown (the reference writes the placeholder ``"unit"``). Plots draw a scale bar from them.
     feature_key
         Points only: the categorical column holding the feature (gene) identity.
     instance_key
@@ -86,12 +90,15 @@ class ElementMeta:
         instance_key: str | None = None,
         n_rows: int | None = None,
         source: tuple[str, str] | None = None,
+        units: Mapping[str, Mapping[str, str]] | None = None,
     ):
         self._attrs: dict | None = None  # the bound element's attrs
         self._data: dict[str, Any] = {"transformations": {}}
         self._record = ElementRecord()
         if transformations:
             self.transformations = dict(transformations)
+        if units:
+            self.units = units
         self.feature_key = feature_key
         self.instance_key = instance_key
         self.source = source
@@ -132,6 +139,17 @@ class ElementMeta:
     @transformations.setter
     def transformations(self, value: Mapping[str, BaseTransformation]) -> None:
         self._put("transformations", {str(cs): transformation_to_json(t) for cs, t in value.items()})
+
+    @property
+    def units(self) -> dict[str, dict[str, str]]:
+        return {cs: dict(u) for cs, u in (self._get("units") or {}).items()}
+
+    @units.setter
+    def units(self, value: Mapping[str, Mapping[str, str]] | None) -> None:
+        clean = {
+            str(cs): {str(a): str(u) for a, u in axes.items()} for cs, axes in (value or {}).items() if axes
+        }
+        self._put("units", clean or None)
 
     @property
     def feature_key(self) -> str | None:

@@ -41,6 +41,7 @@ from tissuestack.elements import get_axes, get_kind, raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._resolve import elements_in, resolve_element
+from tissuestack.store._points import points_scan
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
 __all__ = ["get_extent", "spatial_map"]
@@ -111,40 +112,32 @@ def _finite_rows(frame: dd.DataFrame, cols: list[str], name: str | None) -> dd.D
     return kept
 
 
-def _stats_bounds(ddf: Any, cols: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """Exact per-axis min/max of a points element read from a store, from its Parquet row-group statistics
-    (no row is read); ``None`` when the element has no such source or a statistic is missing or not finite."""
-    from tissuestack.elements._record import record_of
-
-    record = record_of(ddf)
-    source = record.source if record is not None else None
-    if not hasattr(source, "row_group_stats"):
+def _stats_bounds(ddf: dd.DataFrame, cols: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Min/max of ``cols`` from the Parquet row-group statistics of a frame exactly as read from a store (no rows
+    read); ``None`` when the frame is not one or a statistic is missing or not finite."""
+    scan = points_scan(ddf)
+    if scan is None:
         return None
-    try:
-        stats = source.row_group_stats()
-    except Exception:  # a source that cannot say: compute the extent from the rows
+    stats = scan.row_group_stats()
+    stats = stats[stats["n_rows"] > 0]
+    names = [f"{a}_{s}" for s in ("min", "max") for a in cols]
+    if len(stats) == 0 or not set(names) <= set(stats.columns):
         return None
-    need = [f"{a}_{b}" for a in cols for b in ("min", "max")]
-    stats = stats[stats["n_rows"] > 0] if "n_rows" in stats else stats
-    if len(stats) == 0 or not set(need) <= set(stats.columns):
-        return None
-    values = stats[need].to_numpy(dtype=np.float64)
+    values = stats[names].to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
         return None
-    lo = np.array([stats[f"{a}_min"].min() for a in cols], dtype=np.float64)
-    hi = np.array([stats[f"{a}_max"].max() for a in cols], dtype=np.float64)
-    return lo, hi
+    k = len(cols)
+    return values[:, :k].min(axis=0), values[:, k:].max(axis=0)
 
 
 def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool, name: str | None = None) -> Extent | None:
     cols = list(m.in_axes)
+    frame = ddf[cols]
     if not exact or m.axis_aligned:
         # min/max per axis are then enough: a store's row-group statistics hold them exactly
         bounds = _stats_bounds(ddf, cols)
         if bounds is not None:
             return _as_extent(m.out_axes, *_corners_extent(*bounds, m))
-    frame = ddf[cols]
-    if not exact or m.axis_aligned:
         lo, hi = dask.compute(frame.min(), frame.max(), scheduler=scheduler())
         lo = lo[cols].to_numpy(dtype=np.float64)
         hi = hi[cols].to_numpy(dtype=np.float64)

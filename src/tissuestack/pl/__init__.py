@@ -1,6 +1,6 @@
 """Static plotting: ``sdata.pl.render_images(...).pl.render_shapes(...).pl.show()``.
 
-Needs the optional dependencies matplotlib and datashader (``pip install "tissuestack[plot]"``); they are imported
+Needs the optional dependency matplotlib (``pip install "tissuestack[plot]"``); it is imported
 when something is drawn, never when tissuestack (or this module) is imported.
 """
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from tissuestack._container import SpatialData
+from tissuestack.elements import get_meta
 from tissuestack.errors import NoPathError, UnknownCoordinateSystemError, ValidationError
 from tissuestack.ops import get_extent
 from tissuestack.pl._colors import DEFAULT_NA_COLOR, Coloring
@@ -174,8 +175,9 @@ class PlotAccessor:
         size
             Marker size (matplotlib ``scatter`` ``s``, points squared).
         method
-            ``"matplotlib"`` (scatter), ``"datashader"`` (rasterised onto the panel's pixel grid: per pixel the
-            colour with most points, spread to the marker size), or ``None``: datashader above 100,000 points
+            ``"matplotlib"`` (scatter), ``"datashader"`` (binned onto the panel's pixel grid: per pixel the
+            category with most points, or the highest value of a continuous colour, spread to the marker size;
+            spatialdata-plot's name, with tissuestack's own kernels), or ``None``: binned above 100,000 points
             (after the crop).
         groups, palette, cmap, norm, na_color
             As for :meth:`render_shapes`.
@@ -220,16 +222,22 @@ class PlotAccessor:
         na_color
             Colour of shapes without a value (no table row, missing value).
         method
-            ``None`` or ``"matplotlib"``: one compound path per colour (vectorised; fine for 10^5-10^6
-            shapes).
+            ``"matplotlib"``: one compound path per colour (vectorised; anti-aliased edges).
+            ``"datashader"``: rasterised onto the panel's output pixel grid (a pixel takes the colour of the
+            shape covering its centre; outlines ``outline_width`` points wide on the shape boundaries), with
+            tissuestack's scanline kernels. ``None``: rasterised when there are at least 250,000 shapes (after the
+            crop) and more than one per 100 output pixels, else matplotlib.
 
         Notes
         -----
         Shapes of the same colour are drawn together, so where shapes of different colours overlap, the draw
-        order follows the colours, not the rows.
+        order follows the colours, not the rows. Rasterised, an overlap shows only the shape on top (matplotlib
+        blends translucent fills of different colours).
         """
-        if method not in (None, "matplotlib"):
-            raise ValueError(f"render_shapes: method must be None or 'matplotlib', got {method!r}")
+        if method not in (None, "matplotlib", "datashader"):
+            raise ValueError(
+                f"render_shapes: method must be None, 'matplotlib' or 'datashader', got {method!r}"
+            )
         return self._add("shapes", element, _options(locals()))
 
     # -------------------------------------------------------------------------------------------- show
@@ -286,6 +294,7 @@ class PlotAccessor:
         frameon: bool | None = None,
         scalebar_dx: float | None = None,
         scalebar_units: str = "um",
+        scalebar: bool | None = None,
     ) -> Any:
         """Draw the render steps, one panel per coordinate system.
 
@@ -319,6 +328,11 @@ class PlotAccessor:
             Draw a scale bar: one coordinate-system unit is ``scalebar_dx`` ``scalebar_units`` (e.g. ``1.0``,
             ``"um"`` for a coordinate system in micrometres). The bar has a round length near a fifth of the
             panel's width.
+        scalebar
+            ``None`` (default): draw a scale bar when ``scalebar_dx`` is given or when the coordinate system's x
+            axis has a unit (the NGFF ``unit`` stored with the elements' transformations, e.g.
+            ``"micrometer"``; see ``ElementMeta.units``): its length is then a round number of nm, µm, mm or m.
+            ``False``: never.
         """
         mpl = require("matplotlib")
         plt = require("matplotlib.pyplot")
@@ -353,8 +367,13 @@ class PlotAccessor:
             if frameon is False:
                 a.set_axis_off()
             _decorate(fig, a, colorings, legend_loc, colorbar)
-            if scalebar_dx is not None:
-                _scalebar(a, extent, scalebar_dx, scalebar_units)
+            if scalebar is not False:
+                if scalebar_dx is not None:
+                    _scalebar(a, extent, *_fixed_scalebar(extent[1] - extent[0], scalebar_dx, scalebar_units))
+                else:
+                    unit = self._unit(cs, items)
+                    if unit is not None:
+                        _scalebar(a, extent, *unit_scalebar(extent[1] - extent[0], unit))
         if save is not None:
             fig.savefig(save, dpi=dpi, bbox_inches="tight")
         if return_ax:
@@ -364,6 +383,14 @@ class PlotAccessor:
                 plt.close(fig)
             else:
                 plt.show()
+        return None
+
+    def _unit(self, cs: str, items: list[tuple[int, str, Any]]) -> str | None:
+        """The unit of the x axis of coordinate system ``cs`` as stored with the panel's elements, if any."""
+        for name in dict.fromkeys(n for _, n, _ in items):
+            unit = get_meta(self._sdata[name]).units.get(cs, {}).get("x")
+            if unit:
+                return unit
         return None
 
     def _extent(
@@ -436,17 +463,62 @@ def scalebar_length(width: float, dx: float) -> float:
     target = 0.2 * width * dx
     if not target > 0:
         raise ValueError(f"scalebar_dx must be positive, got {dx!r}")
-    power = 10.0 ** math.floor(math.log10(target))
-    return max(m * power for m in (1, 2, 5) if m * power <= target)
+    power = 10.0 ** math.floor(math.log10(target) + 1e-9)
+    return max(m * power for m in (1, 2, 5) if m * power <= target * (1 + 1e-9))
 
 
-def _scalebar(ax: Any, extent: tuple[float, ...], dx: float, units: str) -> None:
+#: length units (NGFF / UDUNITS names and common abbreviations) -> metres
+_METRES = {
+    "angstrom": 1e-10,
+    "nanometer": 1e-9,
+    "nanometre": 1e-9,
+    "nm": 1e-9,
+    "micrometer": 1e-6,
+    "micrometre": 1e-6,
+    "micron": 1e-6,
+    "um": 1e-6,
+    "µm": 1e-6,
+    "μm": 1e-6,
+    "millimeter": 1e-3,
+    "millimetre": 1e-3,
+    "mm": 1e-3,
+    "centimeter": 1e-2,
+    "centimetre": 1e-2,
+    "cm": 1e-2,
+    "meter": 1.0,
+    "metre": 1.0,
+    "m": 1.0,
+}
+_PREFIXES = ((1e-9, "nm"), (1e-6, "µm"), (1e-3, "mm"), (1.0, "m"))
+
+
+def _fixed_scalebar(width: float, dx: float, units: str) -> tuple[float, str]:
+    length = scalebar_length(width, dx)
+    return length / dx, f"{length:g} {units}"
+
+
+def unit_scalebar(width: float, unit: str) -> tuple[float, str]:
+    """Scale bar of a panel ``width`` coordinate units wide, one unit being ``unit``: (length in coordinate
+    units, label). Lengths are round in the best SI prefix (``"50 µm"``, ``"2 mm"``); a unit that is not a known
+    length is used as is (``"20 pixel"``)."""
+    metres = _METRES.get(unit.strip().lower()) or _METRES.get(unit.strip())
+    if metres is None:
+        return _fixed_scalebar(width, 1.0, unit)
+    length_m = scalebar_length(width, metres)
+    factor, prefix = _PREFIXES[0]
+    for f, p in _PREFIXES:
+        if length_m >= f * 0.9999:
+            factor, prefix = f, p
+    return float(f"{length_m / metres:.12g}"), f"{length_m / factor:.12g} {prefix}"
+
+
+def _scalebar(ax: Any, extent: tuple[float, ...], length: float, label: str) -> None:
+    """A scale bar ``length`` coordinate units long, labelled, at the lower right (matplotlib artists only)."""
     anchored = require("mpl_toolkits.axes_grid1.anchored_artists")
-    length = scalebar_length(extent[1] - extent[0], dx)
     bar = anchored.AnchoredSizeBar(
         ax.transData,
-        length / dx,
-        f"{length:g} {units}",
+        length,
+        label,
         "lower right",
         pad=0.4,
         color="black",

@@ -30,7 +30,7 @@ class Coloring:
     Attributes
     ----------
     ids
-        ``int`` per row: index into ``rgba``; ``-1`` for rows not drawn (outside ``groups``).
+        ``int32`` per row: index into ``rgba``; ``-1`` for rows not drawn (outside ``groups``).
     rgba
         ``(k, 4)`` float colours.
     legend
@@ -147,7 +147,7 @@ def resolve_coloring(
     mcolors = require("matplotlib.colors")
     if values is None:
         return Coloring(
-            np.zeros(n, dtype=np.intp), to_rgba(DEFAULT_COLOR if color is None else color)[None, :]
+            np.zeros(n, dtype=np.int32), to_rgba(DEFAULT_COLOR if color is None else color)[None, :]
         )
     if len(values) != n:
         raise ValueError(f"{what}: {len(values)} colour values for {n} rows")
@@ -155,7 +155,7 @@ def resolve_coloring(
     if _is_categorical(values):
         cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
         categories = [str(c) for c in cat.cat.categories]
-        codes = np.asarray(cat.cat.codes, dtype=np.intp)
+        codes = np.asarray(cat.cat.codes).astype(np.int32)  # int32 ids: 4 bytes a row
         uns_key = f"{key}_colors"
         if palette is not None:
             colors = _palette_colors(palette, categories, what)
@@ -166,7 +166,7 @@ def resolve_coloring(
             if uns is not None:
                 uns[uns_key] = np.asarray(colors, dtype=object)
         rgba = np.vstack([[to_rgba(c) for c in colors] or np.empty((0, 4)), na[None, :]])
-        ids = np.where(codes < 0, len(categories), codes)
+        ids = np.where(codes < 0, np.int32(len(categories)), codes)
         shown = np.ones(len(categories), dtype=bool)
         if groups is not None:
             wanted = [groups] if isinstance(groups, str) else list(groups)
@@ -175,7 +175,7 @@ def resolve_coloring(
                 raise ValueError(f"{what}: groups {unknown} are not categories of {key!r}: {categories[:10]}")
             shown = np.isin(categories, wanted)
             ids = np.where((codes >= 0) & ~shown[np.maximum(codes, 0)], -1, ids)
-        present = np.unique(codes[codes >= 0])
+        present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(categories)))
         legend = [(categories[i], rgba[i]) for i in present if shown[i]]
         return Coloring(ids, rgba, legend=legend, key=key)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
@@ -185,7 +185,7 @@ def resolve_coloring(
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         norm = mcolors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1.0)
     scaled = np.nan_to_num(np.clip(np.asarray(norm(numbers), dtype=float), 0.0, 1.0), nan=0.0)
-    ids = np.minimum((scaled * N_LEVELS).astype(np.intp), N_LEVELS - 1)
+    ids = np.minimum((scaled * N_LEVELS).astype(np.int32), N_LEVELS - 1)
     ids = np.where(np.isfinite(numbers), ids, N_LEVELS)
     rgba = np.vstack([cmap_obj((np.arange(N_LEVELS) + 0.5) / N_LEVELS), na[None, :]])
-    return Coloring(ids.astype(np.intp), rgba, mappable=(cmap_obj, norm), key=key)
+    return Coloring(ids.astype(np.int32), rgba, mappable=(cmap_obj, norm), key=key)

@@ -7,7 +7,7 @@ from types import ModuleType
 
 __all__ = ["require"]
 
-_HINT = 'plotting needs matplotlib and datashader: pip install "tissuestack[plot]"'
+_HINT = 'plotting needs matplotlib: pip install "tissuestack[plot]"'
 
 
 def require(module: str) -> ModuleType:

@@ -8,7 +8,10 @@ Every renderer gets the element, its transformation to the panel's coordinate sy
   ``Affine2D`` of the element's transformation (rotations and shears included).
 * Shapes become one compound ``Path`` per colour (vertices from ``shapely.get_coordinates``, transformed in one
   matrix product; circles as polygons of the transformed disk, so they keep their true radius under any affine).
-* Points are scattered, or rasterised with datashader onto the canvas when there are many.
+  Many shapes for the canvas's pixels are rasterised onto the output pixel grid instead
+  (:mod:`tissuestack.pl._shapes_raster`).
+* Points are scattered, or binned onto the canvas's pixel grid when there are many (``method="datashader"``,
+  the name spatialdata-plot uses; the binning is tissuestack's own cached numba kernels).
 """
 
 from __future__ import annotations
@@ -26,16 +29,22 @@ from tissuestack._container import SpatialData
 from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
+from tissuestack.kernels._bin import bin_points_count, bin_points_max
 from tissuestack.ops._extent import spatial_map
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
+from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
 from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
 from tissuestack.query._bbox import Region, query_points, query_shapes
+from tissuestack.store._points import points_scan
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
-__all__ = ["DATASHADER_THRESHOLD", "Canvas", "render_element"]
+__all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
 
-DATASHADER_THRESHOLD = 100_000  # points above this are rasterised with datashader (method=None)
+DATASHADER_THRESHOLD = 100_000  # points above this are rasterised (method=None)
+# shapes rasterised by method=None: at least this many (below, Agg's paths are as fast and the kernels' first
+# call in a process costs ~0.7 s), and more than one per 100 output pixels
+SHAPES_RASTER_MINIMUM = 250_000
 _MOVETO, _LINETO, _CLOSEPOLY = 1, 2, 79  # matplotlib.path.Path codes
 _PATH_VERTICES = 250_000  # vertices per compound path
 
@@ -164,7 +173,10 @@ def _percentile_norm(channel: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(finite, [1.0, 99.0])
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip((channel.astype(float) - lo) / (hi - lo), 0.0, 1.0)
+    scaled = channel.astype(np.float32)  # float32: an output picture needs no more, half the memory of float64
+    scaled -= np.float32(lo)
+    scaled *= np.float32(1.0 / (hi - lo))
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 _COMPOSITE_COLORS = ["#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff", "#ff8000", "#8000ff"]
@@ -237,13 +249,16 @@ def render_image(
         colours = [palette] if isinstance(palette, str) else list(palette)
         if len(colours) < len(idx):
             raise ValueError(f"image {name!r}: palette has {len(colours)} colours for {len(idx)} channels")
-    rgb = np.zeros((*data.shape[1:], 3))
+    rgb = np.zeros((*data.shape[1:], 3), dtype=np.float32)
     legend = []
     for c, colour in zip(idx, colours, strict=False):
         rgba = to_rgba(colour)
-        rgb += normalised(c)[..., None] * rgba[None, None, :3]
+        level = normalised(c)
+        for k in range(3):
+            if rgba[k]:
+                rgb[..., k] += level * np.float32(rgba[k])
         legend.append((str(names[c]), rgba))
-    _imshow(ax, np.clip(rgb, 0.0, 1.0), box, amap, **kwargs)
+    _imshow(ax, np.clip(rgb, 0.0, 1.0, out=rgb), box, amap, **kwargs)
     return Coloring(np.zeros(0, dtype=np.intp), np.zeros((0, 4)), legend=legend, key=f"{name} channels")
 
 
@@ -427,7 +442,7 @@ def render_shapes(
         return None
     columns = gdf.columns.drop(gdf.geometry.name)
     coloring = _element_coloring(
-        sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].to_numpy())
+        sdata, name, gdf, columns, pd.Index(gdf.index), p, n, lambda key: pd.Series(gdf[key].array)
     )
     # order the rows by colour (rows not drawn left out) before taking vertices: they come out grouped
     rows = np.flatnonzero(coloring.ids >= 0)
@@ -436,6 +451,26 @@ def render_shapes(
     if len(rows) == 0:
         return coloring
     geoms = np.asarray(gdf.geometry.array)[rows]
+    method = p.get("method")
+    if method is None:
+        method = (
+            "datashader" if rasterise_by_default(len(rows), canvas, SHAPES_RASTER_MINIMUM) else "matplotlib"
+        )
+    if method == "datashader":
+        radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows] if shapes_type(gdf) == "circles" else None
+        image = rasterize_shapes(
+            geoms,
+            radii,
+            coloring.rgba[coloring.ids[rows]],
+            amap,
+            canvas,
+            fill_alpha=float(p.get("fill_alpha", 1.0)),
+            outline_color=p.get("outline_color", "#000000"),
+            outline_alpha=float(p.get("outline_alpha", 0.0)),
+            outline_width=float(p.get("outline_width", 1.5)),
+        )
+        _imshow_canvas(ax, image, canvas, zorder=p["zorder"])
+        return coloring
     if shapes_type(gdf) == "circles":
         centres = shapely.get_coordinates(geoms)
         radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows]
@@ -473,6 +508,37 @@ def render_shapes(
 
 
 # ================================================================================================ points
+def _read_points_columns(frame: Any, wanted: list[str], whole: bool) -> pd.DataFrame:
+    """``wanted`` columns of a points frame. A whole element as read from a store is read straight from its
+    Parquet row groups as arrays (pyarrow, only those columns; categorical columns as codes), in parallel
+    tasks; anything else through dask."""
+    scan = points_scan(frame) if whole else None
+    meta = scan.meta if scan is not None else None
+    if meta is None or not set(wanted) <= set(meta.columns):
+        return frame[wanted].compute(scheduler=scheduler())
+    cats = {
+        c: meta.dtypes[c].categories
+        for c in wanted
+        if isinstance(meta.dtypes[c], pd.CategoricalDtype) and meta.dtypes[c].categories is not None
+    }
+    if any(
+        not pd.api.types.is_numeric_dtype(meta.dtypes[c]) and c not in cats for c in wanted
+    ):  # strings without known categories: dask's conversion
+        return frame[wanted].compute(scheduler=scheduler())
+    tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
+    if not tasks:
+        return meta[wanted].iloc[:0]
+    dask = require("dask")
+    parts = dask.compute(
+        *[dask.delayed(scan.read_arrays)(task, wanted, cats) for task in tasks], scheduler=scheduler()
+    )
+    out = {}
+    for c in wanted:
+        values = np.concatenate([part[c] for part in parts])
+        out[c] = pd.Categorical.from_codes(values, dtype=meta.dtypes[c], validate=False) if c in cats else values
+    return pd.DataFrame(out)
+
+
 def render_points(
     ax: Any, sdata: SpatialData, name: str, element: Any, t: BaseTransformation, canvas: Canvas, p: dict
 ) -> Coloring | None:
@@ -498,11 +564,10 @@ def render_points(
         wanted.append(meta.instance_key)
     elif isinstance(color, str) and color in columns:
         wanted.append(color)
-    pdf = frame[list(dict.fromkeys(wanted))].compute(scheduler=scheduler())
+    pdf = _read_points_columns(frame, list(dict.fromkeys(wanted)), whole=not canvas.cropped)
     n = len(pdf)
     if n == 0:
         return None
-    xy = amap.apply(pdf[["x", "y"]].to_numpy(dtype=float))
     if use_table:
         source = find_color_source(sdata, name, columns, color, p.get("table_name"))
         values, uns = table_values_by_id(sdata, name, element, source, p.get("table_layer"))
@@ -521,7 +586,7 @@ def render_points(
         )
     else:
         coloring = _element_coloring(
-            sdata, name, element, columns, None, p, n, lambda key: pd.Series(pdf[key].to_numpy())
+            sdata, name, element, columns, None, p, n, lambda key: pdf[key].reset_index(drop=True)
         )
     method = p.get("method")
     if method is None:
@@ -529,27 +594,34 @@ def render_points(
     if method not in ("matplotlib", "datashader"):
         raise ValueError(f"points {name!r}: method must be 'matplotlib' or 'datashader', got {method!r}")
     keep = coloring.ids >= 0
-    xy, ids = xy[keep], coloring.ids[keep]
+    everything = bool(keep.all())
+    x, y = (pdf[a].to_numpy() if everything else pdf[a].to_numpy()[keep] for a in ("x", "y"))
+    ids = coloring.ids if everything else coloring.ids[keep]
     size = float(p.get("size", 1.0))
     alpha = float(p.get("alpha", 1.0))
     if method == "matplotlib":
+        xy = amap.apply(np.column_stack([x, y]).astype(float))
         ax.scatter(
             xy[:, 0], xy[:, 1], s=size, c=coloring.rgba[ids], linewidths=0, alpha=alpha, zorder=p["zorder"]
         )
         return coloring
-    image = _datashade(xy, ids, coloring, canvas, size)
+    image = _datashade(x, y, amap, ids, coloring, canvas, size)
+    _imshow_canvas(ax, image, canvas, alpha=alpha, zorder=p["zorder"])
+    return coloring
+
+
+def _imshow_canvas(ax: Any, image: np.ndarray, canvas: Canvas, **kwargs: Any) -> None:
+    """Place an image of the canvas's pixel grid (row 0 at ``ymin``) over the panel."""
     ax.imshow(
         image,
         extent=(canvas.xmin, canvas.xmax, canvas.ymax, canvas.ymin),
         origin="upper",
         interpolation="nearest",
-        alpha=alpha,
-        zorder=p["zorder"],
+        **kwargs,
     )
-    return coloring
 
 
-_MODE_MAX_COLORS = 16  # up to this many colours a pixel takes the most frequent one; above, the highest id
+_MODE_MAX_CELLS = 32_000_000  # categories x pixels up to which a pixel takes its most frequent category
 
 
 def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
@@ -569,38 +641,38 @@ def _spread(image: np.ndarray, size: float, dpi: float) -> np.ndarray:
 
 
 def _datashade(
-    xy: np.ndarray, ids: np.ndarray, coloring: Coloring, canvas: Canvas, size: float
+    x: np.ndarray,
+    y: np.ndarray,
+    amap: AffineMap,
+    ids: np.ndarray,
+    coloring: Coloring,
+    canvas: Canvas,
+    size: float,
 ) -> np.ndarray:
     """RGBA image of the points on the canvas grid, spread to the marker's radius.
 
-    With few colours (categories, or one colour) a pixel takes the colour of most of its points; with many
-    (continuous values: 256 colormap levels) the highest level among its points, missing values last.
+    Categories (and one colour) a pixel takes the colour of most of its points; continuous values (256 colormap
+    levels), or more categories than a per-pixel count fits in memory, the highest level among its points,
+    missing values last. The binning is tissuestack's own kernels (:mod:`tissuestack.kernels._bin`).
     """
-    ds = require("datashader")
-    cvs = ds.Canvas(
-        plot_width=int(canvas.width_px),
-        plot_height=int(canvas.height_px),
-        x_range=(canvas.xmin, canvas.xmax),
-        y_range=(canvas.ymin, canvas.ymax),
-    )
-    image = np.zeros((int(canvas.height_px), int(canvas.width_px), 4))  # row 0 at ymin
+    height, width = int(canvas.height_px), int(canvas.width_px)
+    image = np.zeros((height, width, 4))  # row 0 at ymin
     if len(ids) == 0:
         return image
-    used = np.unique(ids)
-    if len(used) <= _MODE_MAX_COLORS:
-        codes = pd.Categorical(np.searchsorted(used, ids), categories=range(len(used)))
-        frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "c": codes})
-        counts = _spread(
-            np.asarray(cvs.points(frame, "x", "y", agg=ds.count_cat("c")).values), size, canvas.dpi
-        )
+    px, py = to_pixels(x, y, amap, canvas)  # intrinsic -> canvas pixels in one fused affine
+    used = np.flatnonzero(np.bincount(ids, minlength=len(coloring.rgba)))  # colours present (O(n), no sort)
+    categorical = coloring.mappable is None
+    if len(used) == 1 or (categorical and len(used) * height * width <= _MODE_MAX_CELLS):
+        lut = np.full(len(coloring.rgba), -1, dtype=np.int32)
+        lut[used] = np.arange(len(used))
+        codes = lut[ids]
+        counts = _spread(bin_points_count(px, py, codes, len(used), height, width), size, canvas.dpi)
         drawn = counts.max(axis=-1) > 0
         image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]
         return image
     na_id = len(coloring.rgba) - 1
     value = np.where(ids == na_id, -0.5, ids).astype(np.float64)  # missing values lose to any real value
-    frame = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "v": value})
-    top = np.nan_to_num(np.asarray(cvs.points(frame, "x", "y", agg=ds.max("v")).values), nan=-1.0)
-    top = _spread(top, size, canvas.dpi)
+    top = _spread(bin_points_max(px, py, value, -1.0, height, width), size, canvas.dpi)
     image[top >= 0] = coloring.rgba[top[top >= 0].astype(np.intp)]
     image[top == -0.5] = coloring.rgba[na_id]
     return image

@@ -643,7 +643,11 @@ def update_element_metadata(
             tuple(g.attrs.asdict().get("axes") or ()) if isinstance(element, Deferred) else get_axes(element)
         )
         g.attrs.update(
-            {"coordinateTransformations": transformations_to_ngff(meta.transformations, tuple(axes))}
+            {
+                "coordinateTransformations": transformations_to_ngff(
+                    meta.transformations, tuple(axes), meta.units
+                )
+            }
         )
     if reconsolidate:
         reconsolidate_if_needed(root)

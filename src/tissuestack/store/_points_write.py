@@ -394,6 +394,7 @@ def write_points(
             transformations=meta.transformations,
             version=version,
             sd_attrs=sd_attrs,
+            units=meta.units,
         )
     )
 

@@ -30,7 +30,12 @@ from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._registry import register_codec
 from tissuestack.store._root import ElementLocation, quiet_zarr
 from tissuestack.store._spatial_attrs import source_of, where
-from tissuestack.transforms import Identity, transformations_from_ngff, transformations_to_ngff
+from tissuestack.transforms import (
+    Identity,
+    coordinate_system_units,
+    transformations_from_ngff,
+    transformations_to_ngff,
+)
 
 __all__ = ["NGFF_VERSION_OF", "raster_meta", "raster_version", "read_raster", "write_raster"]
 
@@ -76,8 +81,13 @@ def raster_meta(attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocatio
         raise FormatError(f"{where(group, loc)}: no OME-NGFF 'multiscales' metadata")
     cts = ms[0].get("coordinateTransformations")
     if cts is None:
-        if ngff in _PLAIN_NGFF:  # plain NGFF image: place it in "global" as is
-            return ElementMeta({"global": Identity()}, source=source_of(loc))
+        if ngff in _PLAIN_NGFF:  # plain NGFF image: place it in "global" as is (with its axes' units)
+            units = {
+                str(ax["name"]): str(ax["unit"])
+                for ax in ms[0].get("axes") or ()
+                if isinstance(ax, Mapping) and ax.get("type") == "space" and ax.get("unit") and "name" in ax
+            }
+            return ElementMeta({"global": Identity()}, source=source_of(loc), units={"global": units})
         raise FormatError(f"{where(group, loc)}: multiscales[0] has no 'coordinateTransformations'")
     try:
         transformations = transformations_from_ngff(cts)
@@ -85,7 +95,7 @@ def raster_meta(attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocatio
         raise FormatError(
             f"{where(group, loc)}: invalid multiscales[0].coordinateTransformations: {err}"
         ) from err
-    return ElementMeta(transformations, source=source_of(loc))
+    return ElementMeta(transformations, source=source_of(loc), units=coordinate_system_units(cts))
 
 
 def _axes(ms0: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> tuple[str, ...]:
@@ -285,7 +295,7 @@ def write_raster(
         "axes": [{"name": a, "type": "channel" if a == "c" else "space"} for a in axes],
         "datasets": datasets,
         "name": "image" if is_image else "labels",
-        "coordinateTransformations": transformations_to_ngff(meta.transformations, axes),
+        "coordinateTransformations": transformations_to_ngff(meta.transformations, axes, meta.units),
     }
     omero = None
     if is_image:
@@ -326,7 +336,7 @@ def describe_raster(group: zarr.Group, loc: ElementLocation, attrs: Mapping[str,
 def write_raster_transformations(group: zarr.Group, element_meta: ElementMeta, axes: tuple[str, ...]) -> None:
     """Replace only ``multiscales[0].coordinateTransformations`` (metadata-only update)."""
     attrs = group.attrs.asdict()
-    encoded = transformations_to_ngff(element_meta.transformations, axes)
+    encoded = transformations_to_ngff(element_meta.transformations, axes, element_meta.units)
     if "ome" in attrs:
         attrs["ome"]["multiscales"][0]["coordinateTransformations"] = encoded
         group.attrs.update({"ome": attrs["ome"]})

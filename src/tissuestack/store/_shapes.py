@@ -241,7 +241,11 @@ def write_shapes(
         ) from err
     group.attrs.update(
         encode_spatial_attrs(
-            encoding_type="ngff:shapes", axes=axes, transformations=meta.transformations, version=version
+            encoding_type="ngff:shapes",
+            axes=axes,
+            transformations=meta.transformations,
+            version=version,
+            units=meta.units,
         )
     )
 
@@ -425,6 +429,7 @@ def write_shapes_ragged(
             transformations=meta.transformations,
             version=version,
             sd_attrs={"geos": {"name": _GEOS_NAMES[type_id], "type": type_id}},
+            units=meta.units,
         )
     )
 

@@ -10,7 +10,12 @@ import zarr
 from tissuestack.elements import ElementMeta
 from tissuestack.errors import FormatError, TransformationError
 from tissuestack.store._root import ElementLocation
-from tissuestack.transforms import BaseTransformation, transformations_from_ngff, transformations_to_ngff
+from tissuestack.transforms import (
+    BaseTransformation,
+    coordinate_system_units,
+    transformations_from_ngff,
+    transformations_to_ngff,
+)
 
 __all__ = [
     "decode_transformations",
@@ -40,12 +45,13 @@ def encode_spatial_attrs(
     transformations: Mapping[str, BaseTransformation],
     version: str,
     sd_attrs: Mapping[str, Any] | None = None,
+    units: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Group attributes of a points (``ngff:points``) or shapes (``ngff:shapes``) element."""
     return {
         "encoding-type": encoding_type,
         "axes": sorted(axes),
-        "coordinateTransformations": transformations_to_ngff(dict(transformations), tuple(axes)),
+        "coordinateTransformations": transformations_to_ngff(dict(transformations), tuple(axes), units),
         "spatialdata_attrs": {**dict(sd_attrs or {}), "version": version},
     }
 
@@ -87,4 +93,5 @@ def meta_from_attrs(
         instance_key=sd.get("instance_key"),
         n_rows=n_rows,
         source=source_of(loc),
+        units=coordinate_system_units(attrs.get("coordinateTransformations")),
     )

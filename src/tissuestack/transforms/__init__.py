@@ -18,6 +18,7 @@ from tissuestack.transforms._base import (
     compose,
 )
 from tissuestack.transforms._ngff import (
+    coordinate_system_units,
     from_ngff_dict,
     to_ngff_dict,
     transformations_from_ngff,
@@ -37,6 +38,7 @@ __all__ = [
     "affine_map",
     "apply_affine",
     "compose",
+    "coordinate_system_units",
     "from_ngff_dict",
     "to_ngff_dict",
     "transformations_from_ngff",

@@ -24,13 +24,15 @@ from tissuestack.transforms._base import (
 )
 
 __all__ = [
+    "coordinate_system_units",
     "from_ngff_dict",
     "to_ngff_dict",
     "transformations_from_ngff",
     "transformations_to_ngff",
 ]
 
-#: Placeholder unit written for every space axis (units are ignored on read).
+#: Placeholder unit written for every space axis without a known unit (the reference writes it for every axis;
+#: on read it means "no unit").
 _UNIT = "unit"
 #: Name of the output system of every member of a sequence (a quirk of the reference writer).
 _SEQUENCE_MEMBER_OUTPUT = "global"
@@ -42,17 +44,19 @@ _NOT_CONVERTIBLE = ("rotation", "byDimension")
 # writing
 
 
-def _axis_object(axis: str) -> dict[str, str]:
+def _axis_object(axis: str, unit: str | None = None) -> dict[str, str]:
     if axis == "c":
         return {"name": "c", "type": "channel"}
-    return {"name": axis, "type": "space", "unit": _UNIT}
+    return {"name": axis, "type": "space", "unit": unit or _UNIT}
 
 
-def _cs_object(name: str, axes: Axes) -> dict[str, Any]:
-    return {"name": name, "axes": [_axis_object(a) for a in axes]}
+def _cs_object(name: str, axes: Axes, units: Mapping[str, str] | None = None) -> dict[str, Any]:
+    return {"name": name, "axes": [_axis_object(a, (units or {}).get(a)) for a in axes]}
 
 
-def _encode(t: BaseTransformation, axes: Axes, output_name: str) -> dict[str, Any]:
+def _encode(
+    t: BaseTransformation, axes: Axes, output_name: str, units: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     out_axes = t.output_axes(axes)
     d: dict[str, Any]
     if isinstance(t, Identity):
@@ -78,12 +82,15 @@ def _encode(t: BaseTransformation, axes: Axes, output_name: str) -> dict[str, An
     else:
         raise TransformationError(f"cannot encode transformation of type {type(t).__name__} as NGFF JSON")
     d["input"] = _cs_object("".join(axes), axes)
-    d["output"] = _cs_object(output_name, out_axes)
+    d["output"] = _cs_object(output_name, out_axes, units)
     return d
 
 
 def to_ngff_dict(
-    transformation: BaseTransformation, input_axes: Iterable[str], output_cs_name: str
+    transformation: BaseTransformation,
+    input_axes: Iterable[str],
+    output_cs_name: str,
+    units: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Encode one transformation as a JSON-ready dict (docs/format.md §3.6).
 
@@ -95,6 +102,9 @@ def to_ngff_dict(
         The element's intrinsic axes, e.g. ``("c", "y", "x")``; they name the input coordinate system.
     output_cs_name
         Name of the target coordinate system (the ``output`` object's ``name``).
+    units
+        Axis name -> unit (e.g. ``{"x": "micrometer", "y": "micrometer"}``) of the output coordinate system's
+        space axes; other space axes get the placeholder ``"unit"``, as the reference writes for all.
 
     Returns
     -------
@@ -113,11 +123,13 @@ def to_ngff_dict(
             f"output_cs_name must be a non-empty string naming a coordinate system, got {output_cs_name!r}"
         )
     axes = _validate_axes(input_axes, "input_axes")
-    return _encode(transformation, axes, output_cs_name)
+    return _encode(transformation, axes, output_cs_name, units)
 
 
 def transformations_to_ngff(
-    mapping: Mapping[str, BaseTransformation], input_axes: Iterable[str]
+    mapping: Mapping[str, BaseTransformation],
+    input_axes: Iterable[str],
+    units: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Encode an element's transformations, one list entry per target coordinate system.
 
@@ -127,6 +139,8 @@ def transformations_to_ngff(
         Target coordinate-system name -> transformation; entries are written in insertion order.
     input_axes
         The element's intrinsic axes.
+    units
+        Coordinate-system name -> (axis -> unit) of the output systems (see :func:`to_ngff_dict`).
 
     Returns
     -------
@@ -144,7 +158,8 @@ def transformations_to_ngff(
     if not mapping:
         raise TransformationError("an element needs at least one transformation; got an empty mapping")
     axes = _validate_axes(input_axes, "input_axes")
-    return [to_ngff_dict(t, axes, name) for name, t in mapping.items()]
+    units = units or {}
+    return [to_ngff_dict(t, axes, name, units.get(name)) for name, t in mapping.items()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -325,3 +340,29 @@ def transformations_from_ngff(lst: list[dict[str, Any]]) -> dict[str, BaseTransf
         name, _ = _parse_cs(entry, "output", where)
         result[name] = _decode(entry, where)
     return result
+
+
+def coordinate_system_units(lst: Any) -> dict[str, dict[str, str]]:
+    """The units of the output coordinate systems' space axes in a stored ``coordinateTransformations`` list:
+    coordinate-system name -> (axis -> unit), only for axes with a real unit (not the placeholder ``"unit"``).
+
+    Lenient: entries that are not well formed are skipped (decoding them is
+    :func:`transformations_from_ngff`'s job, with its errors).
+    """
+    out: dict[str, dict[str, str]] = {}
+    for entry in lst if isinstance(lst, list | tuple) else ():
+        cs = entry.get("output") if isinstance(entry, Mapping) else None
+        if not isinstance(cs, Mapping) or not isinstance(cs.get("name"), str):
+            continue
+        units = {
+            str(ax["name"]): str(ax["unit"])
+            for ax in cs.get("axes") or ()
+            if isinstance(ax, Mapping)
+            and ax.get("type") == "space"
+            and isinstance(ax.get("unit"), str)
+            and ax["unit"] not in ("", _UNIT)
+            and "name" in ax
+        }
+        if units:
+            out[cs["name"]] = units
+    return out

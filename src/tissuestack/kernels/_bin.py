@@ -1,0 +1,59 @@
+"""Point binning kernels: points onto a pixel grid (the static plots' raster path for points).
+
+Pixel ``(row i, column j)`` covers ``[j, j + 1) x [i, i + 1)`` in the pixel coordinates given; a point exactly
+on the grid's far edge (``x == width`` or ``y == height``) falls in the last pixel, as in datashader. Points with
+NaN coordinates or outside the grid are skipped. Compiled with ``cache=True``, so a new process loads them
+instead of compiling (datashader compiles its aggregations in every process).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["bin_points_count", "bin_points_max"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _cell(x, y, height, width):  # pragma: no cover - numba
+    if not (x >= 0.0 and y >= 0.0 and x <= width and y <= height):  # NaN fails every comparison
+        return -1, -1
+    j = min(math.floor(x), width - 1)
+    i = min(math.floor(y), height - 1)
+    return i, j
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_points_count(px, py, codes, k, height, width):  # pragma: no cover - numba
+    """``(height, width, k)`` int32: the number of points of each code ``0..k-1`` per pixel (codes < 0
+    skipped)."""
+    out = np.zeros((height, width, k), dtype=np.int32)
+    for n in range(px.shape[0]):
+        c = codes[n]
+        if c < 0 or c >= k:
+            continue
+        i, j = _cell(px[n], py[n], height, width)
+        if i >= 0:
+            out[i, j, c] += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_points_max(px, py, values, empty, height, width):  # pragma: no cover - numba
+    """``(height, width)`` float64: the largest of ``values`` per pixel (NaN values skipped), ``empty`` where
+    no point falls."""
+    out = np.full((height, width), -np.inf)
+    for n in range(px.shape[0]):
+        v = values[n]
+        if v != v:
+            continue
+        i, j = _cell(px[n], py[n], height, width)
+        if i >= 0 and v > out[i, j]:
+            out[i, j] = v
+    for i in range(height):
+        for j in range(width):
+            if out[i, j] == -np.inf:
+                out[i, j] = empty
+    return out
