@@ -484,7 +484,12 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
         logging.basicConfig(stream=sys.stderr, format="%(name)s: %(message)s")
         logging.getLogger("tissuestack.viewer").setLevel(logging.DEBUG)
-    server, url = make_server(sdata, host=args.host, port=args.port, read_only=args.read_only, token=args.token)
+    print(f"reading what the first view of {args.store} needs ...", flush=True)
+    started = time.perf_counter()
+    server, url = make_server(
+        sdata, host=args.host, port=args.port, read_only=args.read_only, token=args.token, warm="now"
+    )
+    print(f"ready in {time.perf_counter() - started:.1f} s", flush=True)
     print(f"tissuestack viewer for {args.store} at {url}", flush=True)
     print("press Ctrl+C to stop", flush=True)
     if not args.no_browser:

@@ -83,9 +83,12 @@ def make_server(
     io_loop: Any = None,
     width: int = 900,
     height: int = 700,
+    warm: str | None = "background",
 ) -> tuple[Any, str]:
     """A started-but-not-running Bokeh server for ``sdata`` and the URL to open (with the token when one is
-    needed). ``port=0`` picks a free port."""
+    needed). ``port=0`` picks a free port. ``warm``: read what the first view needs (point coordinates and
+    colours, polygon rings, extent) before returning (``"now"``), in a background thread (``"background"``:
+    the first page may then wait for it), or not at all (``None``)."""
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
@@ -96,9 +99,11 @@ def make_server(
     if _is_remote(sdata.path):
         read_only = True  # a remote store is never written
     engine = ViewerEngine(sdata)
-    # read what the first page needs while the server starts and the browser connects
-    threading.Thread(target=engine.warm, kwargs={"width": width, "height": height}, daemon=True,
-                     name="tissuestack-viewer-warm").start()  # fmt: skip
+    if warm == "now":
+        engine.warm(width=width, height=height)
+    elif warm == "background":
+        threading.Thread(target=engine.warm, kwargs={"width": width, "height": height}, daemon=True,
+                         name="tissuestack-viewer-warm").start()  # fmt: skip
     title = f"tissuestack viewer — {sdata.path}" if sdata.path else "tissuestack viewer"
 
     def make_document(doc: Any) -> None:
