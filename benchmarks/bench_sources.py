@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
+# the shared folder next to the checkout (../shared), or next to its parent for a git worktree (../../shared)
+SHARED = next((p / "shared" for p in HERE.parents if (p / "shared" / "tools").is_dir()), HERE.parent.parent / "shared")
 OPS = ("agg_cells", "agg_spots", "fractions", "bbox", "polygon")
 
 

@@ -43,6 +43,8 @@ import numba
 import numpy as np
 import shapely
 
+from tissuestack.kernels._ragged import FlatGeometry
+
 __all__ = [
     "RegionGrid",
     "build_circle_grid",
@@ -438,13 +440,23 @@ class RegionGrid:
         return sum(a.nbytes for a in arrays)
 
 
-def polygon_edges(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def polygon_edges(geometries: np.ndarray | FlatGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Edges of the rings (exteriors and holes of every part) of each (Multi)Polygon, grouped by geometry.
 
-    Returns ``edge_start`` (int64, ``n + 1`` offsets) and ``edges`` (float64, ``n_edges x 4``: ``x0, y0, x1,
-    y1``) with each edge's endpoints in canonical order (``y0 < y1``, or ``y0 == y1`` and ``x0 <= x1``) and each
-    geometry's edges sorted by ``y0``. Empty or missing geometries have no edges.
+    ``geometries`` are shapely objects or their :class:`~tissuestack.kernels._ragged.FlatGeometry`. Returns
+    ``edge_start`` (int64, ``n + 1`` offsets) and ``edges`` (float64, ``n_edges x 4``: ``x0, y0, x1, y1``) with
+    each edge's endpoints in canonical order (``y0 < y1``, or ``y0 == y1`` and ``x0 <= x1``) and each geometry's
+    edges sorted by ``y0``. Empty or missing geometries have no edges.
     """
+    if isinstance(geometries, FlatGeometry):
+        flat = geometries
+        n = len(flat)
+        coords = flat.coords
+        ring = np.repeat(np.arange(len(flat.ring_offsets) - 1), np.diff(flat.ring_offsets))
+        owner_of_ring = np.repeat(np.arange(n), np.diff(flat.geom_ring_offsets))
+        edge_start, edges = _edges_from_coords(coords, ring, owner_of_ring, n)
+        _sort_edges_by_y(edge_start, edges)
+        return edge_start, edges
     geoms = np.asarray(geometries, dtype=object)
     n = len(geoms)
     type_id = shapely.get_type_id(geoms)
@@ -555,12 +567,12 @@ def _empty_grid(is_circle: bool, n: int, edge_start: np.ndarray, edges: np.ndarr
 
 
 def build_polygon_grid(
-    geometries: np.ndarray, *, cell_size: float | None = None, max_cells: int = MAX_GRID_CELLS
+    geometries: np.ndarray | FlatGeometry, *, cell_size: float | None = None, max_cells: int = MAX_GRID_CELLS
 ) -> RegionGrid:
     """Burn (Multi)Polygons (in the frame points will be located in) into a :class:`RegionGrid`.
 
     ``cell_size`` defaults to the median polygon extent / 12, enlarged so the grid has at most ``max_cells``
-    cells. Region ``k`` is ``geometries[k]``. Polygons are expected valid (``shapely.make_valid``); the
+    cells. Region ``k`` is ``geometries[k]`` (shapely objects or their ``FlatGeometry``). Polygons are expected valid (``shapely.make_valid``); the
     even-odd rule is applied to all their rings.
     """
     edge_start, edges = polygon_edges(geometries)
@@ -572,7 +584,10 @@ def build_polygon_grid(
     xmax = float(max(edges[:, 0].max(), edges[:, 2].max()))
     ymin = float(edges[:, 1].min())
     ymax = float(edges[:, 3].max())
-    bounds = shapely.bounds(np.asarray(geometries, dtype=object))
+    if isinstance(geometries, FlatGeometry):
+        bounds = geometries.bounds
+    else:
+        bounds = shapely.bounds(np.asarray(geometries, dtype=object))
     extent = np.fmax(bounds[:, 2] - bounds[:, 0], bounds[:, 3] - bounds[:, 1])
     extent = extent[np.isfinite(extent)]
     typical = float(np.median(extent)) if len(extent) else 0.0

@@ -1,0 +1,421 @@
+"""Shapes as flat coordinate arrays (the GeoArrow / ``shapely.to_ragged_array`` layout), decoded straight from WKB.
+
+:class:`FlatGeometry` holds the x/y coordinates of every geometry of a shapes element and the offsets that group
+them, without any shapely object:
+
+* points: ``coords[i]`` is geometry ``i`` (``NaN, NaN`` for an empty or missing point);
+* polygons and multipolygons (one layout for both, as GeoArrow's multipolygon): ring ``q`` is
+  ``coords[ring_offsets[q]:ring_offsets[q + 1]]`` (closed: its last vertex repeats the first), part ``p`` (a
+  polygon: exterior ring first, then its holes) is rings ``part_offsets[p]:part_offsets[p + 1]`` and geometry ``g``
+  is parts ``geom_offsets[g]:geom_offsets[g + 1]``. An empty polygon is one part without rings, a missing
+  geometry or an empty multipolygon has no parts (as in ``shapely.to_ragged_array``).
+
+:func:`from_wkb` decodes a binary Arrow array of WKB (ISO or extended WKB, either byte order, 2D / Z / M / ZM;
+z and m are dropped) in two passes of one numba kernel: counts, then a copy of the coordinate bytes.
+:func:`from_shapely` builds the same arrays from shapely geometries (``shapely.to_ragged_array``).
+:meth:`FlatGeometry.to_ragged` returns exactly what ``shapely.to_ragged_array`` returns for the 2D geometries
+(Polygon layout when there is no MultiPolygon), which is what the tests compare.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numba
+import numpy as np
+import pyarrow as pa
+import shapely
+
+__all__ = ["FlatGeometry", "from_shapely", "from_wkb"]
+
+POINT, POLYGON, MULTIPOLYGON = 0, 3, 6
+_MISSING = -1
+# kernel status codes
+_OK, _UNSUPPORTED, _CORRUPT = 0, 1, 2
+
+
+# ------------------------------------------------------------------------------------------------- WKB kernel
+@numba.njit(cache=True, nogil=True, inline="always")
+def _u32(data, p, little):  # pragma: no cover - compiled
+    b0 = np.int64(data[p])
+    b1 = np.int64(data[p + 1])
+    b2 = np.int64(data[p + 2])
+    b3 = np.int64(data[p + 3])
+    if little:
+        return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
+    return b3 | (b2 << 8) | (b1 << 16) | (b0 << 24)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _header(data, p, end):  # pragma: no cover - compiled
+    """``(position after the header, little endian, WKB base type, dimensions, ok)``."""
+    if p + 5 > end:
+        return p, True, 0, 2, False
+    little = data[p] == 1
+    code = _u32(data, p + 1, little)
+    p += 5
+    iso = code & 0xFFFF
+    base = iso % 1000
+    dims = 2
+    if (code & 0x80000000) != 0 or iso // 1000 == 1 or iso // 1000 == 3:
+        dims += 1
+    if (code & 0x40000000) != 0 or iso // 1000 == 2 or iso // 1000 == 3:
+        dims += 1
+    if (code & 0x20000000) != 0:  # EWKB SRID
+        p += 4
+    return p, little, base, dims, p <= end
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_wkb(data, offsets, valid, fill):  # pragma: no cover - compiled
+    """Pass 1 (``fill=False``): per geometry its type and the totals; pass 2 (``fill=True``): the arrays.
+
+    Returns ``(status, type_ids, coords, ring_offsets, part_offsets, geom_offsets, has_z)``; ``status`` is
+    ``_UNSUPPORTED`` for a geometry type other than Point/Polygon/MultiPolygon or a mix of points and polygons,
+    ``_CORRUPT`` for a value shorter than its contents.
+    """
+    n = offsets.shape[0] - 1
+    type_ids = np.full(n, -1, dtype=np.int8)
+    no_xy = np.empty((0, 2))
+    no_i = np.zeros(1, dtype=np.int64)
+    # totals (first pass) to size the arrays of the second
+    n_coords = 0
+    n_rings = 0
+    n_parts = 0
+    has_z = False
+    points = False
+    polygons = False
+    for g in range(n):
+        if not valid[g]:
+            continue
+        p = offsets[g]
+        end = offsets[g + 1]
+        p, little, base, dims, ok = _header(data, p, end)
+        if not ok:
+            return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+        if dims == 3 or dims == 4:
+            has_z = has_z or dims >= 3
+        if base == 1:
+            type_ids[g] = POINT
+            points = True
+            n_coords += 1
+            if p + 8 * dims > end:
+                return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+            continue
+        if base == 3:
+            type_ids[g] = POLYGON
+            n_polys = 1
+        elif base == 6:
+            type_ids[g] = MULTIPOLYGON
+            if p + 4 > end:
+                return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+            n_polys = _u32(data, p, little)
+            p += 4
+        else:
+            return _UNSUPPORTED, type_ids, no_xy, no_i, no_i, no_i, has_z
+        polygons = True
+        for _k in range(n_polys):
+            if base == 6:
+                p, little, pbase, dims, ok = _header(data, p, end)
+                if not ok or pbase != 3:
+                    return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+                has_z = has_z or dims >= 3
+            if p + 4 > end:
+                return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+            rings = _u32(data, p, little)
+            p += 4
+            n_parts += 1  # an empty polygon is one part without rings (as in shapely.to_ragged_array)
+            for _r in range(rings):
+                if p + 4 > end:
+                    return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+                m = _u32(data, p, little)
+                p += 4 + 8 * dims * m
+                if p > end:
+                    return _CORRUPT, type_ids, no_xy, no_i, no_i, no_i, has_z
+                n_rings += 1
+                n_coords += m
+    if points and polygons:
+        return _UNSUPPORTED, type_ids, no_xy, no_i, no_i, no_i, has_z
+    if not fill:
+        return _OK, type_ids, no_xy, no_i, no_i, no_i, has_z
+
+    if points:  # one coordinate per geometry, NaN for missing ones
+        coords = np.full((n, 2), np.nan)
+        for g in range(n):
+            if not valid[g]:
+                continue
+            p, little, base, dims, ok = _header(data, offsets[g], offsets[g + 1])
+            for a in range(2):
+                coords[g, a] = _f64(data, p + 8 * a, little)
+        return _OK, type_ids, coords, no_i, no_i, np.arange(n + 1, dtype=np.int64), has_z
+
+    coords = np.empty((n_coords, 2))
+    flat = coords.reshape(-1).view(np.uint8)
+    ring_offsets = np.empty(n_rings + 1, dtype=np.int64)
+    part_offsets = np.empty(n_parts + 1, dtype=np.int64)
+    geom_offsets = np.empty(n + 1, dtype=np.int64)
+    ring_offsets[0] = 0
+    part_offsets[0] = 0
+    geom_offsets[0] = 0
+    c = 0
+    q = 0
+    pt = 0
+    for g in range(n):
+        if valid[g]:
+            p, little, base, dims, ok = _header(data, offsets[g], offsets[g + 1])
+            n_polys = 1
+            if base == 6:
+                n_polys = _u32(data, p, little)
+                p += 4
+            for _k in range(n_polys):
+                if base == 6:
+                    p, little, pbase, dims, ok = _header(data, p, offsets[g + 1])
+                rings = _u32(data, p, little)
+                p += 4
+                for _r in range(rings):
+                    m = _u32(data, p, little)
+                    p += 4
+                    if little and dims == 2:  # the common case: the coordinate bytes as they are
+                        flat[16 * c : 16 * (c + m)] = data[p : p + 16 * m]
+                        c += m
+                        p += 16 * m
+                    else:
+                        for _i in range(m):
+                            coords[c, 0] = _f64(data, p, little)
+                            coords[c, 1] = _f64(data, p + 8, little)
+                            c += 1
+                            p += 8 * dims
+                    q += 1
+                    ring_offsets[q] = c
+                pt += 1
+                part_offsets[pt] = q
+        geom_offsets[g + 1] = pt
+    return _OK, type_ids, coords, ring_offsets, part_offsets, geom_offsets, has_z
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _f64(data, p, little):  # pragma: no cover - compiled
+    b = np.empty(8, dtype=np.uint8)
+    if little:
+        for k in range(8):
+            b[k] = data[p + k]
+    else:
+        for k in range(8):
+            b[k] = data[p + 7 - k]
+    return b.view(np.float64)[0]
+
+
+# ------------------------------------------------------------------------------------------------- bounds
+@numba.njit(cache=True, nogil=True)
+def _polygon_bounds(coords, ring_offsets, part_offsets, geom_offsets):  # pragma: no cover - compiled
+    n = geom_offsets.shape[0] - 1
+    out = np.full((n, 4), np.nan)
+    for g in range(n):
+        r0 = part_offsets[geom_offsets[g]]
+        r1 = part_offsets[geom_offsets[g + 1]]
+        c0 = ring_offsets[r0]
+        c1 = ring_offsets[r1]
+        if c1 == c0:
+            continue
+        xmin = np.inf
+        ymin = np.inf
+        xmax = -np.inf
+        ymax = -np.inf
+        for i in range(c0, c1):
+            x = coords[i, 0]
+            y = coords[i, 1]
+            if x < xmin:
+                xmin = x
+            if x > xmax:
+                xmax = x
+            if y < ymin:
+                ymin = y
+            if y > ymax:
+                ymax = y
+        out[g, 0] = xmin
+        out[g, 1] = ymin
+        out[g, 2] = xmax
+        out[g, 3] = ymax
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _polygon_areas(coords, ring_offsets, part_offsets, geom_offsets):  # pragma: no cover - compiled
+    """Shoelace area per geometry: a part's exterior ring minus its holes (absolute ring areas)."""
+    n = geom_offsets.shape[0] - 1
+    out = np.zeros(n)
+    for g in range(n):
+        total = 0.0
+        for pt in range(geom_offsets[g], geom_offsets[g + 1]):
+            for q in range(part_offsets[pt], part_offsets[pt + 1]):
+                a = 0.0
+                c0 = ring_offsets[q]
+                x0 = coords[c0, 0]
+                y0 = coords[c0, 1]
+                for i in range(c0 + 1, ring_offsets[q + 1] - 1):  # fan from the first vertex (closed ring)
+                    a += (coords[i, 0] - x0) * (coords[i + 1, 1] - y0) - (coords[i + 1, 0] - x0) * (coords[i, 1] - y0)
+                a = abs(0.5 * a)
+                total += a if q == part_offsets[pt] else -a
+        out[g] = total
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- the arrays
+@dataclass(frozen=True, eq=False)
+class FlatGeometry:
+    """Points or (multi)polygons as flat x/y arrays (see the module notes).
+
+    Attributes
+    ----------
+    geom_type
+        ``0`` (points) or ``6`` (polygons and multipolygons, one layout).
+    coords
+        ``float64 (m, 2)``.
+    ring_offsets, part_offsets, geom_offsets
+        ``int64`` offsets (polygons; for points ``geom_offsets`` is ``0..n`` and the others are ``[0]``).
+    type_ids
+        Per geometry its shapely type id (``0``, ``3``, ``6``; ``-1`` missing).
+    has_z
+        Whether the source had z coordinates (dropped here).
+    """
+
+    geom_type: int
+    coords: np.ndarray
+    ring_offsets: np.ndarray
+    part_offsets: np.ndarray
+    geom_offsets: np.ndarray
+    type_ids: np.ndarray
+    has_z: bool = False
+
+    def __len__(self) -> int:
+        return len(self.geom_offsets) - 1
+
+    @property
+    def is_points(self) -> bool:
+        return self.geom_type == POINT
+
+    @cached_property
+    def bounds(self) -> np.ndarray:
+        """``(n, 4)`` xmin, ymin, xmax, ymax per geometry (NaN for empty or missing ones), as ``shapely.bounds``."""
+        if self.is_points:
+            return np.column_stack([self.coords, self.coords])
+        return _polygon_bounds(self.coords, self.ring_offsets, self.part_offsets, self.geom_offsets)
+
+    @cached_property
+    def geom_ring_offsets(self) -> np.ndarray:
+        """Geometry ``g``'s rings are ``geom_ring_offsets[g]:geom_ring_offsets[g + 1]``."""
+        return self.part_offsets[self.geom_offsets]
+
+    @cached_property
+    def ring_sign(self) -> np.ndarray:
+        """``+1.0`` for a polygon's exterior ring (the first of its part), ``-1.0`` for a hole."""
+        sign = np.full(len(self.ring_offsets) - 1, -1.0)
+        sign[self.part_offsets[:-1][np.diff(self.part_offsets) > 0]] = 1.0
+        return sign
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        return np.ascontiguousarray(self.coords[:, 0])
+
+    @cached_property
+    def y(self) -> np.ndarray:
+        return np.ascontiguousarray(self.coords[:, 1])
+
+    @cached_property
+    def areas(self) -> np.ndarray:
+        """Area of each geometry (shoelace per ring: exteriors add, holes subtract; 0 for points)."""
+        n = len(self)
+        if self.is_points or len(self.coords) == 0:
+            return np.zeros(n)
+        return _polygon_areas(self.coords, self.ring_offsets, self.part_offsets, self.geom_offsets)
+
+    def transformed(self, linear: np.ndarray, offset: np.ndarray) -> FlatGeometry:
+        """The geometries under the affine map ``p -> linear @ p + offset`` (2 x 2, 2)."""
+        coords = self.coords @ np.asarray(linear, dtype=np.float64).T + np.asarray(offset, dtype=np.float64)
+        return FlatGeometry(
+            self.geom_type, coords, self.ring_offsets, self.part_offsets, self.geom_offsets, self.type_ids, False
+        )
+
+    def to_ragged(self) -> tuple[shapely.GeometryType, np.ndarray, tuple[np.ndarray, ...]]:
+        """``(geometry type, coords, offsets)`` as ``shapely.to_ragged_array`` gives them for 2D geometries."""
+        if self.is_points:
+            return shapely.GeometryType.POINT, self.coords, ()
+        if (self.type_ids == MULTIPOLYGON).any():
+            offsets = (self.ring_offsets, self.part_offsets, self.geom_offsets)
+            return shapely.GeometryType.MULTIPOLYGON, self.coords, offsets
+        return shapely.GeometryType.POLYGON, self.coords, (self.ring_offsets, self.geom_ring_offsets)
+
+    def to_shapely(self) -> np.ndarray:
+        """Shapely geometries of the recorded types (``shapely.from_ragged_array``); missing ones are ``None``."""
+        kind, coords, offsets = self.to_ragged()
+        geoms = shapely.from_ragged_array(kind, coords, offsets or None)
+        if kind == shapely.GeometryType.MULTIPOLYGON:
+            single = np.flatnonzero(self.type_ids == POLYGON)
+            first = shapely.get_geometry(geoms[single], 0)
+            first[shapely.is_missing(first)] = shapely.Polygon()
+            geoms[single] = first
+        geoms[self.type_ids == _MISSING] = None
+        return geoms
+
+
+def _binary_parts(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if isinstance(wkb, pa.ChunkedArray):
+        wkb = wkb.combine_chunks() if wkb.num_chunks != 1 else wkb.chunk(0)
+    if isinstance(wkb, pa.ExtensionArray):
+        wkb = wkb.storage
+    n = len(wkb)
+    offset_type = np.int64 if pa.types.is_large_binary(wkb.type) else np.int32
+    buffers = wkb.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=offset_type)[wkb.offset : wkb.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    valid = ~wkb.is_null().to_numpy(zero_copy_only=False)
+    return data, offsets, valid
+
+
+def from_wkb(wkb: pa.Array | pa.ChunkedArray) -> FlatGeometry:
+    """Decode a binary Arrow array of WKB points or (multi)polygons into a :class:`FlatGeometry`.
+
+    Raises
+    ------
+    ValueError
+        For other geometry types, a mix of points and polygons, or a truncated value.
+    """
+    data, offsets, valid = _binary_parts(wkb)
+    status, type_ids, *_ = _decode_wkb(data, offsets, valid, False)
+    if status == _OK:
+        status, type_ids, coords, ring_o, part_o, geom_o, has_z = _decode_wkb(data, offsets, valid, True)
+    if status == _CORRUPT:
+        raise ValueError("WKB value truncated or corrupt: its counts run past its end")
+    if status == _UNSUPPORTED:
+        raise ValueError("flat coordinates need all Points or all Polygon/MultiPolygon geometries")
+    present = type_ids[type_ids >= 0]
+    geom_type = POINT if len(present) and present[0] == POINT else MULTIPOLYGON
+    return FlatGeometry(geom_type, coords, ring_o, part_o, geom_o, type_ids, bool(has_z))
+
+
+def from_shapely(geoms: np.ndarray) -> FlatGeometry:
+    """The :class:`FlatGeometry` of shapely Points or (Multi)Polygons (via ``shapely.to_ragged_array``)."""
+    geoms = np.asarray(geoms, dtype=object)
+    type_ids = shapely.get_type_id(geoms).astype(np.int8)
+    has_z = bool(shapely.has_z(geoms).any())
+    present = type_ids[type_ids >= 0]
+    n = len(geoms)
+    if len(present) and (present == POINT).all():
+        coords = np.asarray(shapely.to_ragged_array(geoms, include_z=False)[1], dtype=np.float64)  # NaN: empty
+        none = np.zeros(1, dtype=np.int64)
+        return FlatGeometry(POINT, coords, none, none, np.arange(n + 1, dtype=np.int64), type_ids, has_z)
+    if not np.isin(present, (POLYGON, MULTIPOLYGON)).all():
+        raise ValueError("flat coordinates need all Points or all Polygon/MultiPolygon geometries")
+    kind, coords, offsets = shapely.to_ragged_array(geoms, include_z=False)
+    offsets = tuple(np.asarray(o, dtype=np.int64) for o in offsets)
+    if kind == shapely.GeometryType.MULTIPOLYGON:
+        ring_o, part_o, geom_o = offsets
+    else:  # polygons: one part per polygon (empty ones too), none for missing geometries
+        ring_o, rings_of_geom = offsets
+        present_mask = type_ids >= 0
+        part_o = np.append(rings_of_geom[:-1][present_mask], rings_of_geom[-1]).astype(np.int64)
+        geom_o = np.concatenate([[0], np.cumsum(present_mask)]).astype(np.int64)
+    return FlatGeometry(
+        MULTIPOLYGON, np.ascontiguousarray(coords, dtype=np.float64), ring_o, part_o, geom_o, type_ids, has_z
+    )
