@@ -168,3 +168,21 @@ def test_in_memory_shapes_get_the_same_arrays():
     flat = flat_geometry(gdf)
     assert flat_geometry(gdf) is flat
     _assert_ragged(flat, CASES["multipolygons and polygons"])
+
+
+def test_box_pairs_equal_strtree_query():
+    from tissuestack.kernels._ragged import box_pairs
+
+    rng = np.random.default_rng(3)
+    for n_q, n_t in ((500, 40), (30, 800), (200, 200)):
+        q = rng.uniform(0, 100, (n_q, 2))
+        qb = np.column_stack([q, q + rng.uniform(0, 8, (n_q, 2))])
+        t = rng.uniform(0, 100, (n_t, 2))
+        tb = np.column_stack([t, t + rng.uniform(0, 15, (n_t, 2))])
+        tb[:3] = np.nan  # missing boxes meet nothing
+        qb[5] = [10, 10, 10, 10]  # a point box
+        i, j = box_pairs(qb, tb)
+        tree = shapely.STRtree(shapely.box(*tb.T))
+        ei, ej = tree.query(shapely.box(*qb.T))
+        assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(zip(ei.tolist(), ej.tolist(), strict=True))
+        assert (np.diff(i) >= 0).all()

@@ -419,3 +419,93 @@ def from_shapely(geoms: np.ndarray) -> FlatGeometry:
     return FlatGeometry(
         MULTIPOLYGON, np.ascontiguousarray(coords, dtype=np.float64), ring_o, part_o, geom_o, type_ids, has_z
     )
+
+
+# ------------------------------------------------------------------------------------------------- box joins
+@numba.njit(cache=True, nogil=True)
+def _box_pairs(qb, tb, x0, y0, inv_h, nx, ny):  # pragma: no cover - compiled
+    """Pairs ``(i, j)`` of query box ``qb[i]`` and tree box ``tb[j]`` that meet (closed boxes), through a grid
+    of ``nx x ny`` cells of side ``1 / inv_h`` holding the tree boxes (CSR); NaN boxes meet nothing."""
+    n_t = tb.shape[0]
+    n_q = qb.shape[0]
+    count = np.zeros(nx * ny + 1, dtype=np.int64)
+    for pass_ in range(2):
+        if pass_ == 1:
+            for k in range(nx * ny):
+                count[k + 1] += count[k]
+            cells = np.empty(count[nx * ny], dtype=np.int64)
+            pos = count[:-1].copy()
+        for j in range(n_t):
+            if not (tb[j, 0] <= tb[j, 2] and tb[j, 1] <= tb[j, 3]):
+                continue
+            c0 = min(max(int((tb[j, 0] - x0) * inv_h), 0), nx - 1)
+            c1 = min(max(int((tb[j, 2] - x0) * inv_h), 0), nx - 1)
+            r0 = min(max(int((tb[j, 1] - y0) * inv_h), 0), ny - 1)
+            r1 = min(max(int((tb[j, 3] - y0) * inv_h), 0), ny - 1)
+            for r in range(r0, r1 + 1):
+                for c in range(c0, c1 + 1):
+                    if pass_ == 0:
+                        count[r * nx + c + 1] += 1
+                    else:
+                        cells[pos[r * nx + c]] = j
+                        pos[r * nx + c] += 1
+    seen = np.full(n_t, -1, dtype=np.int64)
+    out_q = np.empty(max(16, n_q), dtype=np.int64)
+    out_t = np.empty(max(16, n_q), dtype=np.int64)
+    m = 0
+    for i in range(n_q):
+        ax0 = qb[i, 0]
+        ay0 = qb[i, 1]
+        ax1 = qb[i, 2]
+        ay1 = qb[i, 3]
+        if not (ax0 <= ax1 and ay0 <= ay1):
+            continue
+        c0 = min(max(int((ax0 - x0) * inv_h), 0), nx - 1)
+        c1 = min(max(int((ax1 - x0) * inv_h), 0), nx - 1)
+        r0 = min(max(int((ay0 - y0) * inv_h), 0), ny - 1)
+        r1 = min(max(int((ay1 - y0) * inv_h), 0), ny - 1)
+        for r in range(r0, r1 + 1):
+            for c in range(c0, c1 + 1):
+                k = r * nx + c
+                for e in range(count[k], count[k + 1]):
+                    j = cells[e]
+                    if seen[j] == i:
+                        continue
+                    seen[j] = i
+                    if tb[j, 0] <= ax1 and tb[j, 2] >= ax0 and tb[j, 1] <= ay1 and tb[j, 3] >= ay0:
+                        if m == out_q.shape[0]:
+                            grown_q = np.empty(2 * m, dtype=np.int64)
+                            grown_t = np.empty(2 * m, dtype=np.int64)
+                            grown_q[:m] = out_q
+                            grown_t[:m] = out_t
+                            out_q = grown_q
+                            out_t = grown_t
+                        out_q[m] = i
+                        out_t[m] = j
+                        m += 1
+    return out_q[:m].copy(), out_t[:m].copy()
+
+
+def box_pairs(query: np.ndarray, tree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(i, j)`` whose boxes ``query[i]`` and ``tree[j]`` (``xmin, ymin, xmax, ymax``) meet, boundaries
+    included (as ``shapely.STRtree.query`` of the boxes); boxes with NaN meet nothing. Ordered by ``i``.
+
+    The tree boxes are bucketed into a uniform grid whose cells are about the median tree box size (at most about
+    4 cells per tree box), so the cost is about linear in the number of boxes and pairs.
+    """
+    qb = np.ascontiguousarray(query, dtype=np.float64).reshape(-1, 4)
+    tb = np.ascontiguousarray(tree, dtype=np.float64).reshape(-1, 4)
+    ok = (tb[:, 0] <= tb[:, 2]) & (tb[:, 1] <= tb[:, 3])
+    if not ok.any() or len(qb) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty.copy()
+    good = tb[ok]
+    x0, y0 = float(good[:, 0].min()), float(good[:, 1].min())
+    w = max(float(good[:, 2].max()) - x0, 0.0)
+    h = max(float(good[:, 3].max()) - y0, 0.0)
+    size = float(np.median(np.maximum(good[:, 2] - good[:, 0], good[:, 3] - good[:, 1])))
+    size = max(size, np.sqrt(max(w, 1e-300) * max(h, 1e-300) / (4.0 * len(good))), 1e-300)
+    nx = min(int(w / size) + 1, 1 << 14)
+    ny = min(int(h / size) + 1, 1 << 14)
+    inv_h = 1.0 / max(w / nx if w > 0 else size, h / ny if h > 0 else size, size)
+    return _box_pairs(qb, tb, x0, y0, inv_h, nx, ny)
