@@ -186,3 +186,27 @@ def test_box_pairs_equal_strtree_query():
         ei, ej = tree.query(shapely.box(*qb.T))
         assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(zip(ei.tolist(), ej.tolist(), strict=True))
         assert (np.diff(i) >= 0).all()
+
+
+def test_plot_vertices_orient_holes_against_exteriors():
+    from tissuestack.pl._render import _MOVETO, _flat_polygon_vertices
+
+    hole_cw = Polygon([(0, 0), (0, 4), (4, 4), (4, 0)], holes=[[(1, 1), (2, 1), (2, 2), (1, 2)]])  # any orientation
+    geoms = np.array([TRIANGLE, shapely.reverse(hole_cw), MultiPolygon([CONCAVE, hole_cw])], dtype=object)
+    flat = from_shapely(geoms)
+    rows = np.array([2, 0, 1])
+    coords, codes, owner = _flat_polygon_vertices(flat, rows)
+    starts = np.flatnonzero(codes == _MOVETO)
+    rings = np.split(coords, starts[1:])
+    expected = []
+    for g in geoms[rows]:
+        for part in shapely.get_parts(g):
+            expected += [np.asarray(part.exterior.coords)] + [np.asarray(h.coords) for h in part.interiors]
+    assert len(rings) == len(expected)
+    for ring, exp in zip(rings, expected, strict=True):
+        assert {tuple(c) for c in ring} == {tuple(c) for c in exp}
+        is_hole = any(shapely.equals(shapely.Polygon(exp), shapely.Polygon(h.coords))
+                      for g in geoms for part in shapely.get_parts(g) for h in part.interiors)
+        assert shapely.Polygon(ring).exterior.is_ccw == is_hole  # exteriors clockwise, holes anticlockwise
+    np.testing.assert_array_equal(np.unique(owner), [0, 1, 2])
+    assert (np.diff(owner) >= 0).all()
