@@ -18,6 +18,9 @@ test always decides the points near a boundary.
 
 Edge rules (documented in the user-facing functions as well)
 -------------------------------------------------------------
+One kernel, :func:`point_in_edges`, tests points against polygons for both aggregation (here) and queries
+(:mod:`tissuestack.kernels._pip`, through :func:`classify_in_slabs`); the boundary rule is its parameter.
+
 * Polygons: **half-open**, like raster pixels. A point is inside when the even-odd crossing number of a ray
   towards +x counts the edges with ``y0 <= py < y1`` (endpoints ordered so that ``y0 <= y1``) whose crossing
   abscissa is strictly greater than ``px``. The left and bottom boundaries of a polygon are inside it, the right
@@ -46,13 +49,19 @@ import shapely
 from tissuestack.kernels._ragged import FlatGeometry
 
 __all__ = [
+    "HALF_OPEN",
+    "INSIDE",
+    "ON_BOUNDARY",
+    "OUTSIDE",
     "RegionGrid",
     "build_circle_grid",
     "build_polygon_grid",
+    "classify_in_slabs",
     "count_pairs_csr",
     "count_pairs_dense",
     "locate_in_grid",
     "lookup_labels",
+    "point_in_edges",
     "polygon_edges",
     "reduce_values",
     "rows_of_labels",
@@ -72,20 +81,76 @@ _NO_REGION = -1
 # ------------------------------------------------------------------------------------------------------------
 
 
+#: results of :func:`point_in_edges`
+OUTSIDE, INSIDE, ON_BOUNDARY = 0, 1, 2
+#: ``tol`` of :func:`point_in_edges` for the half-open rule (no boundary band)
+HALF_OPEN = -1.0
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _in_polygon(s, x, y, edge_start, edges):  # pragma: no cover - compiled
-    """Half-open crossing number; a polygon's edges are sorted by their lower y (``edges[:, 1]``)."""
+def point_in_edges(x, y, edges, lo, hi, tol):  # pragma: no cover - compiled
+    """The one point-in-polygon test: even-odd crossing number of the point against the edges ``lo:hi``.
+
+    ``edges`` rows are ``x0, y0, x1, y1`` in canonical order (``y0 <= y1``) and sorted by ``y0`` within
+    ``lo:hi``: the scan stops at the first edge starting above the point. An edge crosses the ray towards +x
+    when ``y0 <= y < y1`` and its abscissa at ``y`` is greater than ``x`` (the half-open rule: left and bottom
+    boundaries inside, right and top ones outside). The boundary rule is the parameter ``tol``:
+
+    * ``tol < 0`` (:data:`HALF_OPEN`): the half-open rule decides every point (aggregation, like raster pixels);
+    * ``tol >= 0``: a point within ``tol`` of an edge is reported :data:`ON_BOUNDARY` instead (the "covers"
+      rule of queries then decides it exactly, with GEOS).
+
+    Returns :data:`OUTSIDE`, :data:`INSIDE` or :data:`ON_BOUNDARY`.
+    """
     inside = False
-    for e in range(edge_start[s], edge_start[s + 1]):
+    top = y + tol if tol > 0.0 else y
+    for e in range(lo, hi):
         y0 = edges[e, 1]
-        if y0 > y:
+        if y0 > top:
             break
         y1 = edges[e, 3]
-        if y < y1:
-            x0 = edges[e, 0]
+        x0 = edges[e, 0]
+        if tol >= 0.0 and y <= y1 + tol:
+            x1 = edges[e, 2]
+            if x >= min(x0, x1) - tol and x <= max(x0, x1) + tol:
+                dx = x1 - x0
+                dy = y1 - y0
+                if abs(dx * (y - y0) - dy * (x - x0)) <= tol * (abs(dx) + abs(dy)):
+                    return ON_BOUNDARY
+        if y0 <= y and y < y1:
             if x < x0 + (y - y0) * (edges[e, 2] - x0) / (y1 - y0):
                 inside = not inside
-    return inside
+    return INSIDE if inside else OUTSIDE
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _in_polygon(s, x, y, edge_start, edges):  # pragma: no cover - compiled
+    """Half-open test of region ``s`` (its edges sorted by their lower y, ``edges[:, 1]``)."""
+    return point_in_edges(x, y, edges, edge_start[s], edge_start[s + 1], HALF_OPEN) == INSIDE
+
+
+@numba.njit(cache=True, nogil=True)
+def classify_in_slabs(px, py, slab_start, slab_edges, y0, h, nslabs, bounds, tol):  # pragma: no cover
+    """:func:`point_in_edges` of every point against one polygon whose edges are bucketed into horizontal slabs
+    (slab ``b`` holds the edges ``slab_edges[slab_start[b]:slab_start[b + 1]]`` whose y-range, widened by
+    ``tol``, reaches it, sorted by ``y0``). Points outside ``bounds`` (widened by ``tol``) and NaN are outside.
+    Returns one ``uint8`` code per point (:data:`OUTSIDE`, :data:`INSIDE`, :data:`ON_BOUNDARY`)."""
+    n = px.shape[0]
+    out = np.zeros(n, dtype=np.uint8)
+    pad = max(tol, 0.0)
+    xmin, ymin, xmax, ymax = bounds[0] - pad, bounds[1] - pad, bounds[2] + pad, bounds[3] + pad
+    for i in range(n):
+        x = px[i]
+        y = py[i]
+        if not (x >= xmin and x <= xmax and y >= ymin and y <= ymax):
+            continue  # also rejects NaN
+        b = int((y - y0) / h)
+        if b < 0:
+            b = 0
+        elif b >= nslabs:
+            b = nslabs - 1
+        out[i] = point_in_edges(x, y, slab_edges, slab_start[b], slab_start[b + 1], tol)
+    return out
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
