@@ -210,3 +210,27 @@ def test_plot_vertices_orient_holes_against_exteriors():
         assert shapely.Polygon(ring).exterior.is_ccw == is_hole  # exteriors clockwise, holes anticlockwise
     np.testing.assert_array_equal(np.unique(owner), [0, 1, 2])
     assert (np.diff(owner) >= 0).all()
+
+
+def test_numba_warm_up_then_fork(tmp_path):
+    """Reading shapes starts numba's set-up in a thread; a fork right after must not inherit its lock."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, numpy as np, tissuestack as ts\n"
+        "from tissuestack._compute import warm_numba\n"
+        "from tissuestack.kernels._ragged import _polygon_areas\n"
+        "warm_numba()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    z = np.zeros((1, 2)); o = np.zeros(2, np.int64)\n"
+        "    _polygon_areas(z, o, o, o); os._exit(0)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print('child', status)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "child 0" in out.stdout
