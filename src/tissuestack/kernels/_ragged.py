@@ -382,9 +382,7 @@ def from_wkb(wkb: pa.Array | pa.ChunkedArray) -> FlatGeometry:
         For other geometry types, a mix of points and polygons, or a truncated value.
     """
     data, offsets, valid = _binary_parts(wkb)
-    status, type_ids, *_ = _decode_wkb(data, offsets, valid, False)
-    if status == _OK:
-        status, type_ids, coords, ring_o, part_o, geom_o, has_z = _decode_wkb(data, offsets, valid, True)
+    status, type_ids, coords, ring_o, part_o, geom_o, has_z = _decode_wkb(data, offsets, valid, True)
     if status == _CORRUPT:
         raise ValueError("WKB value truncated or corrupt: its counts run past its end")
     if status == _UNSUPPORTED:
