@@ -234,3 +234,20 @@ def test_numba_warm_up_then_fork(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "child 0" in out.stdout
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_numpy_and_numba_decoders_agree(case):
+    from tissuestack.kernels import _ragged as R
+
+    data, offsets, valid = R._binary_parts(_wkb(CASES[case]))
+    fast = R._decode_numpy(data, offsets, valid)
+    assert fast is not None  # 2D little-endian: the numpy path
+    status, type_ids, coords, ring_o, part_o, geom_o, _ = R._decode_wkb(data, offsets, valid, True)
+    assert status == 0
+    np.testing.assert_array_equal(fast.coords, coords)
+    for a, b in ((fast.ring_offsets, ring_o), (fast.part_offsets, part_o), (fast.geom_offsets, geom_o)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(fast.type_ids, type_ids)
+    # other encodings go to the kernel
+    assert R._decode_numpy(*R._binary_parts(_wkb(CASES[case], byte_order=0))) is None or case == "empty and missing"

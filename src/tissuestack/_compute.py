@@ -127,9 +127,11 @@ def warm_numba() -> None:
 
     The first call of any compiled kernel in a process (cached on disk or not) first sets up numba's typing and
     lowering registries: 0.4-0.6 s of imports (``numba.np.arraymath``, which imports ``scipy.linalg``) and
-    registrations, whatever the kernel. Readers call this when they start reading data that kernels will
-    process (shapes from a store), so the set-up overlaps their I/O (Parquet reads release the GIL); the kernel
-    call then waits on numba's compiler lock only for what is left. Set ``TISSUESTACK_WARM_NUMBA=0`` to disable.
+    registrations, whatever the kernel. Operations that will run kernels (``aggregate``, ``rasterize``) call this
+    before they read their elements, so the set-up overlaps the reads (Parquet reads release the GIL); the kernel
+    call then waits on numba's compiler lock only for what is left. Operations that may need no kernel (queries,
+    plots: flat shapes coordinates are decoded with numpy) do not start it. Set ``TISSUESTACK_WARM_NUMBA=0`` to
+    disable.
     """
     global _NUMBA_WARMING
     if _NUMBA_WARMING is not None or os.environ.get("TISSUESTACK_WARM_NUMBA", "1") == "0":

@@ -70,7 +70,7 @@ import shapely
 import xarray as xr
 from scipy import ndimage
 
-from tissuestack._compute import paused_gc, scheduler
+from tissuestack._compute import paused_gc, scheduler, warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     Image2DModel,
@@ -808,6 +808,7 @@ def rasterize(
     TransformationError
         A singular transformation, or one that does not reach the grid's axes.
     """
+    warm_numba()  # the burn kernels' one-time numba set-up overlaps reading the elements
     grid = _grid(
         axes, min_coordinate, max_coordinate, target_coordinate_system,
         target_unit_to_pixels, target_width, target_height, target_depth,

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 import shapely
 import zarr
 
-from tissuestack._compute import paused_gc, warm_numba
+from tissuestack._compute import paused_gc
 from tissuestack.elements import get_meta, set_meta, shapes_axes
 from tissuestack.elements._wkb_array import WKBGeometryArray
 from tissuestack.errors import FormatError, StoreError
@@ -273,7 +273,6 @@ def read_shapes(
             raise KeyError(f"{loc.key}: no column(s) {missing} in {_parquet_label(loc)}; columns are {names}")
         keep = [c for c in (GEOMETRY_COLUMN, RADIUS_COLUMN) if c in names and c not in wanted]
         selected = keep + wanted
-    warm_numba()  # the kernels that will use these shapes need numba's set-up: overlap it with the read
     try:
         gdf = _read_wkb_lazily(loc, path, selected)
         if gdf is None:  # GeoArrow encoding (or an unexpected layout): geopandas decodes it
