@@ -18,7 +18,8 @@ then again on a freshly opened store (repeat); peak RSS of the process; a checks
   bbox        bounding-box query of the whole SpatialData, transcripts computed
   polygon     polygon query of the whole SpatialData, transcripts computed
 
-``--whole-process`` also times, from the shell, a whole ``python -c`` script that imports, opens the store and
+``--cpu`` reports CPU seconds of the process (all its threads) instead of wall-clock seconds. ``--whole-process``
+also times, from the shell, a whole ``python -c`` script that imports, opens the store and
 aggregates transcripts by cells (both libraries).
 
 Usage:
@@ -38,7 +39,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared"
+# the shared folder next to the checkout (../shared), or next to its parent for a git worktree (../../shared)
+SHARED = next((p / "shared" for p in HERE.parents if (p / "shared" / "tools").is_dir()), HERE.parent.parent / "shared")
 OPS = ("agg_cells", "agg_spots", "fractions", "bbox", "polygon")
 
 
@@ -232,7 +234,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--whole-process", action="store_true")
+    ap.add_argument(
+        "--cpu", action="store_true", help="report the process's CPU seconds (all threads) instead of wall-clock "
+        "seconds: steadier on a machine shared with other jobs"
+    )
     args = ap.parse_args()
+    runner = RUNNER.replace("time.perf_counter()", "time.process_time()") if args.cpu else RUNNER
     ops = [o for o in args.ops.split(",") if o]
     ref_py = None if args.no_reference else _reference_python()
     meta, ref_store, our_store = prepare_stores(args.data, args.cells, args.tx, ref_py)
@@ -244,7 +251,7 @@ def main() -> None:
             if py is None:
                 continue
             key = f"{lib}@{'ref' if store == ref_store else 'ours'}"
-            row[key] = _json([py, "-c", RUNNER, lib, op, str(store), str(meta["extent_um"])])
+            row[key] = _json([py, "-c", runner, lib, op, str(store), str(meta["extent_um"])])
             print(json.dumps({op: {key: row[key]}}), file=sys.stderr, flush=True)
         rows.append(row)
     whole = {}

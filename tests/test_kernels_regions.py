@@ -282,3 +282,31 @@ def test_unique_labels_matches_numpy():
     assert K.unique_labels(np.array([5, -3, 7, 5], dtype=np.int32)).tolist() == [-3, 5, 7]
     assert K.unique_labels(np.array([0, 1 << 40, 3], dtype=np.int64)).tolist() == [0, 3, 1 << 40]  # wide span
     assert K.union_labels(np.array([1, 4]), np.array([2, 4, 9])).tolist() == [1, 2, 4, 9]
+
+
+def test_one_point_in_polygon_kernel_two_boundary_rules():
+    """point_in_edges: the half-open rule (aggregation) and the boundary band (queries) on the same edges."""
+    from tissuestack.kernels._points_in_regions import (
+        HALF_OPEN,
+        INSIDE,
+        ON_BOUNDARY,
+        OUTSIDE,
+        point_in_edges,
+        polygon_edges,
+    )
+
+    square = shapely.box(0.0, 0.0, 2.0, 2.0)
+    _, edges = polygon_edges(np.array([square], dtype=object))
+    n = len(edges)
+    cases = {  # point: (half-open, with a boundary band)
+        (1.0, 1.0): (INSIDE, INSIDE),
+        (0.0, 1.0): (INSIDE, ON_BOUNDARY),  # left edge: inside under the half-open rule
+        (2.0, 1.0): (OUTSIDE, ON_BOUNDARY),  # right edge: outside
+        (1.0, 0.0): (INSIDE, ON_BOUNDARY),  # bottom edge: inside
+        (1.0, 2.0): (OUTSIDE, ON_BOUNDARY),  # top edge: outside
+        (3.0, 1.0): (OUTSIDE, OUTSIDE),
+        (1.0, 2.0 + 1e-12): (OUTSIDE, ON_BOUNDARY),  # within the band above the top edge
+    }
+    for (x, y), (half_open, banded) in cases.items():
+        assert point_in_edges(x, y, edges, 0, n, HALF_OPEN) == half_open, (x, y)
+        assert point_in_edges(x, y, edges, 0, n, 1e-9) == banded, (x, y)

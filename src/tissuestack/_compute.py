@@ -6,6 +6,7 @@ import contextlib
 import gc
 import importlib
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -16,7 +17,7 @@ import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["import_distributed", "paused_gc", "rechunk", "scheduler"]
+__all__ = ["import_distributed", "paused_gc", "rechunk", "scheduler", "warm_numba"]
 
 _DISTRIBUTED_LOCK = threading.Lock()
 
@@ -116,3 +117,44 @@ def paused_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+_NUMBA_WARMING: threading.Thread | None = None
+
+
+def warm_numba() -> None:
+    """Initialise numba's CPU target in a daemon thread, once per process, without waiting for it.
+
+    The first call of any compiled kernel in a process (cached on disk or not) first sets up numba's typing and
+    lowering registries: 0.4-0.6 s of imports (``numba.np.arraymath``, which imports ``scipy.linalg``) and
+    registrations, whatever the kernel. Operations that will run kernels (``aggregate``, ``rasterize``) call this
+    before they read their elements, so the set-up overlaps the reads (Parquet reads release the GIL); the kernel
+    call then waits on numba's compiler lock only for what is left. Operations that may need no kernel (queries,
+    plots: flat shapes coordinates are decoded with numpy) do not start it. Set ``TISSUESTACK_WARM_NUMBA=0`` to
+    disable.
+    """
+    global _NUMBA_WARMING
+    if _NUMBA_WARMING is not None or os.environ.get("TISSUESTACK_WARM_NUMBA", "1") == "0":
+        return
+    _NUMBA_WARMING = threading.Thread(target=_refresh_numba, name="tissuestack-warm-numba", daemon=True)
+    # a process forked while the thread holds numba's compiler lock would inherit it locked (a DataLoader
+    # worker's first kernel call would hang): forks wait for the set-up to finish
+    os.register_at_fork(before=_finish_warming)
+    _NUMBA_WARMING.start()
+
+
+def _finish_warming() -> None:
+    thread = _NUMBA_WARMING
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join()
+
+
+def _refresh_numba() -> None:
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+
+        with global_compiler_lock:  # the lock every compilation and cache load takes: no half-set-up registries
+            cpu_target.target_context.refresh()
+    except Exception:
+        pass

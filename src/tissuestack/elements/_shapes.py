@@ -29,6 +29,7 @@ from shapely.errors import GEOSException
 from tissuestack._geojson import geojson_features
 from tissuestack.elements._meta import ElementMeta, get_meta, has_meta, normalize_transformations, set_meta
 from tissuestack.elements._record import record_of
+from tissuestack.elements._wkb_array import geometry_type_ids
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import BaseTransformation
 
@@ -85,7 +86,7 @@ def shapes_type(gdf: gpd.GeoDataFrame) -> Literal["circles", "polygons"]:
     ValidationError
         If the element is empty or its geometries are neither all Points nor all Polygons/MultiPolygons.
     """
-    type_ids = shapely.get_type_id(_geometry_array(gdf))
+    type_ids = geometry_type_ids(gdf.geometry.array)[0]  # from the WKB headers of shapes read from a store
     if type_ids.size and (type_ids == _POINT).all():
         return "circles"
     if type_ids.size and np.isin(type_ids, _POLYGON_TYPES).all():
@@ -98,7 +99,7 @@ def shapes_type(gdf: gpd.GeoDataFrame) -> Literal["circles", "polygons"]:
 
 def shapes_axes(gdf: gpd.GeoDataFrame) -> tuple[str, ...]:
     """Intrinsic axes of a shapes element: ``("x", "y")``, or ``("x", "y", "z")`` if any geometry has z."""
-    return ("x", "y", "z") if bool(shapely.has_z(_geometry_array(gdf)).any()) else ("x", "y")
+    return ("x", "y", "z") if bool(geometry_type_ids(gdf.geometry.array)[1].any()) else ("x", "y")
 
 
 def _geometry_type_id(geometry: int | str | shapely.GeometryType, label: str) -> shapely.GeometryType:

@@ -36,9 +36,9 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-import shapely
 
 from tissuestack.kernels._moments import STATISTICS, statistic_from_moments
+from tissuestack.kernels._ragged import from_shapely
 
 __all__ = [
     "STATISTICS",
@@ -71,53 +71,10 @@ class FlatPolygons(NamedTuple):
 
 
 def flatten_polygons(geoms: np.ndarray) -> FlatPolygons:
-    """Flatten an array of Polygons / MultiPolygons (shapely 2 array functions, no Python loop)."""
-    geoms = np.asarray(geoms, dtype=object)
-    n = len(geoms)
-    if n and (shapely.get_type_id(geoms) == 3).all() and not shapely.get_num_interior_rings(geoms).any():
-        # simple polygons: one exterior ring each (the common case: cells)
-        coords = shapely.get_coordinates(geoms)
-        counts = shapely.get_num_coordinates(geoms)
-        ring_offsets = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=ring_offsets[1:])
-        return FlatPolygons(
-            np.ascontiguousarray(coords[:, 0]),
-            np.ascontiguousarray(coords[:, 1]),
-            ring_offsets,
-            np.ones(n, dtype=np.float64),
-            np.arange(n + 1, dtype=np.int64),
-        )
-    # multipolygons and polygons with holes: split only those into rings (get_parts/get_rings create Python
-    # objects, ~6 us per geometry); simple polygons keep one ring each. The coordinates of every geometry come
-    # from one get_coordinates call, in ring order (parts in order, exterior before holes).
-    simple = (shapely.get_type_id(geoms) == 3) & (shapely.get_num_interior_rings(geoms) == 0)
-    simple &= ~shapely.is_empty(geoms)
-    complex_idx = np.flatnonzero(~simple)
-    parts, part_geom = shapely.get_parts(geoms[complex_idx], return_index=True)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)  # exterior first, then the holes
-    complex_len = shapely.get_num_coordinates(rings)
-    complex_exterior = np.ones(len(rings), dtype=bool)
-    complex_exterior[1:] = ring_part[1:] != ring_part[:-1]
-    n_rings = simple.astype(np.int64)
-    n_rings[complex_idx] = np.bincount(part_geom[ring_part], minlength=len(complex_idx))
-    geom_ring_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(n_rings, out=geom_ring_offsets[1:])
-    in_complex = np.repeat(~simple, n_rings)  # per ring, in geometry order
-    ring_len = np.empty(int(geom_ring_offsets[-1]), dtype=np.int64)
-    ring_len[~in_complex] = shapely.get_num_coordinates(geoms[simple])
-    ring_len[in_complex] = complex_len
-    exterior = np.ones(len(ring_len), dtype=bool)
-    exterior[in_complex] = complex_exterior
-    ring_offsets = np.zeros(len(ring_len) + 1, dtype=np.int64)
-    np.cumsum(ring_len, out=ring_offsets[1:])
-    coords = shapely.get_coordinates(geoms)
-    return FlatPolygons(
-        np.ascontiguousarray(coords[:, 0]),
-        np.ascontiguousarray(coords[:, 1]),
-        ring_offsets,
-        np.where(exterior, 1.0, -1.0),
-        geom_ring_offsets,
-    )
+    """Flatten an array of Polygons / MultiPolygons (``shapely.to_ragged_array``, no Python loop); shapes
+    elements get these arrays from their cached :func:`tissuestack.ops._shapes_flat.flat_geometry`."""
+    flat = from_shapely(np.asarray(geoms, dtype=object))
+    return FlatPolygons(flat.x, flat.y, flat.ring_offsets, flat.ring_sign, flat.geom_ring_offsets)
 
 
 # ============================================================================================ disc x polygon

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tissuestack._compute import scheduler
+from tissuestack._compute import scheduler, warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     SPATIAL_KINDS,
@@ -403,6 +403,7 @@ def aggregate(
     TransformationError, NoPathError
         When ``values`` or ``by`` cannot be placed in ``target_coordinate_system``.
     """
+    warm_numba()  # every aggregation runs numba kernels: their one-time set-up overlaps reading the elements
     if agg_func not in AGG_FUNCS:
         raise ValueError(f"unknown agg_func {agg_func!r}; expected one of {', '.join(AGG_FUNCS)}")
     cs = target_coordinate_system

@@ -39,12 +39,12 @@ import dask
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import shapely
 
 from tissuestack._compute import scheduler
 from tissuestack.elements import get_meta, raster_levels, record_of, shapes_type
 from tissuestack.kernels._moments import statistic_from_moments
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
+from tissuestack.ops._shapes_flat import flat_geometry
 
 __all__ = ["points_by_labels", "points_by_shapes"]
 
@@ -311,15 +311,15 @@ def _region_grid(shapes: Any, name: str, cell_size: float | None, max_cells: int
     radius = shapes["radius"].array if circles and "radius" in shapes.columns else None
 
     def build() -> Any:
-        geoms = np.asarray(geometry, dtype=object)
+        flat = flat_geometry(shapes)  # coordinates straight from the store's WKB: no shapely objects
         if circles:
             if radius is None:
                 raise ValueError(f"shapes element {name!r} holds circles but has no 'radius' column")
             return K.build_circle_grid(
-                shapely.get_x(geoms), shapely.get_y(geoms), shapes["radius"].to_numpy(dtype=np.float64),
+                flat.x, flat.y, shapes["radius"].to_numpy(dtype=np.float64),
                 cell_size=cell_size, max_cells=max_cells,
             )  # fmt: skip
-        return K.build_polygon_grid(geoms, cell_size=cell_size, max_cells=max_cells)
+        return K.build_polygon_grid(flat, cell_size=cell_size, max_cells=max_cells)
 
     record = record_of(shapes)
     if record is None:

@@ -46,7 +46,6 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-import shapely
 import xarray as xr
 
 from tissuestack._compute import rechunk, scheduler
@@ -58,7 +57,6 @@ from tissuestack.kernels._zonal import (
     circle_runs,
     empty_partial,
     finalize,
-    flatten_polygons,
     labels_block_stats,
     merge_partials,
     polygon_runs,
@@ -68,6 +66,7 @@ from tissuestack.kernels._zonal import (
 )
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
 from tissuestack.ops._aggregate_shapes import xy_map
+from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.transforms import AffineMap
 
 __all__ = ["image_by_labels", "image_by_shapes", "labels_by_shapes"]
@@ -287,15 +286,14 @@ def _shape_runs(inp: PairInput, height: int, width: int, what: str) -> tuple[tup
     if det == 0:
         raise ValueError(f"{what}: the transformation between the raster and the shapes is singular on x/y")
     gdf = inp.by
-    geoms = np.asarray(gdf.geometry.array)
-    if len(geoms) == 0:
+    if len(gdf) == 0:
         return tuple(np.zeros(0, dtype=np.int64) for _ in range(4)), abs(det)
+    flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
     if shapes_type(gdf) == "circles":
         m = np.hstack([lin, off[:, None]])
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)
-        runs = circle_runs(shapely.get_x(geoms), shapely.get_y(geoms), radius, m, height, width)
+        runs = circle_runs(flat.x, flat.y, radius, m, height, width)
     else:
-        flat = flatten_polygons(geoms)
         x, y = flat.x, flat.y
         if not (np.array_equal(lin, np.eye(2)) and not off.any()):  # shapes -> pixel coordinates
             inv = np.linalg.inv(lin)

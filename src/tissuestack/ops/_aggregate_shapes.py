@@ -41,6 +41,7 @@ Python loop per geometry.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,10 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from shapely.errors import GEOSException
 
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
-from tissuestack.kernels._zonal import disc_polygon_areas, flatten_polygons
+from tissuestack.kernels._ragged import FlatGeometry, box_pairs, from_shapely
+from tissuestack.kernels._zonal import disc_polygon_areas
 from tissuestack.ops._aggregate_pairs import PairInput, PairResult
+from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.transforms import AffineMap
 
 __all__ = ["shapes_by_shapes", "xy_map"]
@@ -99,54 +102,78 @@ def _similarity_scale(lin: np.ndarray) -> float | None:
 # ============================================================================================ sides
 @dataclass
 class _Side:
-    """One side of the aggregation in the working frame: circles (centres, radii) or polygon geometries."""
+    """One side of the aggregation in the working frame: circles (centres, radii) or polygons, as flat
+    coordinate arrays; shapely geometries only when a path needs them (polygons by polygons, circles by circles,
+    circles turned into polygons)."""
 
-    geoms: np.ndarray  # Points for circles
+    flat: FlatGeometry  # points (the centres) for circles
     radius: np.ndarray | None  # None for polygons
+    make_geoms: Callable[[], np.ndarray] | None = None  # the element's own geometries (untransformed side)
+    _geoms: np.ndarray | None = None
 
     @property
     def circles(self) -> bool:
         return self.radius is not None
 
+    def __len__(self) -> int:
+        return len(self.flat)
+
+    @property
+    def geoms(self) -> np.ndarray:
+        """Shapely geometries (Points for circles), made on first use."""
+        if self._geoms is None:
+            if self.make_geoms is not None:
+                self._geoms = self.make_geoms()
+            elif self.circles:
+                self._geoms = shapely.points(self.flat.coords)
+            else:
+                self._geoms = self.flat.to_shapely()
+        return self._geoms
+
     @property
     def cost(self) -> int:
         """Coordinates to transform."""
-        return len(self.geoms) if self.circles else int(shapely.get_num_coordinates(self.geoms).sum())
+        return len(self.flat.coords)
 
     def areas(self, index: np.ndarray) -> np.ndarray:
         if self.circles:
             return math.pi * self.radius[index] ** 2
-        return shapely.area(self.geoms[index])
+        return self.flat.areas[index]
+
+    def boxes(self) -> np.ndarray:
+        """``(n, 4)`` bounding boxes (of the discs for circles)."""
+        if self.circles:
+            c, r = self.flat.coords, self.radius
+            return np.column_stack([c[:, 0] - r, c[:, 1] - r, c[:, 0] + r, c[:, 1] + r])
+        return self.flat.bounds
 
 
 def _side(gdf: Any) -> _Side:
-    geoms = np.asarray(gdf.geometry.array)
-    if len(geoms) and shapes_type(gdf) == "circles":
-        return _Side(geoms, gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64))
-    return _Side(geoms, None)
+    flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
 
+    def geoms() -> np.ndarray:
+        return np.asarray(gdf.geometry.array)
 
-def _transform_coords(geoms: np.ndarray, lin: np.ndarray, off: np.ndarray) -> np.ndarray:
-    coords = shapely.get_coordinates(geoms)
-    new = coords @ lin.T + off
-    out = geoms.copy()
-    return shapely.set_coordinates(out, new)
+    if len(flat) and shapes_type(gdf) == "circles":
+        return _Side(flat, gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64), geoms)
+    return _Side(flat, None, geoms)
 
 
 def _circles_as_polygons(side: _Side) -> _Side:
     """Regular polygons with the exact area of the discs (vertices on a slightly larger circle)."""
     n = 4 * _CIRCLE_QUAD_SEGS
     grow = math.sqrt(2 * math.pi / (n * math.sin(2 * math.pi / n)))
-    return _Side(shapely.buffer(side.geoms, side.radius * grow, quad_segs=_CIRCLE_QUAD_SEGS), None)
+    polygons = shapely.buffer(side.geoms, side.radius * grow, quad_segs=_CIRCLE_QUAD_SEGS)
+    return _Side(from_shapely(polygons), None, None, polygons)
 
 
 def _transform(side: _Side, lin: np.ndarray, off: np.ndarray) -> _Side:
     if not side.circles:
-        return _Side(_transform_coords(side.geoms, lin, off), None)
+        return _Side(side.flat.transformed(lin, off), None)
     scale = _similarity_scale(lin)
     if scale is None:
-        return _Side(_transform_coords(_circles_as_polygons(side).geoms, lin, off), None)
-    return _Side(_transform_coords(side.geoms, lin, off), side.radius * scale)
+        return _Side(_circles_as_polygons(side).flat.transformed(lin, off), None)
+    return _Side(side.flat.transformed(lin, off), side.radius * scale)
 
 
 def _place(values: _Side, by: _Side, inp: PairInput) -> tuple[_Side, _Side]:
@@ -201,29 +228,25 @@ def _disc_polygon(
     inter, overlaps, poly_area = np.zeros(n), np.zeros(n, dtype=bool), np.zeros(n)
     if n == 0:
         return inter, overlaps, poly_area
-    cx, cy, r = shapely.get_x(discs.geoms), shapely.get_y(discs.geoms), discs.radius
-    uniq, inv = np.unique(p_idx, return_inverse=True)
-    geoms = polys.geoms[uniq]
-    x0, y0, x1, y1 = shapely.bounds(geoms).T
+    cx, cy, r = discs.flat.x, discs.flat.y, discs.radius
+    x0, y0, x1, y1 = polys.flat.bounds[p_idx].T
     pcx, pcy = cx[d_idx], cy[d_idx]
-    far_x = np.maximum(np.abs(x0[inv] - pcx), np.abs(x1[inv] - pcx))
-    far_y = np.maximum(np.abs(y0[inv] - pcy), np.abs(y1[inv] - pcy))
+    far_x = np.maximum(np.abs(x0 - pcx), np.abs(x1 - pcx))
+    far_y = np.maximum(np.abs(y0 - pcy), np.abs(y1 - pcy))
     inside = far_x * far_x + far_y * far_y <= r[d_idx] ** 2
     if inside.any():
-        used, where = np.unique(inv[inside], return_inverse=True)
-        poly_area[inside] = shapely.area(geoms[used])[where]
+        poly_area[inside] = polys.flat.areas[p_idx[inside]]
         inter[inside] = poly_area[inside]
         overlaps[inside] = poly_area[inside] > 0
     rest = np.flatnonzero(~inside)
     if len(rest):
-        used, where = np.unique(inv[rest], return_inverse=True)
-        flat = flatten_polygons(geoms[used])
+        flat = polys.flat
         inter[rest], overlaps[rest], poly_area[rest] = disc_polygon_areas(
             cx,
             cy,
             r,
             d_idx[rest].astype(np.int64),
-            where.astype(np.int64),
+            p_idx[rest].astype(np.int64),
             flat.x,
             flat.y,
             flat.ring_offsets,
@@ -233,14 +256,9 @@ def _disc_polygon(
     return inter, overlaps, poly_area
 
 
-def _circle_boxes(side: _Side) -> np.ndarray:
-    x, y, r = shapely.get_x(side.geoms), shapely.get_y(side.geoms), side.radius
-    return shapely.box(x - r, y - r, x + r, y + r)
-
-
 def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(value index, region index, weight)`` of every member pair (weight 1, or the area fraction)."""
-    if len(values.geoms) == 0 or len(by.geoms) == 0:
+    if len(values) == 0 or len(by) == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
     if values.circles and by.circles:
@@ -255,12 +273,11 @@ def _pairs(values: _Side, by: _Side, fractions: bool, what: str) -> tuple[np.nda
         return _weights(v, b, _lens_area(d, values.radius[v], by.radius[b]), values.areas(v))
     elif values.circles or by.circles:
         discs, polys = (values, by) if values.circles else (by, values)
-        if len(discs.geoms) <= len(polys.geoms):  # few discs (spots): a tree of their boxes, bbox candidates
-            p_idx, d_idx = shapely.STRtree(_circle_boxes(discs)).query(polys.geoms)
-        else:  # few polygons: a tree of them, queried with the centres within each radius
-            d_idx, p_idx = shapely.STRtree(polys.geoms).query(
-                discs.geoms, predicate="dwithin", distance=discs.radius
-            )
+        # candidates: the pairs whose bounding boxes meet (the exact areas below drop the others)
+        if len(discs) <= len(polys):  # few discs (spots): their boxes in the grid
+            p_idx, d_idx = box_pairs(polys.boxes(), discs.boxes())
+        else:
+            d_idx, p_idx = box_pairs(discs.boxes(), polys.boxes())
         inter, overlaps, poly_area = _disc_polygon(discs, d_idx, polys, p_idx)
         v, b = (d_idx, p_idx) if values.circles else (p_idx, d_idx)
         if not fractions:

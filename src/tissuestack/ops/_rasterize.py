@@ -70,7 +70,7 @@ import shapely
 import xarray as xr
 from scipy import ndimage
 
-from tissuestack._compute import paused_gc, scheduler
+from tissuestack._compute import paused_gc, scheduler, warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     Image2DModel,
@@ -87,10 +87,11 @@ from tissuestack.elements._instances import comparable_ids, plain_ids
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.kernels._burn import BURN_OPS, burn_category_counts, burn_runs, new_canvas
-from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
+from tissuestack.kernels._zonal import circle_runs, polygon_runs
 from tissuestack.ops._extent import spatial_map
 from tissuestack.ops._joins import _region_rows
 from tissuestack.ops._resolve import _name_in, elements_in, resolve_element
+from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.ops._values import get_values
 from tissuestack.transforms import Affine, BaseTransformation, Scale, Translation, compose
 
@@ -384,9 +385,9 @@ def _shape_runs(
     lin, off = grid.pixel_map(*_rows_for(m, grid, what))
     lin = lin[:, [m.in_axes.index("x"), m.in_axes.index("y")]]
     height, width = grid.shape
-    geoms = np.asarray(gdf.geometry.array)
-    if len(geoms) == 0:
+    if len(gdf) == 0:
         return tuple(np.zeros(0, dtype=np.int64) for _ in range(4))
+    flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
     det = float(np.linalg.det(lin))
     if det == 0.0:
         raise TransformationError(f"{what}: its transformation to {grid.cs!r} is singular on x/y")
@@ -394,16 +395,21 @@ def _shape_runs(
         inv = np.linalg.inv(lin)  # pixel -> shapes frame
         mm = np.hstack([inv, (-inv @ off)[:, None]])
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)
-        return circle_runs(shapely.get_x(geoms), shapely.get_y(geoms), radius, mm, height, width)
-    bounds = np.linspace(0, len(geoms), -(-len(geoms) // _SHAPES_CHUNK) + 1).astype(np.int64)
+        return circle_runs(flat.x, flat.y, radius, mm, height, width)
+    n = len(flat)
+    bounds = np.linspace(0, n, -(-n // _SHAPES_CHUNK) + 1).astype(np.int64)
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
 
     def scan(span: tuple[int, int]) -> tuple[np.ndarray, ...]:
         a, b = span
-        flat = flatten_polygons(geoms[a:b])
-        x = lin[0, 0] * flat.x + lin[0, 1] * flat.y + off[0]
-        y = lin[1, 0] * flat.x + lin[1, 1] * flat.y + off[1]
-        shape_i, *rest = polygon_runs(x, y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+        gro = flat.geom_ring_offsets
+        r0, r1 = int(gro[a]), int(gro[b])
+        c0, c1 = int(flat.ring_offsets[r0]), int(flat.ring_offsets[r1])
+        fx, fy = flat.x[c0:c1], flat.y[c0:c1]
+        x = lin[0, 0] * fx + lin[0, 1] * fy + off[0]
+        y = lin[1, 0] * fx + lin[1, 1] * fy + off[1]
+        ring_offsets = flat.ring_offsets[r0 : r1 + 1] - c0
+        shape_i, *rest = polygon_runs(x, y, ring_offsets, gro[a : b + 1] - r0, height, width)
         return (shape_i + a, *rest)
 
     workers = min(len(spans), os.cpu_count() or 1)
@@ -802,6 +808,7 @@ def rasterize(
     TransformationError
         A singular transformation, or one that does not reach the grid's axes.
     """
+    warm_numba()  # the burn kernels' one-time numba set-up overlaps reading the elements
     grid = _grid(
         axes, min_coordinate, max_coordinate, target_coordinate_system,
         target_unit_to_pixels, target_width, target_height, target_depth,

@@ -6,7 +6,7 @@ Every renderer gets the element, its transformation to the panel's coordinate sy
 * Rasters are read at the coarsest pyramid level whose pixels are no larger than an output pixel, and only
   through the window the canvas covers; they are placed with ``imshow`` in intrinsic pixel coordinates plus an
   ``Affine2D`` of the element's transformation (rotations and shears included).
-* Shapes become one compound ``Path`` per colour (vertices from ``shapely.get_coordinates``, transformed in one
+* Shapes become one compound ``Path`` per colour (vertices from the element's flat coordinates, transformed in one
   matrix product; circles as polygons of the transformed disk, so they keep their true radius under any affine).
   Many shapes for the canvas's pixels are rasterised onto the output pixel grid instead
   (:mod:`tissuestack.pl._shapes_raster`).
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import shapely
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
@@ -30,7 +29,9 @@ from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
 from tissuestack.kernels._bin import bin_points_count, bin_points_max
+from tissuestack.kernels._ragged import FlatGeometry
 from tissuestack.ops._extent import spatial_map
+from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
 from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
@@ -383,20 +384,39 @@ def _element_coloring(
     return resolve_coloring(n, values=_align(values, ids, name), key=color, uns=uns, **common)
 
 
-def _polygon_vertices(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vertices, path codes and owning geometry of every vertex of (multi)polygons, all rings closed."""
-    simple = (shapely.get_type_id(geoms) == shapely.GeometryType.POLYGON).all()
-    if simple and not shapely.get_num_interior_rings(geoms).any():
-        # the common case, one ring per geometry: no intermediate geometry objects
-        coords, owner = shapely.get_coordinates(geoms, return_index=True)
-        return coords, _ring_codes(owner), owner
-    parts, part_of = shapely.get_parts(geoms, return_index=True)
-    if shapely.get_num_interior_rings(parts).any():
+def _ranges(start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``start[k], start[k] + 1, ..., start[k] + count[k] - 1`` for every ``k``, concatenated."""
+    total = int(count.sum())
+    before = np.cumsum(count) - count
+    return np.repeat(start - before, count) + np.arange(total, dtype=np.int64)
+
+
+def _flat_polygon_vertices(flat: FlatGeometry, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices, path codes and owning row (position in ``rows``) of every vertex of the (multi)polygons ``rows``
+    of flat coordinate arrays, all rings closed, in the order of ``rows``."""
+    gro, ro = flat.geom_ring_offsets, flat.ring_offsets
+    r_start = gro[rows]
+    n_r = gro[rows + 1] - r_start
+    ring_ids = _ranges(r_start, n_r)
+    c_start = ro[ring_ids]
+    n_c = ro[ring_ids + 1] - c_start
+    idx = _ranges(c_start, n_c)
+    ring_of = np.repeat(np.arange(len(ring_ids)), n_c)
+    hole = flat.ring_sign[ring_ids] < 0
+    if hole.any() and len(idx):
         # exteriors clockwise, holes anticlockwise: matplotlib's nonzero fill rule then cuts the holes
-        parts = shapely.normalize(parts)
-    rings, ring_part = shapely.get_rings(parts, return_index=True)
-    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
-    return coords, _ring_codes(ring_of), part_of[ring_part[ring_of]]
+        x, y = flat.coords[idx, 0], flat.coords[idx, 1]
+        cross = np.zeros(len(idx))
+        cross[:-1] = x[:-1] * y[1:] - x[1:] * y[:-1]
+        ends = np.cumsum(n_c) - 1
+        cross[ends[n_c > 0]] = 0.0  # the closing vertex starts no edge of its ring
+        area = np.zeros(len(ring_ids))
+        np.add.at(area, ring_of, cross)
+        flip = np.repeat((area > 0) != hole, n_c)
+        j = idx - np.repeat(c_start, n_c)
+        idx = np.where(flip, np.repeat(c_start + n_c - 1, n_c) - j, idx)
+    owner = np.repeat(np.repeat(np.arange(len(rows)), n_r), n_c)
+    return flat.coords[idx], _ring_codes(ring_of), owner
 
 
 def _ring_codes(ring_of: np.ndarray) -> np.ndarray:
@@ -450,13 +470,13 @@ def render_shapes(
         rows = rows[np.argsort(coloring.ids[rows], kind="stable")]
     if len(rows) == 0:
         return coloring
-    geoms = np.asarray(gdf.geometry.array)[rows]
     method = p.get("method")
     if method is None:
         method = (
             "datashader" if rasterise_by_default(len(rows), canvas, SHAPES_RASTER_MINIMUM) else "matplotlib"
         )
     if method == "datashader":
+        geoms = np.asarray(gdf.geometry.array)[rows]
         radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows] if shapes_type(gdf) == "circles" else None
         image = rasterize_shapes(
             geoms,
@@ -471,12 +491,13 @@ def render_shapes(
         )
         _imshow_canvas(ax, image, canvas, zorder=p["zorder"])
         return coloring
+    flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
     if shapes_type(gdf) == "circles":
-        centres = shapely.get_coordinates(geoms)
+        centres = flat.coords[rows]
         radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows]
         coords, codes, owner = _circle_vertices(centres, radii, amap, canvas)
     else:
-        coords, codes, owner = _polygon_vertices(geoms)
+        coords, codes, owner = _flat_polygon_vertices(flat, rows)
     if not (np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any()):
         coords = amap.apply(coords)
     vertex_color = coloring.ids[rows][owner]

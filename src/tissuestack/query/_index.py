@@ -1,6 +1,7 @@
 """Spatial indexes used by the queries.
 
-* Shapes: the envelopes of a GeoDataFrame's geometries, and a ``shapely.STRtree`` over them built on demand,
+* Shapes: the envelopes of a GeoDataFrame's geometries (from its flat coordinates, see
+  :mod:`tissuestack.ops._shapes_flat`), and a ``shapely.STRtree`` over them built on demand,
   cached while the frame lives (keyed weakly by the object, invalidated when its geometry array is replaced).
   Circles are indexed by their bounding squares (centre +- radius), so an envelope query returns every disk that
   may intersect.
@@ -19,6 +20,8 @@ import shapely
 
 from tissuestack.elements import record_of
 from tissuestack.elements._shapes import RADIUS_COLUMN
+from tissuestack.kernels._ragged import FlatGeometry
+from tissuestack.ops._shapes_flat import flat_geometry
 
 __all__ = [
     "ShapesIndex",
@@ -37,12 +40,13 @@ class ShapesIndex:
     queries with many boxes use the tree.
     """
 
-    def __init__(self, geoms: np.ndarray, radius: np.ndarray | None):
+    def __init__(self, flat: FlatGeometry, radius: np.ndarray | None):
         if radius is not None:
-            x, y = shapely.get_x(geoms), shapely.get_y(geoms)
+            x, y = flat.x, flat.y
             self.bounds = np.column_stack([x - radius, y - radius, x + radius, y + radius])
         else:
-            self.bounds = shapely.bounds(geoms)
+            self.bounds = flat.bounds
+        self.flat = flat
         self._tree: shapely.STRtree | None = None
 
     @property
@@ -83,7 +87,7 @@ def shapes_index(gdf: gpd.GeoDataFrame, circles: bool) -> ShapesIndex:
 
     def build() -> ShapesIndex:
         r = np.asarray(gdf[RADIUS_COLUMN], dtype=np.float64) if circles else None
-        return ShapesIndex(np.asarray(geometry), r)
+        return ShapesIndex(flat_geometry(gdf), r)  # bounds from the flat coordinates: no shapely objects
 
     record = record_of(gdf)
     if record is None:

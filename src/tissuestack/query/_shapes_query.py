@@ -45,7 +45,10 @@ def _exact_hits(
 ) -> np.ndarray:
     """Exact intersection test of candidate rows ``cand`` against region part ``region_idx`` (target x/y)."""
     uniq, inverse = np.unique(cand, return_inverse=True)
-    geoms = np.asarray(gdf.geometry.array)[uniq]
+    if circles:
+        geoms = shapely.points(index.flat.coords[uniq])
+    else:  # only the candidates become shapely objects (a lazy WKB array decodes just these)
+        geoms = np.asarray(gdf.geometry.array[uniq])
     identity = bool(np.array_equal(amap.linear, np.eye(2)) and not amap.offset.any())
     # finite target bounds of the candidates, to close boxes that leave x or y unconstrained
     env = index.bounds[uniq]

@@ -41,12 +41,14 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import shapely
 import zarr
 
 from tissuestack._compute import paused_gc
 from tissuestack.elements import get_meta, set_meta, shapes_axes
+from tissuestack.elements._wkb_array import WKBGeometryArray
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._registry import register_codec
 from tissuestack.store._root import ElementLocation
@@ -276,11 +278,15 @@ def read_shapes(
         keep = [c for c in (GEOMETRY_COLUMN, RADIUS_COLUMN) if c in names and c not in wanted]
         selected = keep + wanted
     try:
-        with paused_gc():  # one geometry object per row
-            if loc.root.is_local:
-                gdf = gpd.read_parquet(path, columns=selected)
-            else:
-                gdf = gpd.read_parquet(path, columns=selected, filesystem=loc.root.fs)
+        gdf = _read_wkb_lazily(loc, path, selected)
+        if gdf is None:  # GeoArrow encoding (or an unexpected layout): geopandas decodes it
+            with paused_gc():  # one geometry object per row
+                if loc.root.is_local:
+                    gdf = gpd.read_parquet(path, columns=selected)
+                else:
+                    gdf = gpd.read_parquet(path, columns=selected, filesystem=loc.root.fs)
+    except (FormatError, StoreError):
+        raise
     except Exception as err:
         raise _parquet_error(loc, path, err) from err
     if gdf.active_geometry_name != GEOMETRY_COLUMN:
@@ -290,6 +296,44 @@ def read_shapes(
     gdf.attrs = {}
     set_meta(gdf, meta_from_attrs(attrs, group, loc))
     return gdf
+
+
+def _read_wkb_lazily(loc: ElementLocation, path: str, columns: list[str] | None) -> gpd.GeoDataFrame | None:
+    """The GeoParquet file as a GeoDataFrame whose WKB geometry column is decoded on first use
+    (:class:`~tissuestack.elements._wkb_array.WKBGeometryArray`), or ``None`` when the geometry column is not a
+    plain WKB binary column (geopandas reads it then). Attribute columns and the index are restored from the
+    pandas metadata exactly as ``geopandas.read_parquet`` does (``pyarrow.Table.to_pandas``)."""
+    if loc.root.is_local:
+        table = pq.read_table(path, columns=columns, use_pandas_metadata=True)
+    else:
+        with loc.root.fs.open(path, "rb") as fh:
+            table = pq.read_table(fh, columns=columns, use_pandas_metadata=True)
+    raw = (table.schema.metadata or {}).get(b"geo")
+    if not raw:
+        raise ValueError("Missing geo metadata in Parquet/Feather file.")
+    try:
+        geo = json.loads(raw)
+    except ValueError:
+        return None
+    primary = geo.get("primary_column") if isinstance(geo, dict) else None
+    spec = (geo.get("columns") or {}).get(primary) if isinstance(geo, dict) else None
+    if not isinstance(spec, dict) or str(spec.get("encoding", "")).upper() != "WKB":
+        return None
+    names = table.schema.names
+    if primary not in names or len(geo.get("columns") or {}) != 1:
+        return None
+    wkb = table.column(primary)
+    storage = wkb.type.storage_type if isinstance(wkb.type, pa.ExtensionType) else wkb.type
+    if not (pa.types.is_binary(storage) or pa.types.is_large_binary(storage)):
+        return None
+    if isinstance(wkb.type, pa.ExtensionType):
+        wkb = pa.chunked_array([c.storage for c in wkb.chunks], type=storage)
+    frame = table.drop_columns([primary]).to_pandas()
+    # the geometry column where the file has it among the frame's columns
+    before = [n for n in names[: names.index(primary)] if n in frame.columns]
+    position = frame.columns.get_indexer(before).max() + 1 if before else 0
+    frame.insert(int(position), primary, WKBGeometryArray(wkb))
+    return gpd.GeoDataFrame(frame, geometry=primary)
 
 
 def describe_shapes(group: zarr.Group, loc: ElementLocation, attrs: Mapping[str, Any]) -> str:

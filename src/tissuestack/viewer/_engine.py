@@ -30,15 +30,15 @@ from typing import Any
 import numba
 import numpy as np
 import pandas as pd
-import shapely
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
 from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.kernels._burn import BURN_OPS, burn_runs
-from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
+from tissuestack.kernels._zonal import circle_runs, polygon_runs
 from tissuestack.ops import get_extent
+from tissuestack.ops._shapes_flat import flat_geometry
 
 __all__ = ["LayerStyle", "Rendered", "View", "ViewerEngine"]
 
@@ -600,16 +600,15 @@ class ViewerEngine:
             if key in self._cache:
                 return self._cache[key]
         gdf = self.sdata[name]
-        geoms = np.asarray(gdf.geometry.array)
+        flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
         if shapes_type(gdf) == "circles":
             out = {
                 "circles": True,
-                "cx": shapely.get_x(geoms),
-                "cy": shapely.get_y(geoms),
+                "cx": np.asarray(flat.x, dtype=np.float64),
+                "cy": np.asarray(flat.y, dtype=np.float64),
                 "r": gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64),
             }
         else:
-            flat = flatten_polygons(geoms)
             out = {"circles": False, "flat": flat}
         with self._lock:
             self._cache[key] = out
