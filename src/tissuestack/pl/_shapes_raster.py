@@ -17,6 +17,9 @@ background), composited over the fill at ``outline_alpha``.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import numpy as np
 import shapely
 
@@ -59,17 +62,44 @@ def _has_runs(run_shape: np.ndarray, n: int) -> np.ndarray:
     return has
 
 
-def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, canvas) -> np.ndarray:
+def flat_rows(flat: Any, rows: np.ndarray) -> SimpleNamespace:
+    """The polygons ``rows`` of flat coordinate arrays as arrays of their own (``x``, ``y``, ``ring_offsets``,
+    ``geom_ring_offsets``), in the order of ``rows``."""
+    gro, ro = flat.geom_ring_offsets, flat.ring_offsets
+    r_start = gro[rows]
+    n_r = gro[rows + 1] - r_start
+    ring_ids = np.repeat(r_start - np.r_[0, np.cumsum(n_r)[:-1]], n_r) + np.arange(int(n_r.sum()))
+    c_start = ro[ring_ids]
+    n_c = ro[ring_ids + 1] - c_start
+    idx = np.repeat(c_start - np.r_[0, np.cumsum(n_c)[:-1]], n_c) + np.arange(int(n_c.sum()))
+    return SimpleNamespace(
+        x=np.ascontiguousarray(flat.coords[idx, 0]),
+        y=np.ascontiguousarray(flat.coords[idx, 1]),
+        ring_offsets=np.r_[0, np.cumsum(n_c)].astype(np.int64),
+        geom_ring_offsets=np.r_[0, np.cumsum(n_r)].astype(np.int64),
+    )
+
+
+def shape_owner(
+    geoms: np.ndarray | None,
+    radii: np.ndarray | None,
+    amap: AffineMap,
+    canvas,
+    flat: Any = None,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
     """``(height, width)`` int64: per canvas pixel the position in ``geoms`` of the last shape covering its centre
     (``-1``: none); shapes covering no pixel centre are placed in one pixel (see the module notes). ``radii``
-    given: ``geoms`` are circle centres (points) of those radii (intrinsic units).
+    given: ``geoms`` are circle centres (points) of those radii (intrinsic units). With ``flat`` (the element's flat
+    coordinate arrays) and ``rows``, the shapes are those rows of ``flat`` and ``geoms`` is not used.
 
     Shapes are rasterised ``_CHUNK`` at a time into the same raster (the temporary coordinates stay small)."""
     height, width = int(canvas.height_px), int(canvas.width_px)
     sx, sy = _pixel_scale(canvas)
     out = np.full((height, width), -1.0)
     seen = np.zeros((height, width), dtype=np.bool_)
-    positions = np.arange(len(geoms), dtype=np.float64)
+    n = len(rows) if flat is not None else len(geoms)
+    positions = np.arange(n, dtype=np.float64)
     anchors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (px, py, position) of shapes without runs
     if radii is not None:
         linear = np.asarray(amap.linear, dtype=float)
@@ -80,23 +110,26 @@ def shape_owner(geoms: np.ndarray, radii: np.ndarray | None, amap: AffineMap, ca
         m = np.empty((2, 3))
         m[:, :2] = inv @ np.diag([sx, sy])
         m[:, 2] = inv @ (np.array([canvas.xmin, canvas.ymin]) - np.asarray(amap.offset, dtype=float))
-        centres = shapely.get_coordinates(geoms)
+        centres = flat.coords[rows] if flat is not None else shapely.get_coordinates(geoms)
         cx = np.ascontiguousarray(centres[:, 0], dtype=np.float64)
         cy = np.ascontiguousarray(centres[:, 1], dtype=np.float64)
         runs = circle_runs(cx, cy, np.ascontiguousarray(radii, dtype=np.float64), m, height, width)
         burn_runs(*runs, positions, out, seen, BURN_OPS["max"])
-        lost = ~_has_runs(runs[0], len(geoms))
+        lost = ~_has_runs(runs[0], n)
         anchors.append((*to_pixels(cx[lost], cy[lost], amap, canvas), positions[lost]))
     else:
-        for start in range(0, len(geoms), _CHUNK):
-            flat = flatten_polygons(geoms[start : start + _CHUNK])
-            px, py = to_pixels(flat.x, flat.y, amap, canvas)
-            runs = polygon_runs(px, py, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+        for start in range(0, n, _CHUNK):
+            if flat is not None:
+                part = flat_rows(flat, rows[start : start + _CHUNK])
+            else:
+                part = flatten_polygons(geoms[start : start + _CHUNK])
+            px, py = to_pixels(part.x, part.y, amap, canvas)
+            runs = polygon_runs(px, py, part.ring_offsets, part.geom_ring_offsets, height, width)
             burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
-            lost = np.flatnonzero(~_has_runs(runs[0], len(flat.geom_ring_offsets) - 1))
+            lost = np.flatnonzero(~_has_runs(runs[0], len(part.geom_ring_offsets) - 1))
             if len(lost):
-                first_ring = flat.geom_ring_offsets[lost]
-                a, b = flat.ring_offsets[first_ring], flat.ring_offsets[first_ring + 1]
+                first_ring = part.geom_ring_offsets[lost]
+                a, b = part.ring_offsets[first_ring], part.ring_offsets[first_ring + 1]
                 count = np.maximum(b - a, 1)
                 cum_x, cum_y = np.r_[0.0, np.cumsum(px)], np.r_[0.0, np.cumsum(py)]
                 mean_x = (cum_x[b] - cum_x[a]) / count
@@ -157,7 +190,7 @@ def _boundary(owner: np.ndarray, width_px: float) -> np.ndarray:
 
 
 def rasterize_shapes(
-    geoms: np.ndarray,
+    geoms: np.ndarray | None,
     radii: np.ndarray | None,
     colors: np.ndarray,
     amap: AffineMap,
@@ -167,12 +200,14 @@ def rasterize_shapes(
     outline_color,
     outline_alpha: float,
     outline_width: float,
+    flat: Any = None,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(height, width, 4)`` straight-alpha RGBA picture of shapes on the canvas grid (row 0 at ``ymin``).
 
     ``colors`` (n, 4): the fill colour of every shape, in draw order (later shapes on top).
     """
-    owner = shape_owner(geoms, radii, amap, canvas)
+    owner = shape_owner(geoms, radii, amap, canvas, flat=flat, rows=rows)
     image = np.zeros((*owner.shape, 4))
     drawn = owner >= 0
     face = np.asarray(colors, dtype=float).copy()
