@@ -41,6 +41,7 @@ from tissuestack.elements import get_axes, get_kind, raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._resolve import elements_in, resolve_element
+from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.store._points import points_scan
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
@@ -209,10 +210,11 @@ def _candidates(bounds: np.ndarray, direction: np.ndarray) -> np.ndarray:
         return ub >= floor - tol
 
 
-def _polygons_extent(geoms: np.ndarray, m: AffineMap, exact: bool) -> Extent | None:
+def _polygons_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent | None:
     if "z" in m.in_axes:  # 3D geometries: no 3D bounds from shapely; transform every vertex
-        return _as_extent(m.out_axes, *_vertex_extent(geoms, m))
-    bounds = shapely.bounds(geoms)
+        return _as_extent(m.out_axes, *_vertex_extent(np.asarray(gdf.geometry.array), m))
+    # per-geometry bounds from the flat coordinate arrays (a store's WKB is not turned into shapely objects)
+    bounds = flat_geometry(gdf).bounds
     if not exact or m.axis_aligned:
         with np.errstate(invalid="ignore"):
             lo = np.array([np.nanmin(bounds[:, 0]), np.nanmin(bounds[:, 1])])
@@ -220,13 +222,13 @@ def _polygons_extent(geoms: np.ndarray, m: AffineMap, exact: bool) -> Extent | N
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             return None
         return _as_extent(m.out_axes, *_corners_extent(lo, hi, m))
-    if len(geoms) == 0 or np.isnan(bounds).all():
+    if len(bounds) == 0 or np.isnan(bounds).all():
         return None
-    keep = np.zeros(len(geoms), dtype=bool)
+    keep = np.zeros(len(bounds), dtype=bool)
     for row in m.linear:
         keep |= _candidates(bounds, row)
         keep |= _candidates(bounds, -row)
-    return _as_extent(m.out_axes, *_vertex_extent(geoms[keep], m))
+    return _as_extent(m.out_axes, *_vertex_extent(np.asarray(gdf.geometry.array[np.flatnonzero(keep)]), m))
 
 
 def _circles_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent | None:
@@ -262,7 +264,7 @@ def _element_extent(
         m = spatial_map(element, t)
         if shapes_type(element) == "circles":
             return _circles_extent(element, m, exact)
-        return _polygons_extent(np.asarray(element.geometry.array), m, exact)
+        return _polygons_extent(element, m, exact)
     raise ValidationError(f"a {kind} element has no extent")
 
 
