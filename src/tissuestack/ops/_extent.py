@@ -42,7 +42,7 @@ from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._resolve import elements_in, resolve_element
 from tissuestack.ops._shapes_flat import flat_geometry
-from tissuestack.store._points import points_scan
+from tissuestack.store import points_scan
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
 __all__ = ["get_extent", "spatial_map"]

@@ -37,7 +37,7 @@ from tissuestack.pl._mpl import require
 from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
 from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
 from tissuestack.query._bbox import Region, query_points, query_shapes
-from tissuestack.store._points import points_scan
+from tissuestack.store import read_points_columns
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
 
 __all__ = ["DATASHADER_THRESHOLD", "SHAPES_RASTER_MINIMUM", "Canvas", "render_element"]
@@ -531,34 +531,10 @@ def render_shapes(
 
 # ================================================================================================ points
 def _read_points_columns(frame: Any, wanted: list[str], whole: bool) -> pd.DataFrame:
-    """``wanted`` columns of a points frame. A whole element as read from a store is read straight from its
-    Parquet row groups as arrays (pyarrow, only those columns; categorical columns as codes), in parallel
-    tasks; anything else through dask."""
-    scan = points_scan(frame) if whole else None
-    meta = scan.meta if scan is not None else None
-    if meta is None or not set(wanted) <= set(meta.columns):
-        return frame[wanted].compute(scheduler=scheduler())
-    cats = {
-        c: meta.dtypes[c].categories
-        for c in wanted
-        if isinstance(meta.dtypes[c], pd.CategoricalDtype) and meta.dtypes[c].categories is not None
-    }
-    if any(
-        not pd.api.types.is_numeric_dtype(meta.dtypes[c]) and c not in cats for c in wanted
-    ):  # strings without known categories: dask's conversion
-        return frame[wanted].compute(scheduler=scheduler())
-    tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
-    if not tasks:
-        return meta[wanted].iloc[:0]
-    dask = require("dask")
-    parts = dask.compute(
-        *[dask.delayed(scan.read_arrays)(task, wanted, cats) for task in tasks], scheduler=scheduler()
-    )
-    out = {}
-    for c in wanted:
-        values = np.concatenate([part[c] for part in parts])
-        out[c] = pd.Categorical.from_codes(values, dtype=meta.dtypes[c], validate=False) if c in cats else values
-    return pd.DataFrame(out)
+    """``wanted`` columns of a points frame: a whole element as read from a store straight from its row groups
+    (:func:`tissuestack.store.read_points_columns`), anything else through dask."""
+    out = read_points_columns(frame, wanted) if whole else None
+    return out if out is not None else frame[wanted].compute(scheduler=scheduler())
 
 
 def render_points(

@@ -3,6 +3,7 @@
 Importing this package registers every codec (one module per element kind).
 """
 
+from tissuestack.store._points import points_scan, read_points_columns
 from tissuestack.store._registry import (
     CONTAINER_FORMATS,
     DEFAULT_ELEMENT_VERSIONS,
@@ -21,5 +22,7 @@ __all__ = [
     "ElementLocation",
     "StoreRoot",
     "get_codec",
+    "points_scan",
+    "read_points_columns",
     "register_codec",
 ]

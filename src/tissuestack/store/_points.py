@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from tissuestack._compute import import_distributed
+from tissuestack._compute import import_distributed, scheduler
 from tissuestack.elements import record_of, set_meta
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._points_files import (
@@ -102,6 +102,7 @@ __all__ = [
     "points_row_group_stats",
     "points_scan",
     "read_points",
+    "read_points_columns",
     "scan_row_groups",
     "write_points",
 ]
@@ -408,6 +409,35 @@ def points_scan(df: dd.DataFrame) -> PointsScan | None:
     record = record_of(df)
     source = record.source if record is not None else None
     return source if isinstance(source, PointsScan) else None
+
+
+def read_points_columns(df: dd.DataFrame, columns: Sequence[str]) -> pd.DataFrame | None:
+    """Whole ``columns`` of a points frame exactly as :func:`read_points` returned it, straight from its Parquet
+    row groups as arrays (pyarrow, only those columns, categorical columns as codes into their known categories),
+    in parallel tasks; ``None`` when the frame is not such a frame or a string column has no known categories
+    (then read it through dask)."""
+    scan = points_scan(df)
+    meta = scan.meta if scan is not None else None
+    wanted = list(columns)
+    if meta is None or not set(wanted) <= set(meta.columns):
+        return None
+    dtypes = meta.dtypes
+    cats = {
+        c: dtypes[c].categories
+        for c in wanted
+        if isinstance(dtypes[c], pd.CategoricalDtype) and dtypes[c].categories is not None
+    }
+    if any(not pd.api.types.is_numeric_dtype(dtypes[c]) and c not in cats for c in wanted):
+        return None
+    tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
+    if not tasks:
+        return meta[wanted].iloc[:0]
+    parts = dask.compute(*[dask.delayed(scan.read_arrays)(t, wanted, cats) for t in tasks], scheduler=scheduler())
+    out = {}
+    for c in wanted:
+        values = np.concatenate([part[c] for part in parts])
+        out[c] = pd.Categorical.from_codes(values, dtype=dtypes[c], validate=False) if c in cats else values
+    return pd.DataFrame(out)
 
 
 def _read_scan(scan_and_task: tuple[PointsScan, tuple[str, tuple[int, ...]]]) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tissuestack.viewer._annotations import Annotations, annotation_names, load_annotations, save_annotations
-from tissuestack.viewer._engine import LayerStyle, View, ViewerEngine
+from tissuestack.viewer._engine import LayerStyle, View, ViewerEngine, channel_color
 
 __all__ = ["ViewerSession"]
 
@@ -265,7 +265,7 @@ class ViewerSession:
         return self.styles[key]
 
     def _build_layers(self) -> None:
-        from bokeh.layouts import column, row
+        from bokeh.layouts import column
         from bokeh.models import (
             Checkbox,
             CheckboxGroup,
@@ -340,7 +340,6 @@ class ViewerSession:
                                render=False)  # fmt: skip
         self.layer_box.children = children or [Div(text="<i>no elements in this coordinate system</i>")]
         self._refresh_load_options()
-        _ = row  # layout helper kept for readability of the imports above
 
     def _channels(self, name: str, chosen: list[str], render: bool = True) -> None:
         from bokeh.layouts import row
@@ -351,9 +350,8 @@ class ViewerSession:
         style.channels = [names.index(c) for c in chosen] or None
         limits = self.engine.contrast_limits(name)
         rows = []
-        palette = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff", "#ffffff")
         for i, c in enumerate(style.channels or []):
-            colour = style.channel_colors.setdefault(c, "#ffffff" if len(style.channels) == 1 else palette[i % 7])
+            colour = style.channel_colors.setdefault(c, channel_color(style, c, i, len(style.channels)))
             lo, hi = style.contrast.get(c, limits[c])
             top = max(hi * 1.5, lo + 1.0)
             picker = ColorPicker(color=colour, width=40, title="")

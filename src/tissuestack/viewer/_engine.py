@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ from tissuestack.kernels._burn import BURN_OPS, burn_runs
 from tissuestack.kernels._zonal import circle_runs, polygon_runs
 from tissuestack.ops import get_extent
 from tissuestack.ops._shapes_flat import flat_geometry
+from tissuestack.store import read_points_columns
 
 __all__ = ["LayerStyle", "Rendered", "View", "ViewerEngine"]
 
@@ -64,6 +66,11 @@ class View:
     @property
     def unit_per_px(self) -> float:
         return max((self.x1 - self.x0) / max(self.width, 1), (self.y1 - self.y0) / max(self.height, 1))
+
+    def grid_extent(self) -> tuple[float, float, float, float]:
+        """``(x0, x1, y0, y1)`` covered by the pixels of :meth:`grid` (at least the view)."""
+        h, w, upp = self.grid()
+        return (self.x0, self.x0 + w * upp, self.y0, self.y0 + h * upp)
 
     def grid(self) -> tuple[int, int, float]:
         """``(height, width, unit_per_px)`` of the square-pixel grid that covers the view from ``(x0, y0)``."""
@@ -101,6 +108,13 @@ class Rendered:
     markers: dict[str, np.ndarray] | None = None
     legend: list[tuple[str, str]] | None = None
     colorbar: tuple[str, float, float, list[str]] | None = None
+
+
+def channel_color(style: LayerStyle, channel: int, position: int, n_shown: int) -> str:
+    """The colour of image ``channel``, shown at ``position`` of ``n_shown`` channels: the user's choice, else
+    white for a single channel, else red, green, blue, ... in order."""
+    default = "#ffffff" if n_shown == 1 else _CHANNEL_COLORS[position % len(_CHANNEL_COLORS)]
+    return style.channel_colors.get(channel, default)
 
 
 def _hex(rgba: np.ndarray) -> str:
@@ -259,25 +273,6 @@ def select_points(x, y, ids, starts, n, c0, c1, r0, r1, x0, x1, y0, y1):  # prag
     return out[:k]
 
 
-def _read_columns(element: Any, columns: list[str], cats: dict[str, pd.Index]) -> dict[str, np.ndarray] | None:
-    """Columns of a points element read from a store, straight from its Parquet row groups with pyarrow (two
-    reads at a time; categoricals as codes into ``cats``), or ``None`` when the element has no such source."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tissuestack.elements._record import record_of
-
-    record = record_of(element)
-    source = record.source if record is not None else None
-    if not (hasattr(source, "read_arrays") and hasattr(source, "tasks") and hasattr(source, "row_group_stats")):
-        return None
-    tasks = source.tasks(np.ones(len(source.row_group_stats()), dtype=bool))
-    with ThreadPoolExecutor(2) as pool:
-        parts = list(pool.map(lambda t: source.read_arrays(t, columns, cats), tasks))
-    if not parts:
-        return {c: np.zeros(0) for c in columns}
-    return {c: np.concatenate([p[c] for p in parts]) for c in columns}
-
-
 def _edges(ids: np.ndarray) -> np.ndarray:
     edge = np.zeros(ids.shape, dtype=bool)
     edge[1:, :] |= ids[1:, :] != ids[:-1, :]
@@ -296,12 +291,24 @@ class ViewerEngine:
         self.sdata = sdata
         self._lock = threading.RLock()
         self._cache: dict[tuple, Any] = {}
-        self._last_ids: dict[tuple[str, str], tuple[View, np.ndarray, np.ndarray]] = {}
+        self._last_ids: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._name_locks: dict[str, threading.RLock] = {}
 
-    def _name_lock(self, name: str) -> threading.RLock:
+    def _memo(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """The value cached under ``key`` (``key[1]`` names the element), built once: a thread asking for it
+        while another builds it waits for that build instead of reading the same data again."""
         with self._lock:
-            return self._name_locks.setdefault(name, threading.RLock())
+            if key in self._cache:
+                return self._cache[key]
+            lock = self._name_locks.setdefault(key[1], threading.RLock())
+        with lock:
+            with self._lock:
+                if key in self._cache:
+                    return self._cache[key]
+            value = build()
+            with self._lock:
+                self._cache[key] = value
+            return value
 
     # ------------------------------------------------------------------------------------------ elements
     def coordinate_systems(self) -> list[str]:
@@ -315,15 +322,16 @@ class ViewerEngine:
 
     def extent(self, coordinate_system: str) -> tuple[float, float, float, float]:
         """``(x0, x1, y0, y1)`` of everything in the system (one unit square when it is empty)."""
-        key = ("extent", coordinate_system, tuple(self.sdata.elements_in_coordinate_system(coordinate_system)))
-        with self._lock:
-            if key not in self._cache:
-                try:
-                    ext = get_extent(self.sdata, coordinate_system, exact=False)
-                    self._cache[key] = (*ext["x"], *ext["y"])
-                except (ValueError, KeyError):
-                    self._cache[key] = (0.0, 1.0, 0.0, 1.0)
-            return self._cache[key]
+
+        def build() -> tuple[float, float, float, float]:
+            try:
+                ext = get_extent(self.sdata, coordinate_system, exact=False)
+            except (ValueError, KeyError):
+                return (0.0, 1.0, 0.0, 1.0)
+            return (*ext["x"], *ext["y"])
+
+        elements = tuple(self.sdata.elements_in_coordinate_system(coordinate_system))
+        return self._memo(("extent", coordinate_system, elements), build)
 
     def invalidate(self, name: str | None = None) -> None:
         """Forget cached data of element ``name`` (all when ``None``), e.g. after it was replaced."""
@@ -366,8 +374,7 @@ class ViewerEngine:
 
     # --------------------------------------------------------------------------------------------- colours
     def _coloring(self, name: str, color: str | None) -> Any:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_coloring(name, color)
+        return self._memo(("coloring", name, color), lambda: self._build_coloring(name, color))
 
     def _build_coloring(self, name: str, color: str | None) -> Any:
         """The :class:`~tissuestack.pl._colors.Coloring` of the element's rows (points: of the cached points;
@@ -377,10 +384,6 @@ class ViewerEngine:
         from tissuestack.pl._values import find_color_source, label_values
 
         kind = self.sdata.kind_of(name)
-        key = ("coloring", name, color)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
         element = self.sdata[name]
         p = {"color": color, "na_color": "lightgray"}
         if kind == "shapes":
@@ -411,8 +414,6 @@ class ViewerEngine:
                     len(ids), values=_align(values, ids, name), key=color, uns=uns, what=f"labels {name!r}"
                 )
                 result = (np.asarray(ids), coloring)
-        with self._lock:
-            self._cache[key] = result
         return result
 
     @staticmethod
@@ -429,18 +430,13 @@ class ViewerEngine:
 
     # ---------------------------------------------------------------------------------------------- points
     def _points(self, name: str, color: str | None) -> dict[str, Any]:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_points(name, color)
+        return self._memo(("points", name, color), lambda: self._build_points(name, color))
 
     def _build_points(self, name: str, color: str | None) -> dict[str, Any]:
         """x/y in the element frame plus the values coloured by (read once per element and key)."""
         from tissuestack.pl._render import _align, _key_in_tables
         from tissuestack.pl._values import find_color_source, table_values_by_id
 
-        key = ("points", name, color)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
         element = self.sdata[name]
         columns = pd.Index(element.columns)
         meta = get_meta(element)
@@ -459,51 +455,36 @@ class ViewerEngine:
         else:
             values = None
         out = {"x": x, "y": y, "values": values, "table": table}
-        with self._lock:
-            self._cache[key] = out
         return out
 
     def _points_xy(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """The element's x and y (float32), read once."""
-        key = ("xy", name, None)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
-        element = self.sdata[name]
-        ax = list(get_axes(element)[:2])
-        arrays = _read_columns(element, ax, {})
-        if arrays is None:
-            pdf = element[ax].compute(scheduler=scheduler())
-            arrays = {a: pdf[a].to_numpy() for a in ax}
-        out = (np.asarray(arrays[ax[0]], dtype=np.float32), np.asarray(arrays[ax[1]], dtype=np.float32))
-        with self._lock:
-            self._cache[key] = out
-        return out
+
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            element = self.sdata[name]
+            ax = list(get_axes(element)[:2])
+            pdf = self._read(element, ax)
+            return pdf[ax[0]].to_numpy(dtype=np.float32), pdf[ax[1]].to_numpy(dtype=np.float32)
+
+        return self._memo(("xy", name, None), build)
+
+    @staticmethod
+    def _read(element: Any, columns: list[str]) -> pd.DataFrame:
+        """Whole columns of a points element (straight from a store's row groups where it can), row order
+        the same for every call."""
+        out = read_points_columns(element, columns)
+        return out if out is not None else element[columns].compute(scheduler=scheduler())
 
     def _points_column(self, name: str, column: str) -> pd.Series:
         """One column of the element, in the row order of :meth:`_points_xy` (categoricals stay categorical)."""
-        element = self.sdata[name]
-        dtype = element.dtypes[column]
-        cats = {column: pd.Index(dtype.categories)} if isinstance(dtype, pd.CategoricalDtype) else {}
-        arrays = _read_columns(element, [column], cats)
-        if arrays is None:
-            series = element[column].compute(scheduler=scheduler())
-            return pd.Series(series.to_numpy(), dtype=series.dtype)
-        if cats:
-            return pd.Series(pd.Categorical.from_codes(arrays[column], dtype=dtype))
-        return pd.Series(arrays[column])
+        return self._read(self.sdata[name], [column])[column].reset_index(drop=True)
 
     def _points_in_cs(self, name: str, cs: str) -> PointsGrid:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_points_in_cs(name, cs)
+        return self._memo(("points_cs", name, cs), lambda: self._build_points_in_cs(name, cs))
 
     def _build_points_in_cs(self, name: str, cs: str) -> PointsGrid:
         """The points in ``cs`` ordered by the cells of a ``GRID`` x ``GRID`` grid over their extent (built once
         per element and system): a view then reads only the grid rows it covers."""
-        key = ("points_cs", name, cs)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
         x, y = self._points_xy(name)
         amap = self._transform(name, cs)
         if not (np.array_equal(amap.linear, np.eye(2)) and not np.any(amap.offset)):
@@ -522,30 +503,30 @@ class ViewerEngine:
         np.cumsum(counts, out=starts[1:])
         order = counting_order(keys, starts)
         out = PointsGrid(x[order], y[order], order, starts, gx0, gy0, cell)
-        with self._lock:
-            self._cache[key] = out
         return out
 
-    def _points_colors(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, Any, Any]:
-        """Colour ids of the grid-ordered points, the coloring and the per-cell density (count, rgb sums)."""
-        with self._name_lock(name):
-            key = ("points_colors", name, cs, color)
-            with self._lock:
-                if key in self._cache:
-                    return self._cache[key]
-            grid = self._points_in_cs(name, cs)
-            coloring = self._coloring(name, color)
+    def _point_ids(self, name: str, color: str | None) -> tuple[np.ndarray, Any]:
+        """Per row (element order) the colour id as a small integer, and the palette (a Coloring without its
+        per-row ids, which would take 8 bytes a point)."""
+
+        def build() -> tuple[np.ndarray, Any]:
+            coloring = self._build_coloring(name, color)
             small = np.int16 if len(coloring.rgba) < np.iinfo(np.int16).max else np.int32
-            ids = np.asarray(coloring.ids).astype(small)[grid.order]
-            with self._lock:  # the per-row colour ids now live in grid order only: keep the palette
-                self._cache[("coloring", name, color)] = dataclasses.replace(coloring, ids=np.zeros(0, np.intp))
-                coloring = self._cache[("coloring", name, color)]
-            colors = coloring.rgba[:, :3].astype(np.float32)
-            density = cell_density(ids, colors, grid.starts)
-            out = (ids, coloring, density)
-            with self._lock:
-                self._cache[key] = out
-            return out
+            return np.asarray(coloring.ids).astype(small), dataclasses.replace(coloring, ids=np.zeros(0, np.intp))
+
+        return self._memo(("point_ids", name, color), build)
+
+    def _points_colors(self, name: str, cs: str, color: str | None) -> tuple[np.ndarray, Any, Any]:
+        """Colour ids of the grid-ordered points, the palette and the per-cell density (count, rgb sums)."""
+
+        def build() -> tuple[np.ndarray, Any, Any]:
+            grid = self._points_in_cs(name, cs)
+            row_ids, coloring = self._point_ids(name, color)
+            ids = row_ids[grid.order]
+            density = cell_density(ids, coloring.rgba[:, :3].astype(np.float32), grid.starts)
+            return ids, coloring, density
+
+        return self._memo(("points_colors", name, cs, color), build)
 
     def _render_points(self, name: str, style: LayerStyle, view: View) -> Rendered:
         color = style.color if style.color is not None else self.default_color(name)
@@ -554,7 +535,7 @@ class ViewerEngine:
         pts = self._points(name, color)
         legend, colorbar = self._legend(coloring)
         h, w, upp = view.grid()
-        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        extent = view.grid_extent()
         lo_x, hi_x = grid.cols(view.x0, view.x1)
         lo_y, hi_y = grid.cols(view.y0, view.y1, axis="y")
         colors = coloring.rgba[:, :3].astype(np.float32)
@@ -591,14 +572,9 @@ class ViewerEngine:
 
     # ---------------------------------------------------------------------------------------------- shapes
     def _shapes_geometry(self, name: str) -> dict[str, Any]:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_shapes_geometry(name)
+        return self._memo(("shapes", name, None), lambda: self._build_shapes_geometry(name))
 
     def _build_shapes_geometry(self, name: str) -> dict[str, Any]:
-        key = ("shapes", name, None)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
         gdf = self.sdata[name]
         flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
         if shapes_type(gdf) == "circles":
@@ -610,8 +586,6 @@ class ViewerEngine:
             }
         else:
             out = {"circles": False, "flat": flat}
-        with self._lock:
-            self._cache[key] = out
         return out
 
     def shape_ids(self, name: str, view: View) -> np.ndarray:
@@ -644,8 +618,8 @@ class ViewerEngine:
 
     def _render_shapes(self, name: str, style: LayerStyle, view: View) -> Rendered:
         ids = self.shape_ids(name, view)
-        h, w, upp = view.grid()
-        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        h, w, _ = view.grid()
+        extent = view.grid_extent()
         coloring = self._coloring(name, style.color)
         lut = np.vstack([np.zeros((1, 4)), coloring.row_colors()])
         image = np.zeros((h, w, 4), dtype=np.float64)
@@ -657,7 +631,7 @@ class ViewerEngine:
             image[edge] = lut[ids[edge]]
             image[edge, 3] = np.where(lut[ids[edge], 3] > 0, 1.0, 0.0)
         with self._lock:
-            self._last_ids[(name, view.coordinate_system)] = (view, ids, np.array(extent))
+            self._last_ids[(name, view.coordinate_system)] = (ids, np.array(extent))
         legend, colorbar = self._legend(coloring if style.color is not None else None)
         return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
 
@@ -703,15 +677,10 @@ class ViewerEngine:
         return lvl.sizes.get("c", 0) in (3, 4) and (names[:3] == ["r", "g", "b"] or lvl.dtype == np.uint8)
 
     def contrast_limits(self, name: str) -> list[tuple[float, float]]:
-        with self._name_lock(name):  # one thread builds an element's cache, the others wait for it
-            return self._build_contrast_limits(name)
+        return self._memo(("contrast", name, None), lambda: self._build_contrast_limits(name))
 
     def _build_contrast_limits(self, name: str) -> list[tuple[float, float]]:
         """Per channel: the 1st and 99.5th percentile of the coarsest pyramid level (once per image)."""
-        key = ("contrast", name, None)
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
         lvl = raster_levels(self.sdata[name])[-1]
         data = lvl.data
         if hasattr(data, "compute"):
@@ -722,15 +691,13 @@ class ViewerEngine:
             finite = ch[np.isfinite(ch)]
             lo, hi = (np.percentile(finite, [1, 99.5]) if finite.size else (0.0, 1.0))
             limits.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
-        with self._lock:
-            self._cache[key] = limits
         return limits
 
     def _render_image(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
         from tissuestack.pl._colors import to_rgba
 
-        h, w, upp = view.grid()
-        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        h, w, _ = view.grid()
+        extent = view.grid_extent()
         n_c = len(self.image_channels(name))
         rgb = self.is_rgb(name) and style.channels is None
         channels = list(range(min(n_c, 3))) if rgb else (style.channels or [0])
@@ -749,21 +716,17 @@ class ViewerEngine:
             if rgb:
                 image[..., i] = scaled
             else:
-                colour = style.channel_colors.get(
-                    c, "#ffffff" if len(channels) == 1 else _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)]
-                )
+                colour = channel_color(style, c, i, len(channels))
                 image[..., :3] += scaled[..., None] * to_rgba(colour)[None, None, :3]
         image[..., 3] = inside
-        legend = None if rgb else [(self.image_channels(name)[c], style.channel_colors.get(
-            c, "#ffffff" if len(channels) == 1 else _CHANNEL_COLORS[i % len(_CHANNEL_COLORS)]))
-            for i, c in enumerate(channels)]  # fmt: skip
+        names = self.image_channels(name)
+        legend = None if rgb else [(names[c], channel_color(style, c, i, len(channels))) for i, c in enumerate(channels)]
         return Rendered(pack_rgba(image), extent, legend=legend)
 
     def _render_labels(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
         from tissuestack.pl._render import _hashed_colors
 
-        h, w, upp = view.grid()
-        extent = (view.x0, view.x0 + w * upp, view.y0, view.y0 + h * upp)
+        extent = view.grid_extent()
         got = self._sample(name, view, None)
         if got is None:
             return None
@@ -798,7 +761,7 @@ class ViewerEngine:
             image[edge] = lut[inverse[edge]]
             image[edge, 3] = 1.0
         with self._lock:
-            self._last_ids[(name, view.coordinate_system)] = (view, labels, np.array(extent))
+            self._last_ids[(name, view.coordinate_system)] = (labels, np.array(extent))
         return Rendered(pack_rgba(image), extent, legend=legend, colorbar=colorbar)
 
     # ------------------------------------------------------------------------------------------------- api
@@ -836,7 +799,7 @@ class ViewerEngine:
             last = self._last_ids.get((name, coordinate_system))
         if last is None:
             return None
-        _view, ids, extent = last
+        ids, extent = last
         h, w = ids.shape
         upp = (extent[1] - extent[0]) / w
         c = math.floor((x - extent[0]) / upp)
