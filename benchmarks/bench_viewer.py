@@ -109,34 +109,29 @@ def run_ours(store: Path, n_layers_expected: int | None = None) -> dict:
             out["colour_s"] = time.perf_counter() - t
             cx, cy = page.evaluate(FRAME)
             page.mouse.move(cx, cy)
-            zooms = []
-            marks = []
-            for _ in range(5):
+            marks: list[tuple[str, float]] = []
+
+            def timed(what: str, act) -> float:
+                """Seconds from ``act()`` until every layer shows the new view."""
                 before = page.evaluate(IMAGE_X)
                 t = time.perf_counter()
-                marks.append(("zoom", round(t, 3)))
-                page.mouse.wheel(0, -240)
+                marks.append((what, round(t, 3)))
+                act()
                 page.wait_for_function(f"() => JSON.stringify(({IMAGE_X})()) !== '{json.dumps(before)}'",
                                        timeout=600_000, polling=20)  # fmt: skip
                 page.wait_for_function(ALL_DRAWN, timeout=600_000, polling=20)
-                zooms.append(time.perf_counter() - t)
+                elapsed = time.perf_counter() - t
                 time.sleep(0.3)
-            out["zoom_s"] = zooms
-            pans = []
-            for i in range(5):
-                before = page.evaluate(IMAGE_X)
-                t = time.perf_counter()
-                marks.append(("pan", round(t, 3)))
+                return elapsed
+
+            def drag(dx: float) -> None:
                 page.mouse.move(cx, cy)
                 page.mouse.down()
-                page.mouse.move(cx + (60 if i % 2 else -60), cy + 40, steps=4)
+                page.mouse.move(cx + dx, cy + 40, steps=4)
                 page.mouse.up()
-                page.wait_for_function(f"() => JSON.stringify(({IMAGE_X})()) !== '{json.dumps(before)}'",
-                                       timeout=600_000, polling=20)  # fmt: skip
-                page.wait_for_function(ALL_DRAWN, timeout=600_000, polling=20)
-                pans.append(time.perf_counter() - t)
-                time.sleep(0.3)
-            out["pan_s"] = pans
+
+            out["zoom_s"] = [timed("zoom", lambda: page.mouse.wheel(0, -240)) for _ in range(5)]
+            out["pan_s"] = [timed("pan", lambda i=i: drag(60 if i % 2 else -60)) for i in range(5)]
             page.screenshot(path=str(HERE / "data" / f"viewer_{store.stem}.png"))
             browser.close()
         log.flush()
