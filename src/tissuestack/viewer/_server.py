@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,29 @@ def _denied_handler() -> Any:
     return Denied
 
 
+def _document_maker(
+    sdata: SpatialData, read_only: bool, width: int, height: int, warm: str | None
+) -> Callable[[Any], None]:
+    """The function that builds one browser session's document; all sessions share one engine (its caches).
+    ``warm``: read what the first view needs now, in a background thread, or not (``None``)."""
+    from tissuestack.viewer._app import ViewerSession
+    from tissuestack.viewer._engine import ViewerEngine
+
+    read_only = read_only or _is_remote(sdata.path)  # a remote store is never written
+    engine = ViewerEngine(sdata)
+    if warm == "now":
+        engine.warm(width=width, height=height)
+    elif warm == "background":
+        threading.Thread(target=engine.warm, kwargs={"width": width, "height": height}, daemon=True,
+                         name="tissuestack-viewer-warm").start()  # fmt: skip
+    title = f"tissuestack viewer — {sdata.path}" if sdata.path else "tissuestack viewer"
+
+    def make_document(doc: Any) -> None:
+        ViewerSession(doc, engine, read_only=read_only, width=width, height=height, title=title)
+
+    return make_document
+
+
 def make_server(
     sdata: SpatialData,
     *,
@@ -93,22 +117,7 @@ def make_server(
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
 
-    from tissuestack.viewer._app import ViewerSession
-    from tissuestack.viewer._engine import ViewerEngine
-
-    if _is_remote(sdata.path):
-        read_only = True  # a remote store is never written
-    engine = ViewerEngine(sdata)
-    if warm == "now":
-        engine.warm(width=width, height=height)
-    elif warm == "background":
-        threading.Thread(target=engine.warm, kwargs={"width": width, "height": height}, daemon=True,
-                         name="tissuestack-viewer-warm").start()  # fmt: skip
-    title = f"tissuestack viewer — {sdata.path}" if sdata.path else "tissuestack viewer"
-
-    def make_document(doc: Any) -> None:
-        ViewerSession(doc, engine, read_only=read_only, width=width, height=height, title=title)
-
+    make_document = _document_maker(sdata, read_only, width, height, warm)
     loopback = host in _LOOPBACK
     if not loopback and token is None:
         token = secrets.token_urlsafe(24)
@@ -133,7 +142,6 @@ def make_server(
     url = f"http://{shown}:{real_port}/"
     if token is not None:
         url += f"?token={token}"
-    server.engine = engine
     return server, url
 
 
@@ -200,13 +208,8 @@ def view(
     if notebook:
         from bokeh.io import output_notebook, show
 
-        from tissuestack.viewer._app import ViewerSession
-        from tissuestack.viewer._engine import ViewerEngine
-
-        engine = ViewerEngine(sdata)
-        read_only = read_only or _is_remote(sdata.path)
         output_notebook(hide_banner=True)
-        show(lambda doc: ViewerSession(doc, engine, read_only=read_only, width=width, height=height))
+        show(_document_maker(sdata, read_only, width, height, warm="background"))
         return None
     ready = threading.Event()
     box: dict[str, Any] = {}
