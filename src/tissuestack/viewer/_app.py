@@ -737,7 +737,7 @@ def _poly_key(xs: Any, ys: Any) -> tuple[float, float] | None:
 
 
 def _points_rows(ddf: Any) -> int | None:
-    from tissuestack.elements._record import record_of
+    from tissuestack.elements import record_of
 
     try:
         n = record_of(ddf).n_rows
