@@ -129,7 +129,11 @@ def stored(tmp_path):
     cells = ShapesModel.parse(
         gpd.GeoDataFrame(
             {"kind": ["a", "b", "c"]},
-            geometry=[SQUARE_WITH_HOLE, MultiPolygon([TRIANGLE, Polygon([(9, 9), (10, 9), (10, 10)])]), CONCAVE],
+            geometry=[
+                SQUARE_WITH_HOLE,
+                MultiPolygon([TRIANGLE, Polygon([(9, 9), (10, 9), (10, 10)])]),
+                CONCAVE,
+            ],
             index=["x", "y", "z"],
         )
     )
@@ -184,14 +188,18 @@ def test_box_pairs_equal_strtree_query():
         i, j = box_pairs(qb, tb)
         tree = shapely.STRtree(shapely.box(*tb.T))
         ei, ej = tree.query(shapely.box(*qb.T))
-        assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(zip(ei.tolist(), ej.tolist(), strict=True))
+        assert sorted(zip(i.tolist(), j.tolist(), strict=True)) == sorted(
+            zip(ei.tolist(), ej.tolist(), strict=True)
+        )
         assert (np.diff(i) >= 0).all()
 
 
 def test_plot_vertices_orient_holes_against_exteriors():
     from tissuestack.pl._render import _MOVETO, _flat_polygon_vertices
 
-    hole_cw = Polygon([(0, 0), (0, 4), (4, 4), (4, 0)], holes=[[(1, 1), (2, 1), (2, 2), (1, 2)]])  # any orientation
+    hole_cw = Polygon(
+        [(0, 0), (0, 4), (4, 4), (4, 0)], holes=[[(1, 1), (2, 1), (2, 2), (1, 2)]]
+    )  # any orientation
     geoms = np.array([TRIANGLE, shapely.reverse(hole_cw), MultiPolygon([CONCAVE, hole_cw])], dtype=object)
     flat = from_shapely(geoms)
     rows = np.array([2, 0, 1])
@@ -205,8 +213,12 @@ def test_plot_vertices_orient_holes_against_exteriors():
     assert len(rings) == len(expected)
     for ring, exp in zip(rings, expected, strict=True):
         assert {tuple(c) for c in ring} == {tuple(c) for c in exp}
-        is_hole = any(shapely.equals(shapely.Polygon(exp), shapely.Polygon(h.coords))
-                      for g in geoms for part in shapely.get_parts(g) for h in part.interiors)
+        is_hole = any(
+            shapely.equals(shapely.Polygon(exp), shapely.Polygon(h.coords))
+            for g in geoms
+            for part in shapely.get_parts(g)
+            for h in part.interiors
+        )
         assert shapely.Polygon(ring).exterior.is_ccw == is_hole  # exteriors clockwise, holes anticlockwise
     np.testing.assert_array_equal(np.unique(owner), [0, 1, 2])
     assert (np.diff(owner) >= 0).all()
@@ -250,4 +262,41 @@ def test_numpy_and_numba_decoders_agree(case):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(fast.type_ids, type_ids)
     # other encodings go to the kernel
-    assert R._decode_numpy(*R._binary_parts(_wkb(CASES[case], byte_order=0))) is None or case == "empty and missing"
+    assert (
+        R._decode_numpy(*R._binary_parts(_wkb(CASES[case], byte_order=0))) is None
+        or case == "empty and missing"
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("wkb_kwargs", [{}, {"byte_order": 0}], ids=["le", "be"])
+def test_threaded_piecewise_decoding_of_chunked_wkb(case, wkb_kwargs, monkeypatch):
+    """Large WKB is decoded chunk by chunk, in pieces on threads, into one set of arrays (no chunk combined)."""
+    from tissuestack.kernels import _ragged as R
+
+    monkeypatch.setattr(R, "_NUMPY_MAX_BYTES", 0)  # every size takes the piecewise kernels
+    monkeypatch.setattr(R, "_PIECE_ROWS", 2)
+    geoms = CASES[case] * 5
+    wkb = _wkb(geoms, **wkb_kwargs)
+    chunked = pa.chunked_array([wkb.slice(0, 3), wkb.slice(3, 0), wkb.slice(3, 8), wkb.slice(11)])
+    for source in (chunked, wkb):
+        flat = R.from_wkb(source)
+        _assert_ragged(flat, geoms)
+        np.testing.assert_array_equal(flat.bounds, shapely.bounds(np.array(geoms, dtype=object)))
+    with pytest.raises(ValueError, match="Points or all Polygon"):  # a mix across pieces is refused too
+        R.from_wkb(pa.chunked_array([_wkb([TRIANGLE, TRIANGLE]), _wkb([Point(0, 0)])]))
+
+
+def test_wkb_array_keeps_chunks_without_copying():
+    geoms = CASES["multipolygons and polygons"] * 2
+    wkb = _wkb(geoms)
+    chunked = pa.chunked_array([wkb.slice(0, 2), wkb.slice(2)])
+    arr = WKBGeometryArray(chunked)
+    assert isinstance(arr.wkb, pa.ChunkedArray) and arr.wkb.num_chunks == 2
+    assert len(arr) == len(geoms) and not arr.isna().any()
+    np.testing.assert_array_equal(arr.header_types()[0], wkb_header_types(wkb)[0])
+    taken = arr.take([5, 0, 3])
+    assert isinstance(taken, WKBGeometryArray) and not taken.is_decoded
+    assert shapely.equals(np.asarray(taken), np.array([geoms[5], geoms[0], geoms[3]], dtype=object)).all()
+    assert shapely.equals(arr[4], geoms[4])
+    assert shapely.equals(np.asarray(arr), np.array(geoms, dtype=object)).all()

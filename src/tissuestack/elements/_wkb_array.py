@@ -38,9 +38,18 @@ _EWKB_M = 0x40000000
 _SHAPELY_TYPE = np.array([99, 0, 1, 3, 4, 5, 6, 7, 99], dtype=np.int64)
 
 
-def wkb_header_types(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Per value of a binary Arrow array of WKB: the shapely geometry type id (``-1`` for nulls, ``0`` Point,
+def wkb_header_types(wkb: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Per value of a binary Arrow array (or chunked array) of WKB: the shapely geometry type id (``-1`` for nulls, ``0`` Point,
     ``3`` Polygon, ...) and whether it has a z coordinate, from the 5-byte headers only (vectorised)."""
+    if isinstance(wkb, pa.ChunkedArray):
+        if wkb.num_chunks == 1:
+            return wkb_header_types(wkb.chunk(0))
+        parts = [wkb_header_types(c) for c in wkb.chunks]
+        if not parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    if isinstance(wkb, pa.ExtensionArray):
+        wkb = wkb.storage
     n = len(wkb)
     type_ids = np.full(n, -1, dtype=np.int64)
     has_z = np.zeros(n, dtype=bool)
@@ -66,6 +75,12 @@ def wkb_header_types(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return type_ids, has_z
 
 
+def _to_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(values, pa.ChunkedArray):
+        return values.to_numpy()
+    return values.to_numpy(zero_copy_only=False)
+
+
 class WKBGeometryArray(GeometryArray):
     """A ``GeometryArray`` over WKB values, decoded into shapely objects on first use (see the module notes).
 
@@ -78,11 +93,11 @@ class WKBGeometryArray(GeometryArray):
     """
 
     def __init__(self, wkb: pa.Array | pa.ChunkedArray, crs: Any = None):
-        if isinstance(wkb, pa.ChunkedArray):
-            wkb = wkb.combine_chunks() if wkb.num_chunks != 1 else wkb.chunk(0)
+        if isinstance(wkb, pa.ChunkedArray) and wkb.num_chunks == 1:
+            wkb = wkb.chunk(0)  # chunks are kept as they are: combining would copy every value once more
         if not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
             raise TypeError(f"expected a binary Arrow array of WKB values, got type {wkb.type}")
-        self._wkb: pa.Array | None = wkb
+        self._wkb: pa.Array | pa.ChunkedArray | None = wkb
         self._decoded: np.ndarray | None = None
         self._n = len(wkb)
         self._header: tuple[np.ndarray, np.ndarray] | None = None
@@ -95,7 +110,7 @@ class WKBGeometryArray(GeometryArray):
     def _data(self) -> np.ndarray:  # type: ignore[override]
         if self._decoded is None:
             with paused_gc():  # one GC-tracked object per row
-                self._decoded = shapely.from_wkb(self._wkb.to_numpy(zero_copy_only=False))
+                self._decoded = shapely.from_wkb(_to_numpy(self._wkb))
         return self._decoded
 
     @_data.setter
@@ -111,8 +126,9 @@ class WKBGeometryArray(GeometryArray):
         return self._decoded is not None
 
     @property
-    def wkb(self) -> pa.Array | None:
-        """The Arrow array of WKB values the geometries come from, or ``None`` once the array was written to."""
+    def wkb(self) -> pa.Array | pa.ChunkedArray | None:
+        """The Arrow array (or chunked array, as read) of WKB values the geometries come from, or ``None`` once
+        the array was written to."""
         return self._wkb
 
     def header_types(self) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +159,10 @@ class WKBGeometryArray(GeometryArray):
 
     def isna(self) -> np.ndarray:
         if self._decoded is None:
-            return self._wkb.is_null().to_numpy(zero_copy_only=False)
+            return _to_numpy(self._wkb.is_null())
         return super().isna()
 
-    def _lazy(self, wkb: pa.Array) -> WKBGeometryArray:
+    def _lazy(self, wkb: pa.Array | pa.ChunkedArray) -> WKBGeometryArray:
         return WKBGeometryArray(wkb, crs=self._crs)
 
     def copy(self, *args: Any, **kwargs: Any) -> GeometryArray:

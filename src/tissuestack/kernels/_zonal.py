@@ -50,6 +50,7 @@ __all__ = [
     "flatten_polygons",
     "labels_block_stats",
     "merge_partials",
+    "polygon_owner",
     "polygon_runs",
     "reduce_pairs",
     "runs_block_stats",
@@ -340,6 +341,220 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 o_c1[m] = c1
                 m += 1
     return o_shape[:m], o_row[:m], o_c0[:m], o_c1[:m]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _mix(k):  # pragma: no cover - numba
+    """A fixed pseudo-random 64-bit value of ``k`` (splitmix64's finaliser), never 0."""
+    z = np.uint64(k) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    return z | np.uint64(1)
+
+
+def polygon_owner(coords, ring_offsets, geom_ring_offsets, rank, m, owner, threads: int = 2) -> None:
+    """Burn polygons (flat arrays, ``coords`` (n, 2) intrinsic) into ``owner`` (int64 ``(height, width)``, filled
+    with ``-1``) in draw order: geometry ``g`` is drawn ``rank[g]``-th (``-1``: not drawn), and a pixel gets the
+    rank of the last polygon covering its centre, with :func:`polygon_runs`' rule. ``m`` (2 x 3) maps intrinsic
+    coordinates to pixel units.
+
+    The pixels are those of mapping the coordinates, :func:`polygon_runs` and burning the runs by rank, with no
+    temporary array per polygon, geometries visited in storage order. A polygon that covers no pixel centre
+    (shapes many times smaller than a pixel: an overview) is placed in the pixel holding the mean of its first
+    ring's vertices (closing vertex included) when no covering polygon claims that pixel; of several such
+    polygons in one pixel, a fixed pseudo-random one (by rank) wins, so a crowd of tiny shapes keeps the
+    proportions of its colours.
+
+    Large inputs are burnt on ``threads`` threads (geometry ranges into separate rasters, merged by maximum).
+    """
+    n = rank.shape[0]
+    anchor = np.full(n, -1, dtype=np.int64)  # pixel index of each polygon placed by its vertices' mean
+    if threads < 2 or n < 100_000:
+        _owner_burn(coords, ring_offsets, geom_ring_offsets, rank, m, owner, anchor, 0, n)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        cuts = np.linspace(0, n, threads + 1).astype(np.int64)
+        parts = [owner] + [np.full(owner.shape, -1, dtype=np.int64) for _ in range(threads - 1)]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(
+                pool.map(
+                    lambda t: _owner_burn(
+                        coords,
+                        ring_offsets,
+                        geom_ring_offsets,
+                        rank,
+                        m,
+                        parts[t],
+                        anchor,
+                        cuts[t],
+                        cuts[t + 1],
+                    ),
+                    range(threads),
+                )
+            )
+        for part in parts[1:]:
+            np.maximum(owner, part, out=owner)
+    _owner_anchors(owner, anchor, rank)
+
+
+@numba.njit(cache=True, nogil=True)
+def _owner_burn(
+    coords, ring_offsets, geom_ring_offsets, rank, m, owner, anchor, g_lo, g_hi
+):  # pragma: no cover
+    """:func:`polygon_owner` for geometries ``g_lo:g_hi``: the covered pixels, and ``anchor`` of the others."""
+    height = owner.shape[0]
+    width = owner.shape[1]
+    hf = float(height)
+    wf = float(width)
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    row_count = np.empty(64, dtype=np.int64)
+    fill = np.empty(64, dtype=np.int64)
+    xs = np.empty(64, dtype=np.float64)
+    for g in range(g_lo, g_hi):
+        k = rank[g]
+        if k < 0:
+            continue
+        q0 = geom_ring_offsets[g]
+        q1 = geom_ring_offsets[g + 1]
+        if q1 == q0:
+            continue
+        # the y range, and the first ring's vertex mean: a polygon between two rows of pixel centres (the
+        # common case of an overview) crosses none, and is placed by its mean after one pass
+        ra = ring_offsets[q0]
+        rb = ring_offsets[q0 + 1]
+        y_min = np.inf
+        y_max = -np.inf
+        sx = 0.0
+        sy = 0.0
+        for i in range(ra, ring_offsets[q1]):
+            vy = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+            if vy < y_min:
+                y_min = vy
+            if vy > y_max:
+                y_max = vy
+            if i < rb:
+                sx += m00 * coords[i, 0] + m01 * coords[i, 1] + m02
+                sy += vy
+        if not (y_min <= y_max):
+            continue  # no finite vertex
+        if _first_index_at_or_after(_clip(y_min, -1.0, hf + 1.0)) >= _first_index_at_or_after(
+            _clip(y_max, -1.0, hf + 1.0)
+        ):
+            _place(anchor, g, sx, sy, rb - ra, width, height)
+            continue
+        lo_row = height
+        hi_row = -1
+        n_cross = 0
+        for q in range(q0, q1):
+            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                if ay == by or not (ay == ay and by == by):
+                    continue
+                e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
+                e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                if e1 > e0:
+                    n_cross += e1 - e0
+                    lo_row = min(lo_row, e0)
+                    hi_row = max(hi_row, e1 - 1)
+        hit = False
+        if n_cross > 0:
+            n_rows = hi_row - lo_row + 1
+            if row_count.shape[0] < n_rows + 1:
+                row_count = np.empty(2 * (n_rows + 1), dtype=np.int64)
+                fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
+            if xs.shape[0] < n_cross:
+                xs = np.empty(2 * n_cross, dtype=np.float64)
+            for r in range(n_rows + 1):
+                row_count[r] = 0
+            for q in range(q0, q1):
+                for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                    ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                    by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                    if ay == by or not (ay == ay and by == by):
+                        continue
+                    e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
+                    e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                    for r in range(e0, e1):
+                        row_count[r - lo_row + 1] += 1
+            for r in range(n_rows):
+                row_count[r + 1] += row_count[r]
+            for r in range(n_rows):
+                fill[r] = row_count[r]
+            for q in range(q0, q1):
+                for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                    ax = m00 * coords[i, 0] + m01 * coords[i, 1] + m02
+                    ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                    bx = m00 * coords[i + 1, 0] + m01 * coords[i + 1, 1] + m02
+                    by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                    if ay == by or not (ay == ay and by == by):
+                        continue
+                    e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
+                    e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                    for r in range(e0, e1):
+                        yc = r + 0.5
+                        xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
+                        fill[r - lo_row] += 1
+            for r in range(n_rows):
+                a = row_count[r]
+                b = row_count[r + 1]
+                if b - a < 2:
+                    continue
+                seg = xs[a:b]
+                _shell_sort(seg)
+                for p in range(0, b - a - 1, 2):
+                    x0 = seg[p]
+                    x1 = seg[p + 1]
+                    if not (x1 > x0):
+                        continue
+                    c0 = max(_first_index_at_or_after(_clip(x0, -1.0, wf + 1.0)), 0)
+                    c1 = min(_first_index_at_or_after(_clip(x1, -1.0, wf + 1.0)), width)
+                    for j in range(c0, c1):
+                        hit = True
+                        if owner[r + lo_row, j] < k:
+                            owner[r + lo_row, j] = k
+        if not hit:
+            _place(anchor, g, sx, sy, rb - ra, width, height)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _place(anchor, g, sx, sy, count, width, height):  # pragma: no cover - numba
+    """``anchor[g]``: the pixel index of the vertex mean ``(sx, sy) / count``, or -1 outside (or NaN)."""
+    if count <= 0:
+        return
+    fx = sx / count
+    fy = sy / count
+    if not (0.0 <= fx < float(width) and 0.0 <= fy < float(height)):
+        return
+    col = math.floor(fx)
+    row = math.floor(fy)
+    if col < width and row < height:
+        anchor[g] = row * width + col
+
+
+@numba.njit(cache=True, nogil=True)
+def _owner_anchors(owner, anchor, rank):  # pragma: no cover - numba
+    """Place the polygons of :func:`polygon_owner` that cover no pixel centre."""
+    height = owner.shape[0]
+    width = owner.shape[1]
+    n = rank.shape[0]
+    # the tiny polygons: one per free pixel, the largest _mix(rank) of those placed there
+    best = np.zeros(height * width, dtype=np.uint64)
+    chosen = np.full(height * width, -1, dtype=np.int64)
+    for g in range(n):
+        px = anchor[g]
+        if px < 0 or owner[px // width, px % width] >= 0:
+            continue
+        h = _mix(rank[g])
+        if h > best[px]:
+            best[px] = h
+            chosen[px] = rank[g]
+    for px in range(height * width):
+        if chosen[px] >= 0:
+            owner[px // width, px % width] = chosen[px]
 
 
 @numba.njit(cache=True, nogil=True)

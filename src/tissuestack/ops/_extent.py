@@ -213,15 +213,19 @@ def _candidates(bounds: np.ndarray, direction: np.ndarray) -> np.ndarray:
 def _polygons_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent | None:
     if "z" in m.in_axes:  # 3D geometries: no 3D bounds from shapely; transform every vertex
         return _as_extent(m.out_axes, *_vertex_extent(np.asarray(gdf.geometry.array), m))
-    # per-geometry bounds from the flat coordinate arrays (a store's WKB is not turned into shapely objects)
-    bounds = flat_geometry(gdf).bounds
-    if not exact or m.axis_aligned:
-        with np.errstate(invalid="ignore"):
-            lo = np.array([np.nanmin(bounds[:, 0]), np.nanmin(bounds[:, 1])])
-            hi = np.array([np.nanmax(bounds[:, 2]), np.nanmax(bounds[:, 3])])
+    # from the flat coordinate arrays (a store's WKB is not turned into shapely objects)
+    flat = flat_geometry(gdf)
+    if not exact or m.axis_aligned:  # the box of every vertex: no per-geometry bounds needed
+        coords = flat.coords
+        if len(coords) == 0:
+            return None
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no extent
+            lo, hi = np.nanmin(coords, axis=0), np.nanmax(coords, axis=0)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             return None
         return _as_extent(m.out_axes, *_corners_extent(lo, hi, m))
+    bounds = flat.bounds
     if len(bounds) == 0 or np.isnan(bounds).all():
         return None
     keep = np.zeros(len(bounds), dtype=bool)

@@ -17,14 +17,13 @@ background), composited over the fill at ``outline_alpha``.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import shapely
 
 from tissuestack.kernels._burn import BURN_OPS, burn_runs
-from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_runs
+from tissuestack.kernels._zonal import circle_runs, flatten_polygons, polygon_owner, polygon_runs
 from tissuestack.pl._colors import to_rgba
 from tissuestack.pl._mpl import require
 from tissuestack.transforms import AffineMap
@@ -56,28 +55,23 @@ def to_pixels(x: np.ndarray, y: np.ndarray, amap: AffineMap, canvas) -> tuple[np
     return px, py
 
 
+def pixel_affine(amap: AffineMap, canvas) -> np.ndarray:
+    """The 2 x 3 matrix of :func:`to_pixels` (intrinsic x/y -> canvas pixel coordinates)."""
+    sx, sy = _pixel_scale(canvas)
+    lin = np.asarray(amap.linear, dtype=float)
+    off = np.asarray(amap.offset, dtype=float)
+    return np.array(
+        [
+            [lin[0, 0] / sx, lin[0, 1] / sx, (off[0] - canvas.xmin) / sx],
+            [lin[1, 0] / sy, lin[1, 1] / sy, (off[1] - canvas.ymin) / sy],
+        ]
+    )
+
+
 def _has_runs(run_shape: np.ndarray, n: int) -> np.ndarray:
     has = np.zeros(n, dtype=bool)
     has[run_shape] = True
     return has
-
-
-def flat_rows(flat: Any, rows: np.ndarray) -> SimpleNamespace:
-    """The polygons ``rows`` of flat coordinate arrays as arrays of their own (``x``, ``y``, ``ring_offsets``,
-    ``geom_ring_offsets``), in the order of ``rows``."""
-    gro, ro = flat.geom_ring_offsets, flat.ring_offsets
-    r_start = gro[rows]
-    n_r = gro[rows + 1] - r_start
-    ring_ids = np.repeat(r_start - np.r_[0, np.cumsum(n_r)[:-1]], n_r) + np.arange(int(n_r.sum()))
-    c_start = ro[ring_ids]
-    n_c = ro[ring_ids + 1] - c_start
-    idx = np.repeat(c_start - np.r_[0, np.cumsum(n_c)[:-1]], n_c) + np.arange(int(n_c.sum()))
-    return SimpleNamespace(
-        x=np.ascontiguousarray(flat.coords[idx, 0]),
-        y=np.ascontiguousarray(flat.coords[idx, 1]),
-        ring_offsets=np.r_[0, np.cumsum(n_c)].astype(np.int64),
-        geom_ring_offsets=np.r_[0, np.cumsum(n_r)].astype(np.int64),
-    )
 
 
 def shape_owner(
@@ -117,12 +111,17 @@ def shape_owner(
         burn_runs(*runs, positions, out, seen, BURN_OPS["max"])
         lost = ~_has_runs(runs[0], n)
         anchors.append((*to_pixels(cx[lost], cy[lost], amap, canvas), positions[lost]))
+    elif flat is not None:  # one pass of the owner kernel over the element's own arrays (no copies)
+        owner = np.full((height, width), -1, dtype=np.int64)
+        rank = np.full(len(flat), -1, dtype=np.int64)
+        rank[np.asarray(rows, dtype=np.int64)] = np.arange(n, dtype=np.int64)
+        polygon_owner(
+            flat.coords, flat.ring_offsets, flat.geom_ring_offsets, rank, pixel_affine(amap, canvas), owner
+        )
+        return owner
     else:
         for start in range(0, n, _CHUNK):
-            if flat is not None:
-                part = flat_rows(flat, rows[start : start + _CHUNK])
-            else:
-                part = flatten_polygons(geoms[start : start + _CHUNK])
+            part = flatten_polygons(geoms[start : start + _CHUNK])
             px, py = to_pixels(part.x, part.y, amap, canvas)
             runs = polygon_runs(px, py, part.ring_offsets, part.geom_ring_offsets, height, width)
             burn_runs(*runs, positions[start : start + _CHUNK], out, seen, BURN_OPS["max"])
