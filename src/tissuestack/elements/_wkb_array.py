@@ -63,12 +63,8 @@ def wkb_header_types(wkb: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nd
     valid &= offsets[1:] - offsets[:-1] >= 5
     start = offsets[:-1][valid]
     little = data[start] == 1
-    b = [data[start + k].astype(np.uint32) for k in range(1, 5)]
-    code = np.where(
-        little,
-        b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24),
-        b[3] | (b[2] << 8) | (b[1] << 16) | (b[0] << 24),
-    )
+    raw = np.ascontiguousarray(data[start[:, None] + np.arange(1, 5)])  # the 4 type bytes of every value
+    code = np.where(little, raw.view("<u4").ravel(), raw.view(">u4").ravel()).astype(np.uint32)
     iso = code & 0xFFFF
     type_ids[valid] = _SHAPELY_TYPE[np.minimum(iso % 1000, len(_SHAPELY_TYPE) - 1)]
     has_z[valid] = ((code & _EWKB_Z) != 0) | np.isin(iso // 1000, (1, 3))

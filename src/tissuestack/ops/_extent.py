@@ -73,6 +73,17 @@ def spatial_map(
     return affine_map(transformation, ins, outs)
 
 
+def _col_nanmin(a: np.ndarray) -> np.ndarray:
+    """``np.nanmin(a, axis=0)`` of an (n, k) array, column by column: the axis-0 reduction of a C-ordered array
+    with few columns is ~10x slower (0.46 s against 0.05 s for 16M x 2)."""
+    return np.array([np.nanmin(a[:, j]) for j in range(a.shape[1])], dtype=np.float64)
+
+
+def _col_nanmax(a: np.ndarray) -> np.ndarray:
+    """``np.nanmax(a, axis=0)``, column by column (see :func:`_col_nanmin`)."""
+    return np.array([np.nanmax(a[:, j]) for j in range(a.shape[1])], dtype=np.float64)
+
+
 def _corners_extent(lo: np.ndarray, hi: np.ndarray, m: AffineMap) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box of the transformed corners of the box ``[lo, hi]`` (intrinsic, ``m.in_axes`` order)."""
     corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))), dtype=np.float64)
@@ -161,7 +172,7 @@ def _points_extent(ddf: dd.DataFrame, m: AffineMap, exact: bool, name: str | Non
             values = np.full((2, len(out_cols)), np.nan)
         else:
             out = m.apply(coords)
-            values = np.vstack([np.nanmin(out, axis=0), np.nanmax(out, axis=0)])
+            values = np.vstack([_col_nanmin(out), _col_nanmax(out)])
         return pd.DataFrame(values, columns=out_cols, index=pd.Index(["min", "max"], name="stat"))
 
     meta = pd.DataFrame(
@@ -184,8 +195,8 @@ def _vertex_extent(geoms: np.ndarray, m: AffineMap) -> tuple[np.ndarray, np.ndar
         if len(coords) == 0:
             continue
         out = m.apply(coords)
-        lo = np.fmin(lo, np.nanmin(out, axis=0))
-        hi = np.fmax(hi, np.nanmax(out, axis=0))
+        lo = np.fmin(lo, _col_nanmin(out))
+        hi = np.fmax(hi, _col_nanmax(out))
     return lo, hi
 
 
@@ -221,7 +232,7 @@ def _polygons_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent
             return None
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: no extent
-            lo, hi = np.nanmin(coords, axis=0), np.nanmax(coords, axis=0)
+            lo, hi = _col_nanmin(coords), _col_nanmax(coords)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
             return None
         return _as_extent(m.out_axes, *_corners_extent(lo, hi, m))
@@ -242,16 +253,16 @@ def _circles_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent 
     if len(centres) == 0:
         return None
     if not exact:
-        lo = np.nanmin(centres, axis=0)
-        hi = np.nanmax(centres, axis=0)
-        lo[:2] = np.nanmin(centres[:, :2] - radius[:, None], axis=0)
-        hi[:2] = np.nanmax(centres[:, :2] + radius[:, None], axis=0)
+        lo = _col_nanmin(centres)
+        hi = _col_nanmax(centres)
+        lo[:2] = _col_nanmin(centres[:, :2] - radius[:, None])
+        hi[:2] = _col_nanmax(centres[:, :2] + radius[:, None])
         return _as_extent(m.out_axes, *_corners_extent(lo, hi, m))
     out = m.apply(centres)
     # disks lie in the xy plane: their half width along output axis i comes from the x and y columns only
     half = np.sqrt((m.linear[:, :2] ** 2).sum(axis=1))
     spread = radius[:, None] * half[None, :]
-    return _as_extent(m.out_axes, np.nanmin(out - spread, axis=0), np.nanmax(out + spread, axis=0))
+    return _as_extent(m.out_axes, _col_nanmin(out - spread), _col_nanmax(out + spread))
 
 
 def _element_extent(

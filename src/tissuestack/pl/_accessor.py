@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from tissuestack._compute import warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import get_meta
 from tissuestack.errors import NoPathError, UnknownCoordinateSystemError, ValidationError
@@ -336,6 +337,9 @@ class PlotAccessor:
         """
         mpl = require("matplotlib")
         plt = require("matplotlib.pyplot")
+        if any(step.kind in ("points", "shapes") for step in self._steps):
+            # their binning / rasterising kernels: numba's one-time set-up overlaps reading the elements
+            warm_numba()
         panels = self._panels(coordinate_systems)
         dpi = float(dpi or (ax.figure.dpi if ax is not None and not isinstance(ax, (list, tuple)) else 100.0))
         extents = [self._extent(cs, items, crop) for cs, items in panels]

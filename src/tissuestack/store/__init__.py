@@ -1,8 +1,10 @@
 """The on-disk format: SpatialData Zarr stores, every version, local or remote.
 
-Importing this package registers every codec (one module per element kind).
+Importing this package registers every codec (one module per element kind) and chooses Arrow's memory pool
+(:mod:`tissuestack._arrow_pool`).
 """
 
+from tissuestack._arrow_pool import choose_memory_pool
 from tissuestack.store._points import points_scan, read_points_columns
 from tissuestack.store._registry import (
     CONTAINER_FORMATS,
@@ -13,6 +15,8 @@ from tissuestack.store._registry import (
     register_codec,
 )
 from tissuestack.store._root import ElementLocation, StoreRoot
+
+choose_memory_pool()  # before the first read
 
 __all__ = [
     "CONTAINER_FORMATS",
