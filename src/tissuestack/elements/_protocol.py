@@ -75,6 +75,11 @@ class ElementKind:
         Whether rows of an element can be selected or reordered (a raster cannot).
     in_memory
         Whether elements are held in memory once loaded, never read lazily from their files (shapes).
+    annotates_regions
+        Whether elements annotate other elements (regions) by instance id (tables).
+    load_reads_files
+        Whether loading a stored element reads its data files (Parquet footers), so that problems with those
+        files also fail the load (points, shapes; rasters read only metadata until their chunks are computed).
     listed_in_store
         Whether the store keeps a list of the elements of the kind (the NGFF ``labels`` list).
     """
@@ -89,6 +94,8 @@ class ElementKind:
     filters_tables: ClassVar[bool] = False
     filterable: ClassVar[bool] = False
     in_memory: ClassVar[bool] = False
+    annotates_regions: ClassVar[bool] = False
+    load_reads_files: ClassVar[bool] = False
     listed_in_store: ClassVar[bool] = False
 
     def __repr__(self) -> str:
@@ -184,6 +191,12 @@ class ElementKind:
     def read_options(self, *, lazy_tables: bool = False) -> dict[str, Any]:
         """Keyword arguments of this kind's codec readers, from the options of opening a store."""
         return {}
+
+    def file_problems(
+        self, loc: Any, files: Iterable[str], *, strict: bool = True, deep: bool = False
+    ) -> list:
+        """Problems (``StoreProblem``) of the data files of the stored element at ``loc`` (for ``inspect``)."""
+        return []
 
     def codec(self, version: str) -> Any:
         """The registered store codec of this kind in element format ``version``."""
@@ -321,6 +334,16 @@ class _RasterKind(ElementKind):
 
         return raster_meta(attrs, group, loc)
 
+    def file_problems(
+        self, loc: Any, files: Iterable[str], *, strict: bool = True, deep: bool = False
+    ) -> list:
+        from tissuestack.store._check import raster_chunk_problems
+        from tissuestack.store._root import quiet_zarr
+
+        with quiet_zarr():
+            group = loc.root.open_group(use_consolidated=False)[loc.key]
+        return raster_chunk_problems(loc, group, files, strict=strict, deep=deep)
+
     def write_metadata(
         self, group: Any, obj: Any, meta: Any, *, transformations: bool = True, channel_names: bool = True
     ) -> None:
@@ -378,12 +401,18 @@ class LabelsKind(_RasterKind):
 
 
 # ================================================================================================ points, shapes
-class PointsKind(ElementKind):
+class _ParquetKind(ElementKind):
+    """Points and shapes: frames with a row per point or geometry, stored as Parquet."""
+
+    has_instances = True
+    filterable = True
+    load_reads_files = True
+
+
+class PointsKind(_ParquetKind):
     """Points: a lazy dask DataFrame with coordinate columns ``x, y[, z]``."""
 
     name = "points"
-    has_instances = True
-    filterable = True
 
     def parse(self, obj: Any, name: str | None = None) -> Any:
         from tissuestack.elements._points import PointsModel
@@ -402,6 +431,13 @@ class PointsKind(ElementKind):
         from tissuestack.elements._points import points_axes
 
         return points_axes(obj)
+
+    def file_problems(
+        self, loc: Any, files: Iterable[str], *, strict: bool = True, deep: bool = False
+    ) -> list:
+        from tissuestack.store._check import points_parquet_problems
+
+        return points_parquet_problems(loc, deep=deep)
 
     def describe(self, obj: Any) -> str:
         from tissuestack.elements._meta import get_meta
@@ -455,13 +491,11 @@ class PointsKind(ElementKind):
         return points_instances(obj, points_instance_key(obj, name))
 
 
-class ShapesKind(ElementKind):
+class ShapesKind(_ParquetKind):
     """Shapes: a GeoDataFrame of polygons, multipolygons or circles (points with a ``radius`` column)."""
 
     name = "shapes"
-    has_instances = True
     filters_tables = True
-    filterable = True
     in_memory = True
 
     def parse(self, obj: Any, name: str | None = None) -> Any:
@@ -481,6 +515,13 @@ class ShapesKind(ElementKind):
         from tissuestack.elements._shapes import shapes_axes
 
         return shapes_axes(obj)
+
+    def file_problems(
+        self, loc: Any, files: Iterable[str], *, strict: bool = True, deep: bool = False
+    ) -> list:
+        from tissuestack.store._check import shapes_parquet_problems
+
+        return shapes_parquet_problems(loc, deep=deep)
 
     def describe(self, obj: Any) -> str:
         from tissuestack.elements._shapes import shapes_type
@@ -527,6 +568,7 @@ class TablesKind(ElementKind):
 
     name = "tables"
     is_spatial = False
+    annotates_regions = True
 
     def parse(self, obj: Any, name: str | None = None) -> Any:
         from tissuestack.elements._tables import TableModel
