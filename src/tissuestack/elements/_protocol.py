@@ -73,6 +73,8 @@ class ElementKind:
         shapes); the rows of a points region are kept whole.
     filterable
         Whether rows of an element can be selected or reordered (a raster cannot).
+    lazy_rows
+        Whether rows are a lazy frame: filtered with lazy masks, and read in a pass only where needed (points).
     in_memory
         Whether elements are held in memory once loaded, never read lazily from their files (shapes).
     annotates_regions
@@ -93,6 +95,7 @@ class ElementKind:
     has_instances: ClassVar[bool] = False
     filters_tables: ClassVar[bool] = False
     filterable: ClassVar[bool] = False
+    lazy_rows: ClassVar[bool] = False
     in_memory: ClassVar[bool] = False
     annotates_regions: ClassVar[bool] = False
     load_reads_files: ClassVar[bool] = False
@@ -413,6 +416,7 @@ class PointsKind(_ParquetKind):
     """Points: a lazy dask DataFrame with coordinate columns ``x, y[, z]``."""
 
     name = "points"
+    lazy_rows = True
 
     def parse(self, obj: Any, name: str | None = None) -> Any:
         from tissuestack.elements._points import PointsModel
