@@ -332,7 +332,7 @@ class SpatialData:
                     if e is ref:
                         return Node("element", n)
             raise KeyError(f"the {role} object is not an element of this SpatialData")
-        is_element = ref in self._kind_of and self._kind_of[ref] != "tables"
+        is_element = ref in self._kind_of and get_kind_protocol(self._kind_of[ref]).is_spatial
         is_cs = ref in self.coordinate_systems
         if is_element and is_cs:
             # vendor readers name an element and a coordinate system alike (Visium: both '<dataset_id>'): a source
@@ -494,7 +494,7 @@ class SpatialData:
         unknown = [n for n in wanted if n not in self._kind_of]
         if unknown:
             raise KeyError(f"unknown element(s) {unknown}")
-        kept = {n for n in wanted if self._kind_of[n] != "tables"}
+        kept = {n for n in wanted if get_kind_protocol(self._kind_of[n]).is_spatial}
         out = SpatialData(attrs=self.attrs)
         for kind in SPATIAL_KINDS:
             for name, element in self._store[kind].items():
