@@ -159,7 +159,8 @@ class ElementKind:
         from tissuestack.query._region import Region, check_box
 
         axes, lo, hi, many = check_box(axes, min_coordinate, max_coordinate)
-        results = self.query(obj, transformation_to(obj, target_coordinate_system), Region(axes, lo, hi))
+        t = transformation_to(obj, target_coordinate_system) if self.is_spatial else None
+        results = self.query(obj, t, Region(axes, lo, hi))
         return results if many else results[0]
 
     def transform(
@@ -207,14 +208,33 @@ class ElementKind:
 
         return _registry.get_codec(self.name, version)
 
-    def read(self, group: Any, loc: Any, attrs: Mapping[str, Any], version: str, **options: Any) -> Any:
-        """Read the element stored in ``group`` with this kind's codec of ``version``."""
+    def read(
+        self,
+        group: Any,
+        loc: Any,
+        attrs: Mapping[str, Any],
+        version: str,
+        *,
+        attach_meta: bool = True,
+        **options: Any,
+    ) -> Any:
+        """Read the element stored in ``group`` with this kind's codec of ``version``.
+
+        With ``attach_meta``, spatial metadata read from ``attrs`` is attached when the codec leaves it out
+        (raster codecs do: a deferred element of an opened store attaches what was read when it was opened).
+        """
+        from tissuestack.elements._meta import set_meta
         from tissuestack.errors import FormatError
 
         codec = self.codec(version)
         if codec.read is None:
             raise FormatError(f"{loc}: reading {self.name} format {version} is not supported")
-        return codec.read(group, loc, attrs, **options)
+        element = codec.read(group, loc, attrs, **options)
+        if attach_meta and self.is_spatial and not has_meta(element):
+            meta = self.read_meta(attrs, group, loc)
+            if meta is not None:
+                set_meta(element, meta)
+        return element
 
     def write(self, obj: Any, parent: Any, loc: Any, version: str, **options: Any) -> None:
         """Write ``obj`` under the type group ``parent`` with this kind's codec of ``version``.

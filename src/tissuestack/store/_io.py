@@ -97,7 +97,8 @@ def _loader(protocol: ElementKind, version: str, root: StoreRoot, name: str, opt
             g = group[f"{protocol.name}/{name}"]
         loc = ElementLocation(root, protocol.name, name)
         try:
-            return protocol.read(g, loc, g.attrs.asdict(), version, **options)
+            # the metadata read when the store was opened is attached by the Deferred element
+            return protocol.read(g, loc, g.attrs.asdict(), version, attach_meta=False, **options)
         except (StoreError, FormatError):
             raise
         except Exception as err:  # corrupt data surfaces as whatever the decoder raises
