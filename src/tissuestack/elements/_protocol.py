@@ -12,8 +12,9 @@ instead of comparing kind names::
 The registry maps Python types to candidate protocols: a type may carry more than one kind (an xarray
 ``DataArray`` holds images or labels), and the first candidate whose :meth:`ElementKind.matches` accepts the
 object wins. Behaviour that lives in upper layers (extent and transform in ``ops``, queries in ``query``, codecs
-in ``store``) is imported inside the method that delegates to it, so that importing this module stays cheap and
-the layers keep importing downwards only at import time.
+in ``store``) stays there, next to the code it shares: the method that delegates to it imports it when called,
+so that the elements layer imports no upper layer and ``import tissuestack.elements`` loads no ops, query or
+store module.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import anndata as ad
 import dask.dataframe as dd
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from tissuestack.elements._meta import has_meta
@@ -57,7 +59,8 @@ class ElementKind:
     name
         The kind's name, also its folder in a store (``"images"``, ``"labels"``, ...).
     is_spatial
-        Whether elements of the kind have coordinates (and hence coordinate transformations, axes, extents).
+        Whether elements of the kind have coordinates, hence spatial metadata (coordinate transformations, the
+        files they are read from), axes and extents. Tables do not.
     is_raster
         Whether elements are xarray rasters (with pyramids, chunks and pixel axes).
     has_channels
@@ -104,7 +107,7 @@ class ElementKind:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
-    def __reduce__(self) -> str | tuple[Any, ...]:  # singletons pickle by name
+    def __reduce__(self) -> tuple[Any, ...]:  # singletons pickle (and copy) by name
         return (get_kind_protocol, (self.name,))
 
     # ------------------------------------------------------------------------------------------ model
@@ -130,8 +133,6 @@ class ElementKind:
 
     def columns(self, obj: Any) -> Any:
         """The data columns of an element (not its geometry): a ``pandas.Index``, empty for a raster."""
-        import pandas as pd
-
         return pd.Index([])
 
     # ------------------------------------------------------------------------------------------ ops
@@ -479,8 +480,6 @@ class PointsKind(_ParquetKind):
         return f"dask DataFrame[{axes}] {rows}, {obj.npartitions} partitions, columns ({cols}){extra}"
 
     def columns(self, obj: Any) -> Any:
-        import pandas as pd
-
         return pd.Index(obj.columns)
 
     def extent(self, obj: Any, t: Any, exact: bool = True, name: str | None = None) -> dict | None:
