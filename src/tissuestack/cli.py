@@ -456,8 +456,9 @@ def _color_applies(sdata: Any, name: str, key: str | None) -> bool:
     """Whether colour key ``key`` can colour element ``name`` (a colour, an element column or a table key)."""
     if key is None:
         return False
-    element = sdata[name]
-    if sdata.kind_of(name) in ("shapes", "points") and key in element.columns:
+    from tissuestack.elements import get_kind_protocol
+
+    if key in get_kind_protocol(sdata.kind_of(name)).columns(sdata[name]):  # a column of shapes or points
         return True
     for table_name in sdata.get_annotating_tables(name):
         table = sdata.tables[table_name]
@@ -503,11 +504,20 @@ def _cmd_view(args: argparse.Namespace) -> int:
     return 0
 
 
+# how elements not coloured by --color are drawn: shapes as outlines only, so that they do not hide what lies
+# below; points in light grey
+_UNCOLOURED_STYLE: dict[str, dict[str, Any]] = {
+    "shapes": {"fill_alpha": 0.0, "outline_alpha": 1.0, "outline_color": "#ffffff", "outline_width": 0.6},
+    "points": {"color": "#bbbbbb"},
+}
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     import matplotlib  # the plotting command needs the optional "plot" extra
 
     matplotlib.use("Agg")
     from tissuestack import read_zarr
+    from tissuestack.elements import get_kind_protocol
 
     sdata = read_zarr(args.store, storage_options=_storage_options(args.storage_option))
     cs = args.coordinate_system
@@ -520,7 +530,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     by_kind: dict[str, list[str]] = {"images": [], "labels": [], "shapes": [], "points": []}
     for name in names:
         kind = sdata.kind_of(name)
-        if kind == "tables":
+        if not get_kind_protocol(kind).is_spatial:
             raise ValidationError(f"{name!r} is a table; --element names images, labels, shapes or points")
         by_kind[kind].append(name)
     for name in by_kind["images"]:
@@ -528,15 +538,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     for kind in ("labels", "shapes", "points"):
         for name in by_kind[kind]:
             color = args.color if _color_applies(sdata, name, args.color) else None
-            if color is None and kind == "shapes":
-                # not coloured by the key: outlines only, so that they do not hide what lies below
-                chain = chain.render_shapes(
-                    name, fill_alpha=0.0, outline_alpha=1.0, outline_color="#ffffff", outline_width=0.6
-                )
-            elif color is None and kind == "points":
-                chain = chain.render_points(name, color="#bbbbbb")
+            render = getattr(chain, f"render_{kind}")
+            if color is None and kind in _UNCOLOURED_STYLE:
+                chain = render(name, **_UNCOLOURED_STYLE[kind])
             else:
-                chain = getattr(chain, f"render_{kind}")(name, color)
+                chain = render(name, color)
     start = time.perf_counter()
     chain.show(coordinate_systems=cs, save=args.out, crop=args.crop, width=args.width, dpi=args.dpi)
     print(f"wrote {args.out} ({len(names)} elements in {cs!r}, {time.perf_counter() - start:.2f} s)")

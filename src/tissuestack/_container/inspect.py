@@ -15,7 +15,7 @@ import pandas as pd
 from tissuestack._compute import scheduler
 from tissuestack._container.io import from_opened
 from tissuestack._container.summary import summarize
-from tissuestack.elements import KINDS, get_table_keys, parse_as, raster_levels
+from tissuestack.elements import KINDS, get_kind_protocol, get_table_keys, raster_levels
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store import ElementLocation, StoreRoot
 from tissuestack.store import _io as store_io
@@ -24,8 +24,6 @@ from tissuestack.store._check import (
     element_files,
     metadata_of_store,
     metadata_problems,
-    parquet_problems,
-    raster_chunk_problems,
     stale_temporary_problems,
 )
 from tissuestack.store._points import points_row_group_stats
@@ -133,13 +131,12 @@ def validate_store(
         loc = ElementLocation(root, kind, name)
         files = element_files(loc)
         found = metadata_problems(root, [f"{key}/{f}" for f in files], key)
-        if kind in ("points", "shapes"):
-            found.extend(parquet_problems(loc, deep=deep))
-        elif kind in ("images", "labels") and key not in opened.broken:
+        protocol = get_kind_protocol(kind)
+        if protocol.load_reads_files:  # files checked directly, whatever their metadata says
+            found.extend(protocol.file_problems(loc, files, strict=strict_chunks, deep=deep))
+        elif key not in opened.broken:  # chunks are checked against readable metadata only
             try:
-                with quiet_zarr():
-                    group = root.open_group(use_consolidated=False)[key]
-                found.extend(raster_chunk_problems(loc, group, files, strict=strict_chunks, deep=deep))
+                found.extend(protocol.file_problems(loc, files, strict=strict_chunks, deep=deep))
             except Exception as err:
                 found.append(StoreProblem(key, None, f"{type(err).__name__}: {err}", _fix_for(err)))
         problems.extend(found)
@@ -148,19 +145,20 @@ def validate_store(
                 why = _without_prefix(opened.broken[key], key)
                 problems.append(StoreProblem(key, None, why, _fix_for(StoreError())))
             continue
-        if name not in opened.elements.get(kind, {}) or (kind in ("points", "shapes") and found):
+        if name not in opened.elements.get(kind, {}) or (protocol.load_reads_files and found):
             continue  # loading would only repeat the same problem
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 element = sdata._get(kind, name)
-                parse_as(kind, element, name=name)
+                protocol.parse(element, name)
             loaded[key] = element
         except Exception as err:
             problems.append(StoreProblem(key, None, _without_prefix(str(err), key), _fix_for(err)))
             continue
-        if kind == "points":
-            problems.extend(_coordinate_problems(loc, element, deep=deep))
+        value_check = _VALUE_CHECKS.get(kind)
+        if value_check is not None:
+            problems.extend(value_check(loc, element, deep=deep))
     for key, table in loaded.items():
         if key.startswith("tables/"):
             problems.extend(_table_link_problems(sdata, key, table, loaded, deep=deep))
@@ -194,7 +192,7 @@ def _coordinate_problems(loc: ElementLocation, element: Any, *, deep: bool) -> l
     try:
         stats = points_row_group_stats(loc)
     except Exception:
-        return []  # unreadable footers are reported by parquet_problems
+        return []  # unreadable footers are reported by points_parquet_problems
     cols = [c for c in stats.columns if c.endswith(("_min", "_max"))]
     values = stats[cols].to_numpy()
     infinite = np.isinf(values).any(axis=1)
@@ -210,6 +208,10 @@ def _coordinate_problems(loc: ElementLocation, element: Any, *, deep: bool) -> l
             )
         ]
     return []
+
+
+# checks of the values of a loaded element, per kind (the others have none beyond their model's validate)
+_VALUE_CHECKS = {"points": _coordinate_problems}
 
 
 def _written_by_tissuestack(opened: store_io.OpenedStore) -> bool:
@@ -263,13 +265,15 @@ def _fix_for(err: Exception) -> str:
 
 
 def _instances(kind: str, element: Any, *, deep: bool) -> np.ndarray | None:
-    """The instance ids of an element that tables refer to (labels: their values, read only with ``deep``)."""
-    if kind == "shapes":
-        return np.asarray(element.index)
-    if kind == "labels" and deep:
+    """The instance ids of an element that tables refer to (labels: their values, read only with ``deep``;
+    points: not checked)."""
+    protocol = get_kind_protocol(kind)
+    if not protocol.filters_tables or (protocol.is_raster and not deep):
+        return None
+    if protocol.is_raster:
         values = np.unique(np.asarray(raster_levels(element)[0].data))
         return values[values != 0]
-    return None
+    return np.asarray(protocol.instances(element, None))
 
 
 def _table_link_problems(

@@ -24,12 +24,12 @@ from tissuestack.elements import (
     ElementMeta,
     Kind,
     check_name,
-    get_kind,
+    get_kind_protocol,
     get_meta,
     get_table_keys,
     has_meta,
+    kind_of,
     meta_transformation,
-    parse_as,
     remove_meta_transformation,
     set_meta_transformation,
     set_table_annotates,
@@ -192,7 +192,12 @@ class SpatialData:
         element = self._store[kind][name]
         if isinstance(element, Deferred):
             loaded = element.load()
-            if kind == "tables" and element.source is not None and _has_lazy_arrays(loaded):
+            # elements without spatial metadata (tables) have the source of their lazy arrays tracked here
+            if (
+                not get_kind_protocol(kind).is_spatial
+                and element.source is not None
+                and _has_lazy_arrays(loaded)
+            ):
                 self._table_sources[name] = element.source
                 for array in _lazy_arrays(loaded):
                     self._lazy_array_sources[array.name] = element.source
@@ -207,7 +212,7 @@ class SpatialData:
     def _meta_of(self, name: str) -> ElementMeta:
         """Spatial metadata of an element, without loading it."""
         kind = self.kind_of(name)
-        if kind == "tables":
+        if not get_kind_protocol(kind).is_spatial:
             raise ValidationError(f"{name!r} is a table; tables have no coordinate transformations")
         element = self._store[kind][name]
         return element.meta if isinstance(element, Deferred) else get_meta(element)
@@ -256,15 +261,15 @@ class SpatialData:
             raise ValidationError(
                 f"element name {name!r} clashes with existing element {clash!r}: names must be unique ignoring case"
             )
-        if kind is None:
-            kind = get_kind(value)
+        protocol = kind_of(value) if kind is None else get_kind_protocol(kind)
+        kind = protocol.name  # type: ignore[assignment]
         existing = self._kind_of.get(name)
         if existing is not None and existing != kind:
             raise ValidationError(
                 f"cannot store {kind} element {name!r}: an element of kind {existing} has that name; delete it first"
             )
-        element = value if isinstance(value, Deferred) else parse_as(kind, value, name=name)
-        if kind == "tables" and check_regions:
+        element = value if isinstance(value, Deferred) else protocol.parse(value, name)
+        if protocol.annotates_regions and check_regions:
             self._warn_missing_regions(name, element)
             self._check_table_ids(name, element, kinds=("shapes",))
         self._store[kind][name] = element
@@ -327,7 +332,7 @@ class SpatialData:
                     if e is ref:
                         return Node("element", n)
             raise KeyError(f"the {role} object is not an element of this SpatialData")
-        is_element = ref in self._kind_of and self._kind_of[ref] != "tables"
+        is_element = ref in self._kind_of and get_kind_protocol(self._kind_of[ref]).is_spatial
         is_cs = ref in self.coordinate_systems
         if is_element and is_cs:
             # vendor readers name an element and a coordinate system alike (Visium: both '<dataset_id>'): a source
@@ -489,7 +494,7 @@ class SpatialData:
         unknown = [n for n in wanted if n not in self._kind_of]
         if unknown:
             raise KeyError(f"unknown element(s) {unknown}")
-        kept = {n for n in wanted if self._kind_of[n] != "tables"}
+        kept = {n for n in wanted if get_kind_protocol(self._kind_of[n]).is_spatial}
         out = SpatialData(attrs=self.attrs)
         for kind in SPATIAL_KINDS:
             for name, element in self._store[kind].items():
@@ -539,12 +544,11 @@ class SpatialData:
         element = self._store[kind][name]
         if isinstance(element, Deferred):
             return element.source
-        if kind == "shapes":
+        protocol = get_kind_protocol(kind)
+        if protocol.in_memory:
             return None  # a GeoDataFrame is held in memory, whatever files it was read from
-        if kind != "tables" and has_meta(element):
-            return get_meta(element).source
-        if kind != "tables":
-            return None
+        if protocol.is_spatial:
+            return get_meta(element).source if has_meta(element) else None
         if name in self._table_sources:
             return self._table_sources[name]
         for array in _lazy_arrays(element) if self._lazy_array_sources else ():
@@ -571,9 +575,8 @@ class SpatialData:
     def _reopen(self, kind: Kind, name: str) -> None:
         """Replace element ``name`` by the element on disk now (deferred: read on first access)."""
         root = self._require_store()
-        lazy = kind == "tables" and (
-            name in self._table_sources or self._open_options.get("lazy_tables", False)
-        )
+        # lazy_tables applies to tables only (the readers of the other kinds take no such option)
+        lazy = name in self._table_sources or self._open_options.get("lazy_tables", False)
         self._store[kind][name] = store_io.open_element(root, kind, name, lazy_tables=lazy)
         self._table_sources.pop(name, None)
 
@@ -800,7 +803,7 @@ class SpatialData:
         chosen = list(self) if names is None else ([names] if isinstance(names, str) else list(names))
         for name in chosen:
             kind = self.kind_of(name)
-            if kind == "tables" or not root.exists(kind, name):
+            if not get_kind_protocol(kind).is_spatial or not root.exists(kind, name):
                 continue
             store_io.update_element_metadata(
                 root.url,
@@ -821,7 +824,7 @@ class SpatialData:
     def validate(self) -> None:
         """Validate every element and every table link; raise on the first problem."""
         for name, element in self.items():
-            parse_as(self._kind_of[name], element, name=name)
+            get_kind_protocol(self._kind_of[name]).parse(element, name)
         for name, table in self.items(["tables"]):
             region, _, _ = get_table_keys(table)
             for r in region or []:

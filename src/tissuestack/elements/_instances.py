@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from tissuestack._compute import scheduler
-from tissuestack.elements._kinds import get_kind
+from tissuestack.elements._kinds import kind_of
 from tissuestack.elements._meta import get_meta
 from tissuestack.elements._raster import raster_levels
 from tissuestack.elements._tables import get_table_keys
@@ -102,14 +102,7 @@ def element_instances(element: Any, *, name: str | None = None) -> pd.Index:
 
     Labels are scanned once (distinct values per chunk, combined); points read only their instance column.
     """
-    kind = get_kind(element)
-    if kind == "shapes":
-        return plain_ids(element.index)
-    if kind == "labels":
-        return labels_instances(element)
-    if kind == "points":
-        return points_instances(element, points_instance_key(element, name))
-    raise ValueError(f"element {name!r} is {kind}; only labels, shapes and points have instances")
+    return kind_of(element).instances(element, name)
 
 
 def table_id_mismatch(table: Any, region: str, element: Any) -> tuple[int, int, str] | None:

@@ -91,6 +91,8 @@ class RasterModel:
     kind: ClassVar[str]  # "images" or "labels"
     noun: ClassVar[str]  # "image" or "labels", used in messages
     default_method: ClassVar[str]
+    has_channels: ClassVar[bool]  # a channel axis "c" (images)
+    nearest_only: ClassVar[bool]  # values are ids: integer dtype, never averaged or interpolated (labels)
 
     # ------------------------------------------------------------------------------------------ parse
     @classmethod
@@ -174,7 +176,7 @@ class RasterModel:
         if src_dims is None:
             if ndim == len(canonical):
                 src_dims = canonical
-            elif cls.kind == "images" and ndim == len(canonical) - 1:
+            elif cls.has_channels and ndim == len(canonical) - 1:
                 src_dims = canonical[1:]
             else:
                 raise ValidationError(
@@ -193,7 +195,7 @@ class RasterModel:
                 f"{label}: unknown axis {unknown[0]!r} in dims {tuple(src_dims)}; expected axes {canonical}"
             )
         missing = [d for d in canonical if d not in src_dims]
-        if cls.kind == "images" and missing == ["c"]:
+        if cls.has_channels and missing == ["c"]:
             values = values[None, ...]
             src_dims = ("c", *src_dims)
         elif missing:
@@ -241,7 +243,7 @@ class RasterModel:
 
     @classmethod
     def _with_coords(cls, arr: xr.DataArray, c_coords: Sequence[Any] | None, source: Any, label: str):
-        if cls.kind != "images":
+        if not cls.has_channels:
             if c_coords is not None:
                 raise ValidationError(f"{label}: labels have no channel axis; c_coords must not be given")
             return arr
@@ -267,7 +269,7 @@ class RasterModel:
             raise ValidationError(
                 f"{label}: unknown downsampling method {method!r}; use mean, nearest, max or min"
             )
-        if cls.kind == "labels" and method == "mean":
+        if cls.nearest_only and method == "mean":
             raise ValidationError(
                 f"{label}: labels cannot be averaged; use method='nearest' (default), max or min"
             )
@@ -343,7 +345,7 @@ class RasterModel:
 
     @classmethod
     def _check_dtype(cls, dtype: np.dtype, where: str) -> None:
-        if cls.kind == "labels":
+        if cls.nearest_only:
             if not (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
                 raise ValidationError(f"{where}: labels must have an integer or bool dtype, got {dtype}")
         elif not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
@@ -411,6 +413,8 @@ class Image2DModel(RasterModel):
 
     dims = ("c", "y", "x")
     kind = "images"
+    has_channels = True
+    nearest_only = False
     noun = "image"
     default_method = "mean"
 
@@ -420,6 +424,8 @@ class Image3DModel(RasterModel):
 
     dims = ("c", "z", "y", "x")
     kind = "images"
+    has_channels = True
+    nearest_only = False
     noun = "image"
     default_method = "mean"
 
@@ -429,6 +435,8 @@ class Labels2DModel(RasterModel):
 
     dims = ("y", "x")
     kind = "labels"
+    has_channels = False
+    nearest_only = True
     noun = "labels"
     default_method = "nearest"
 
@@ -438,6 +446,8 @@ class Labels3DModel(RasterModel):
 
     dims = ("z", "y", "x")
     kind = "labels"
+    has_channels = False
+    nearest_only = True
     noun = "labels"
     default_method = "nearest"
 

@@ -28,7 +28,7 @@ import shapely
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import PointsModel, get_kind, get_meta, raster_levels
+from tissuestack.elements import PointsModel, get_meta, kind_of, raster_levels
 from tissuestack.elements._shapes import shapes_type
 from tissuestack.errors import ValidationError
 from tissuestack.ops._extent import spatial_map
@@ -154,13 +154,5 @@ def get_centroids(
         For images, or points without an ``instance_key``.
     """
     element, t = resolve_element(element, coordinate_system, sdata)
-    kind = get_kind(element)
-    if kind == "labels":
-        frame: pd.DataFrame | dd.DataFrame = _labels_centroids(element, spatial_map(element, t))
-    elif kind == "shapes":
-        frame = _shapes_centroids(element, t)
-    elif kind == "points":
-        frame = _points_centroids(element, spatial_map(element, t))
-    else:
-        raise ValidationError(f"centroids are defined for labels, shapes and points elements, not for {kind}")
+    frame: pd.DataFrame | dd.DataFrame = kind_of(element).centroids(element, t)
     return PointsModel.parse(frame, transformations={coordinate_system: Identity()})

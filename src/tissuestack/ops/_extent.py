@@ -37,7 +37,7 @@ import xarray as xr
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_axes, get_kind, raster_levels
+from tissuestack.elements import get_axes, get_kind_protocol, kind_of, raster_levels
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.ops._resolve import elements_in, resolve_element
@@ -265,22 +265,13 @@ def _circles_extent(gdf: gpd.GeoDataFrame, m: AffineMap, exact: bool) -> Extent 
     return _as_extent(m.out_axes, _col_nanmin(out - spread), _col_nanmax(out + spread))
 
 
-def _element_extent(
-    element: Any, kind: str, t: BaseTransformation, exact: bool, name: str | None = None
-) -> Extent | None:
-    """Extent of one element, or ``None`` when it has no data."""
-    if kind in ("images", "labels"):
-        return _raster_extent(element, spatial_map(element, t))
-    if kind == "points":
-        return _points_extent(element, spatial_map(element, t), exact, name)
-    if kind == "shapes":
-        if len(element) == 0:
-            return None
-        m = spatial_map(element, t)
-        if shapes_type(element) == "circles":
-            return _circles_extent(element, m, exact)
-        return _polygons_extent(element, m, exact)
-    raise ValidationError(f"a {kind} element has no extent")
+def _shapes_extent(gdf: gpd.GeoDataFrame, t: BaseTransformation, exact: bool) -> Extent | None:
+    if len(gdf) == 0:
+        return None
+    m = spatial_map(gdf, t)
+    if shapes_type(gdf) == "circles":
+        return _circles_extent(gdf, m, exact)
+    return _polygons_extent(gdf, m, exact)
 
 
 def _union(extents: list[Extent]) -> Extent:
@@ -341,7 +332,7 @@ def get_extent(
             unknown = [n for n in wanted if n not in obj]
             if unknown:
                 raise KeyError(f"unknown element(s) {unknown}")
-            tables = [n for n in wanted if obj.kind_of(n) == "tables"]
+            tables = [n for n in wanted if not get_kind_protocol(obj.kind_of(n)).is_spatial]
             if tables:
                 raise ValidationError(f"{tables} are tables; tables have no extent")
         found: list[Extent] = []
@@ -350,7 +341,7 @@ def get_extent(
             if wanted is not None and name not in wanted:
                 continue
             reached = True
-            box = _element_extent(element, kind, t, exact, name)
+            box = get_kind_protocol(kind).extent(element, t, exact, name)
             if box is not None:
                 found.append(box)
         if not found:
@@ -363,8 +354,8 @@ def get_extent(
     if elements is not None:
         raise TypeError("elements= selects elements of a SpatialData; got a single element")
     element, t = resolve_element(sdata_or_element, coordinate_system, sdata)
-    kind = get_kind(element)
-    box = _element_extent(element, kind, t, exact)
+    kind = kind_of(element)
+    box = kind.extent(element, t, exact)
     if box is None:
-        raise ValueError(f"cannot compute the extent of an empty {kind} element (it has no data)")
+        raise ValueError(f"cannot compute the extent of an empty {kind.name} element (it has no data)")
     return box

@@ -31,15 +31,13 @@ import pandas as pd
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_table_keys, table_rows
+from tissuestack.elements import get_kind_protocol, get_table_keys, kind_of, table_rows
 from tissuestack.elements._instances import (
     comparable_ids,
     element_instances,
     id_kind,
-    labels_instances,
     plain_ids,
     points_instance_key,
-    points_instances,
 )
 from tissuestack.elements._meta import copy_meta
 
@@ -57,7 +55,6 @@ JoinHow = Literal["left", "left_exclusive", "inner", "right", "right_exclusive"]
 MatchRows = Literal["no_control", "left", "right"]
 _HOWS: tuple[str, ...] = ("left", "left_exclusive", "inner", "right", "right_exclusive")
 _MATCH_ROWS: tuple[str, ...] = ("no_control", "left", "right")
-_JOINABLE = ("labels", "shapes", "points")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -199,10 +196,10 @@ def _resolve_inputs(
                 "element per name"
             )
     for n, e in zip(names, elements, strict=True):
-        kind = get_kind(e)
-        if kind not in _JOINABLE:
+        kind = kind_of(e)
+        if not kind.has_instances:
             raise ValueError(
-                f"element {n!r} is {kind}; only labels, shapes and points can be joined with a table"
+                f"element {n!r} is {kind.name}; only labels, shapes and points can be joined with a table"
             )
     if table is None:
         if sdata is None or table_name is None:
@@ -232,8 +229,9 @@ def _join_one(
     match_rows: str,
 ) -> tuple[Any, np.ndarray]:
     """Join one element with its table rows; returns the new element and the table row positions to keep."""
-    kind = get_kind(element)
-    if kind == "labels":
+    protocol = kind_of(element)
+    kind = protocol.name
+    if not protocol.filterable:
         if how == "left_exclusive":
             raise ValueError(
                 f"labels element {name!r}: how='left_exclusive' would keep the instances without a table row, "
@@ -244,22 +242,17 @@ def _join_one(
                 f"labels element {name!r}: match_rows='right' would reorder the element like the table rows, "
                 "but a labels raster cannot be reordered; use match_rows='left' or 'no_control'"
             )
-    points_key = points_instance_key(element, name) if kind == "points" else None
+    points_key = points_instance_key(element, name) if protocol.lazy_rows else None
 
     # the element's instances, where they are needed (points: one pass over the instance column)
     need_instances = (
-        kind != "points"
+        not protocol.lazy_rows
         or how in ("left", "inner", "right_exclusive")
         or (how == "right" and match_rows == "left")
     )
     t_ids = rows.ids
     if need_instances:
-        if kind == "shapes":
-            instances = plain_ids(element.index)
-        elif kind == "labels":
-            instances = labels_instances(element)
-        else:
-            instances = points_instances(element, points_key)
+        instances = protocol.instances(element, name)
         inst_cmp, t_cmp = comparable_ids(instances, t_ids)
         e2t = t_cmp.get_indexer(inst_cmp)  # per element instance: position among the region's rows, or -1
         matched = e2t >= 0
@@ -305,9 +298,9 @@ def _join_one(
     # element side
     if how == "right_exclusive":
         return None, table_rows
-    if how == "left" or kind == "labels":
+    if how == "left" or not protocol.filterable:
         return element, table_rows
-    if kind == "shapes":
+    if not protocol.lazy_rows:  # shapes: take rows
         if how == "left_exclusive":
             return _take_shapes(element, np.flatnonzero(~matched)), table_rows
         keep = np.flatnonzero(matched)
@@ -473,7 +466,7 @@ def match_element_to_table(sdata: SpatialData, element_name: str, table_name: st
     ``None``.
     """
     names, elements, table, label = _resolve_inputs(sdata, element_name, None, table_name, None)
-    if get_kind(elements[0]) == "labels":
+    if not kind_of(elements[0]).filterable:
         raise ValueError(
             f"labels element {element_name!r} cannot be filtered or reordered like the table rows; use "
             "match_table_to_element to order the table like the labels instead"
@@ -581,11 +574,11 @@ def filter_table(
     if propagate and regions is not None:
         by_region = _region_rows(new_table, region_key, instance_key)
         for name in regions:
-            if name not in sdata or sdata.kind_of(name) not in ("shapes", "points"):
+            if name not in sdata or not get_kind_protocol(sdata.kind_of(name)).filterable:
                 continue
             element = sdata[name]
             ids = by_region[name].ids if name in by_region else pd.Index([])
-            if sdata.kind_of(name) == "shapes":
+            if not get_kind_protocol(sdata.kind_of(name)).lazy_rows:  # shapes: take rows
                 index, ids = comparable_ids(plain_ids(element.index), ids)
                 new = _take_shapes(element, np.flatnonzero(index.isin(ids)))
             else:

@@ -49,21 +49,23 @@ from scipy import ndimage
 from tissuestack._compute import paused_gc
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
+    SPATIAL_KINDS,
     ElementMeta,
     PointsModel,
-    get_kind,
+    get_kind_protocol,
     get_meta,
     get_raster_model,
+    kind_of,
     raster_levels,
     set_meta,
 )
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
-from tissuestack.errors import TransformationError, ValidationError
+from tissuestack.errors import TransformationError
 from tissuestack.ops._extent import spatial_map
 from tissuestack.ops._pyramids import fitting_factors as _fitting_factors
 from tissuestack.ops._pyramids import pyramid_factors
 from tissuestack.ops._resolve import elements_in, resolve_element
-from tissuestack.transforms import AffineMap, BaseTransformation, Identity, Scale, Translation, compose
+from tissuestack.transforms import AffineMap, BaseTransformation, Scale, Translation, compose
 
 __all__ = ["transform"]
 
@@ -296,19 +298,6 @@ def _nest(flat: list[Any], grid: list[int]) -> Any:
     return [_nest(flat[i * step : (i + 1) * step], grid[1:]) for i in range(grid[0])]
 
 
-def _resample_order(model: Any, order: int | None) -> int:
-    if order is None:
-        return 0 if model.kind == "labels" else 1
-    if isinstance(order, bool) or not isinstance(order, int | np.integer) or not 0 <= order <= 5:
-        raise ValidationError(f"order must be an interpolation order 0 (nearest) .. 5, got {order!r}")
-    if model.kind == "labels" and order != 0:
-        raise ValidationError(
-            f"labels are resampled with order=0 (nearest) only, got order={order}: interpolated ids would be "
-            "ids of no object"
-        )
-    return int(order)
-
-
 def _transform_raster(
     element: xr.DataArray | xr.DataTree,
     t: BaseTransformation,
@@ -317,7 +306,7 @@ def _transform_raster(
     order: int | None = None,
 ) -> xr.DataArray | xr.DataTree:
     model = get_raster_model(element)
-    order = _resample_order(model, order)
+    order = get_kind_protocol(model.kind).resample_order(order)
     m = spatial_map(element, t)
     level = raster_levels(element)[0]
     dims = tuple(str(d) for d in level.dims if d != "c")
@@ -354,15 +343,7 @@ def _transform_raster(
 def _transform_element(
     element: Any, t: BaseTransformation, cs: str, maintain_positioning: bool, order: int | None = None
 ) -> Any:
-    kind = get_kind(element)
-    if kind in ("images", "labels"):
-        return _transform_raster(element, t, cs, maintain_positioning, order)
-    if kind not in ("points", "shapes"):
-        raise ValidationError(f"a {kind} element has no coordinates to transform")
-    transformations = _new_transformations(element, t, cs, Identity(), maintain_positioning)
-    if kind == "points":
-        return _transform_points(element, spatial_map(element, t), transformations)
-    return _transform_shapes(element, spatial_map(element, t), transformations)
+    return kind_of(element).transform(element, t, cs, maintain_positioning, order)
 
 
 def transform(
@@ -407,10 +388,10 @@ def transform(
     if isinstance(element, SpatialData):
         if sdata is not None:
             raise TypeError("sdata= applies to an element; the first argument is already a SpatialData")
-        parts: dict[str, dict[str, Any]] = {k: {} for k in ("images", "labels", "points", "shapes")}
+        parts: dict[str, dict[str, Any]] = {k: {} for k in SPATIAL_KINDS}
         for name, kind, item, t in elements_in(element, to_coordinate_system):
             # order= is for the images: labels of a SpatialData are resampled with nearest, as always
-            item_order = order if kind == "images" else None
+            item_order = None if get_kind_protocol(kind).nearest_only else order
             parts[kind][name] = _transform_element(
                 item, t, to_coordinate_system, maintain_positioning, item_order
             )

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import anndata as ad
+import dask
 import dask.array as da
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import scipy.sparse as sp
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind
+from tissuestack.elements import kind_of
 from tissuestack.ops._joins import _left_matched_rows
 
 __all__ = ["get_values"]
@@ -36,14 +37,6 @@ def _as_keys(value_key: str | Sequence[str]) -> list[str]:
     if dup:
         raise ValueError(f"value_key lists {dup} more than once")
     return keys
-
-
-def _element_columns(element: Any, kind: str) -> pd.Index:
-    if kind == "shapes":
-        return element.columns.drop(element.geometry.name)
-    if kind == "points":
-        return pd.Index(element.columns)
-    return pd.Index([])
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -130,10 +123,11 @@ def get_values(
     if element is None and table is None:
         raise ValueError("pass an element (element_name or element) and/or a table (table_name)")
 
-    kind = get_kind(element) if element is not None else None
-    if kind is not None and kind not in ("labels", "shapes", "points"):
+    protocol = kind_of(element) if element is not None else None
+    kind = protocol.name if protocol is not None else None
+    if protocol is not None and not protocol.has_instances:
         raise ValueError(f"element {element_name!r} is {kind}; values come from labels, shapes or points")
-    columns = _element_columns(element, kind) if kind is not None else pd.Index([])
+    columns = protocol.columns(element) if protocol is not None else pd.Index([])
     element_label = f"{kind} element {element_name!r}" if element_name else f"the {kind} element"
     table_label = f"table {table_name!r}"
 
@@ -169,9 +163,10 @@ def get_values(
         raise KeyError(f"{table_label} has no layer {table_layer!r}; layers are {list(table.layers)}")
 
     if source == _ELEMENT:
-        if kind == "points":
-            return element[keys].compute(scheduler=scheduler())
-        return pd.DataFrame(element[keys])
+        frame = element[keys]
+        if dask.is_dask_collection(frame):  # points: one pass over the wanted columns
+            return frame.compute(scheduler=scheduler())
+        return pd.DataFrame(frame)
 
     # values from the table, row-matched to the element's instances
     if element is None:

@@ -23,22 +23,17 @@ Semantics (shared by both queries)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dask.array as da
-import numpy as np
-
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_table_keys, raster_levels
+from tissuestack.elements import KINDS, get_kind_protocol, get_table_keys, kind_of
 from tissuestack.errors import NoPathError
 from tissuestack.ops._resolve import elements_in, transformation_to
 from tissuestack.ops._table_filter import filter_table_by_instances
-from tissuestack.query._points_query import query_points
-from tissuestack.query._raster_query import query_raster
+from tissuestack.query._points_query import query_points  # noqa: F401 - re-exported for pl
 from tissuestack.query._region import Region, check_box
-from tissuestack.query._shapes_query import query_shapes
-from tissuestack.transforms import BaseTransformation
+from tissuestack.query._shapes_query import query_shapes  # noqa: F401 - re-exported for pl
 
 __all__ = ["bounding_box_query"]
 
@@ -49,29 +44,21 @@ _SNAP = 1e-9  # pixel bounds this close to an integer are snapped to it before f
 
 
 # ================================================================================================ dispatch
-_QUERIES: dict[str, Callable[[Any, BaseTransformation, Region], list[Any]]] = {
-    "points": query_points,
-    "shapes": query_shapes,
-    "images": query_raster,
-    "labels": query_raster,
-}
-
-
 def run_query(data: Any, region: Region, target_coordinate_system: str, filter_table: bool) -> list[Any]:
     """Query an element or a SpatialData; one result per box of the region."""
     if isinstance(data, SpatialData):
         return _query_sdata(data, region, target_coordinate_system, filter_table)
-    kind = get_kind(data)
-    if kind == "tables":
+    kind = kind_of(data)
+    if not kind.is_spatial:
         raise TypeError("a table has no coordinates; query the SpatialData object to filter its tables")
-    return _QUERIES[kind](data, transformation_to(data, target_coordinate_system), region)
+    return kind.query(data, transformation_to(data, target_coordinate_system), region)
 
 
 def _query_sdata(sdata: SpatialData, region: Region, cs: str, filter_table: bool) -> list[SpatialData]:
     per_box: list[dict[str, tuple[str, Any]]] = [{} for _ in range(region.n)]
     for name, kind, element, t in elements_in(sdata, cs):
         try:
-            results = _QUERIES[kind](element, t, region)
+            results = get_kind_protocol(kind).query(element, t, region)
         except NoPathError:  # the path exists but does not produce the axes the region needs
             continue
         for i, r in enumerate(results):
@@ -80,15 +67,8 @@ def _query_sdata(sdata: SpatialData, region: Region, cs: str, filter_table: bool
     return [_assemble(sdata, kept, filter_table) for kept in per_box]
 
 
-def _labels_instances(labels: Any) -> np.ndarray:
-    data = raster_levels(labels)[0].data
-    if isinstance(data, da.Array):
-        return np.asarray(da.unique(data).compute())
-    return np.unique(np.asarray(data))
-
-
 def _assemble(sdata: SpatialData, kept: Mapping[str, tuple[str, Any]], filter_table: bool) -> SpatialData:
-    groups: dict[str, dict[str, Any]] = {k: {} for k in ("images", "labels", "points", "shapes", "tables")}
+    groups: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
     for name, (kind, element) in kept.items():
         groups[kind][name] = element
     for tname, table in sdata.items(["tables"]):
@@ -103,10 +83,9 @@ def _assemble(sdata: SpatialData, kept: Mapping[str, tuple[str, Any]], filter_ta
             if r not in kept:
                 continue
             kind, element = kept[r]
-            if kind == "shapes":
-                instances[r] = element.index
-            elif kind == "labels":
-                instances[r] = _labels_instances(element)
+            protocol = get_kind_protocol(kind)
+            if protocol.filters_tables:  # shapes: the kept index; labels: the label values in the crop
+                instances[r] = protocol.instances(element, r)
             else:  # points are not region elements here: their table rows are kept whole
                 obs = table.obs
                 instances[r] = obs.loc[obs[region_key].astype(object) == r, get_table_keys(table)[2]].unique()

@@ -13,7 +13,7 @@ import math
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -31,9 +31,10 @@ __all__ = [
     "element_files",
     "metadata_of_store",
     "metadata_problems",
-    "parquet_problems",
+    "points_parquet_problems",
     "raster_chunk_problems",
     "remove_stale_temporaries",
+    "shapes_parquet_problems",
     "stale_temporaries",
     "stale_temporary_problems",
 ]
@@ -236,22 +237,44 @@ def _undecodable_chunks(loc: ElementLocation, path: str, arr: zarr.Array, keys: 
 # ------------------------------------------------------------------------------------------------ Parquet
 
 
-def parquet_problems(loc: ElementLocation, *, deep: bool) -> list[StoreProblem]:
-    """Parquet files of a points or shapes element whose footer (or, with ``deep``, any row group) cannot
-    be read. Every file is checked, however many there are."""
+def points_parquet_problems(loc: ElementLocation, *, deep: bool) -> list[StoreProblem]:
+    """Parquet files of a points element (a dataset of part files) whose footer (or, with ``deep``, any row
+    group) cannot be read. Every file is checked, however many there are."""
+    try:
+        files = points_files(loc)
+    except Exception as err:
+        return [StoreProblem(loc.key, None, str(err), "rewrite the element from its source")]
     fs = loc.root.fs
-    if loc.kind == "points":
-        try:
-            files = points_files(loc)
-        except Exception as err:
-            return [StoreProblem(loc.key, None, str(err), "rewrite the element from its source")]
-    else:
-        files = [loc.file(PARQUET_FILE)]
+    return _parquet_problems(
+        loc, files, lambda path: relative_path(loc, path), lambda path: read_footer(loc, path, fs), deep=deep
+    )
+
+
+def shapes_parquet_problems(loc: ElementLocation, *, deep: bool) -> list[StoreProblem]:
+    """The GeoParquet file of a shapes element, if its footer (or, with ``deep``, a row group) cannot be read."""
+    return _parquet_problems(
+        loc,
+        [loc.file(PARQUET_FILE)],
+        lambda _path: f"{loc.key}/{PARQUET_FILE}",
+        lambda path: _footer(loc, path),
+        deep=deep,
+    )
+
+
+def _parquet_problems(
+    loc: ElementLocation,
+    files: Iterable[str],
+    label_of: Callable[[str], str],
+    footer_of: Callable[[str], pq.FileMetaData],
+    *,
+    deep: bool,
+) -> list[StoreProblem]:
+    fs = loc.root.fs
     problems = []
     for path in files:
-        label = relative_path(loc, path) if loc.kind == "points" else f"{loc.key}/{PARQUET_FILE}"
+        label = label_of(path)
         try:
-            footer = read_footer(loc, path, fs) if loc.kind == "points" else _footer(loc, path)
+            footer = footer_of(path)
             if deep:
                 with fs.open(path, "rb") as fh:
                     pf = pq.ParquetFile(fh)

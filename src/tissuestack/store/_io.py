@@ -26,28 +26,19 @@ from typing import Any, Literal
 import zarr
 
 from tissuestack._version import __version__
-from tissuestack.elements import KINDS, ElementMeta, get_axes, get_meta, has_meta, raster_levels
+from tissuestack.elements import KINDS, ElementKind, get_kind_protocol, get_meta, has_meta
 from tissuestack.elements._deferred import Deferred
 from tissuestack.elements._naming import check_name
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store import _points, _raster, _shapes, _tables  # noqa: F401 - registers the codecs
 from tissuestack.store._check import remove_stale_temporaries
-from tissuestack.store._raster import (
-    raster_meta,
-    raster_version,
-    write_channel_names,
-    write_raster_transformations,
-)
 from tissuestack.store._registry import (
     CONTAINER_FOR_ZARR,
     CONTAINER_FORMATS,
     DEFAULT_ELEMENT_VERSIONS,
     ELEMENT_VERSIONS,
-    get_codec,
 )
 from tissuestack.store._root import ElementLocation, StoreRoot, quiet_zarr
-from tissuestack.store._spatial_attrs import meta_from_attrs, read_version, where
-from tissuestack.transforms import transformations_to_ngff
 
 __all__ = [
     "OpenedStore",
@@ -90,26 +81,6 @@ class OpenedStore:
     broken: dict[str, str] = field(default_factory=dict)  # "kind/name" -> why it was skipped (mode "warn")
 
 
-def _element_version(kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation) -> str:
-    if kind in ("images", "labels"):
-        return raster_version(attrs, group, loc)
-    if kind in ("points", "shapes"):
-        return read_version(attrs, group, loc)
-    if "version" not in attrs:
-        raise FormatError(f"{where(group, loc)}: missing 'version' (the tables format version)")
-    return str(attrs["version"])
-
-
-def _element_meta(
-    kind: str, attrs: Mapping[str, Any], group: zarr.Group, loc: ElementLocation
-) -> ElementMeta | None:
-    if kind in ("images", "labels"):
-        return raster_meta(attrs, group, loc)
-    if kind in ("points", "shapes"):
-        return meta_from_attrs(attrs, group, loc)
-    return None
-
-
 def _wanted(selection: Iterable[str] | None) -> tuple[set[str], set[str]]:
     if selection is None:
         return set(KINDS), set()
@@ -119,16 +90,15 @@ def _wanted(selection: Iterable[str] | None) -> tuple[set[str], set[str]]:
     return kinds, names
 
 
-def _loader(
-    codec_read: Callable[..., Any], root: StoreRoot, kind: str, name: str, options: Mapping[str, Any]
-):
+def _loader(protocol: ElementKind, version: str, root: StoreRoot, name: str, options: Mapping[str, Any]):
     def load() -> Any:
         group = root.open_group()
         with quiet_zarr():
-            g = group[f"{kind}/{name}"]
-        loc = ElementLocation(root, kind, name)
+            g = group[f"{protocol.name}/{name}"]
+        loc = ElementLocation(root, protocol.name, name)
         try:
-            return codec_read(g, loc, g.attrs.asdict(), **options)
+            # the metadata read when the store was opened is attached by the Deferred element
+            return protocol.read(g, loc, g.attrs.asdict(), version, attach_meta=False, **options)
         except (StoreError, FormatError):
             raise
         except Exception as err:  # corrupt data surfaces as whatever the decoder raises
@@ -225,6 +195,7 @@ def open_store(
     found: set[str] = set()
     for kind in KINDS:
         opened.elements[kind] = {}
+        protocol = get_kind_protocol(kind)
         if kind not in kinds and not names:
             continue
         with quiet_zarr():
@@ -246,11 +217,11 @@ def open_store(
                 with quiet_zarr():
                     g = type_group[name]
                 attrs = g.attrs.asdict()
-                version = _element_version(kind, attrs, g, loc)
-                codec = get_codec(kind, version)
+                version = protocol.read_version(attrs, g, loc)
+                codec = protocol.codec(version)
                 if codec.read is None:
                     raise FormatError(f"{loc}: reading {kind} format {version} is not supported")
-                meta = _element_meta(kind, attrs, g, loc)
+                meta = protocol.read_meta(attrs, g, loc)
                 description = codec.describe(g, loc, attrs) if codec.describe else None
             except Exception as err:
                 if on_bad_elements == "error":
@@ -260,11 +231,10 @@ def open_store(
                 warnings.warn(f"skipping {kind}/{name}: {err}", stacklevel=3)
                 opened.broken[loc.key] = str(err)
                 continue
-            options = {"lazy_x": lazy_tables} if kind == "tables" else {}
             opened.elements[kind][name] = Deferred(
                 kind,
                 meta,
-                _loader(codec.read, root, kind, name, options),
+                _loader(protocol, version, root, name, protocol.read_options(lazy_tables=lazy_tables)),
                 (lambda d=description: d) if description is not None else None,
                 (root.url, loc.key),
             )
@@ -437,7 +407,7 @@ def write_store(
                 continue
             with quiet_zarr():
                 type_group = group.require_group(kind)
-            if kind == "labels":
+            if get_kind_protocol(kind).listed_in_store:
                 _set_labels_list(type_group, list(items))
             jobs.extend(
                 (type_group, ElementLocation(tmp, kind, name), element) for name, element in items.items()
@@ -472,12 +442,8 @@ def _write_one(
     version: str,
     element_options: Mapping[str, Mapping[str, Any]] | None,
 ) -> None:
-    codec = get_codec(loc.kind, version)
-    if codec.write is None:
-        raise FormatError(f"writing {loc.kind} format {version} is not supported")
-    if isinstance(element, Deferred):
-        element = element.load()
-    codec.write(element, type_group, loc, version, **dict((element_options or {}).get(loc.kind, {})))
+    options = dict((element_options or {}).get(loc.kind, {}))
+    get_kind_protocol(loc.kind).write(element, type_group, loc, version, **options)
 
 
 def _swap(target: StoreRoot, tmp: StoreRoot) -> None:
@@ -548,7 +514,8 @@ def write_element(
         )
     if existing is not None and not overwrite:
         raise StoreError(f"{root.url}: {key} exists; pass overwrite=True to replace it")
-    meta = get_meta(element) if kind != "tables" and has_meta(element) else None
+    protocol = get_kind_protocol(kind)
+    meta = get_meta(element) if protocol.is_spatial and has_meta(element) else None
     if meta is not None and meta.source == (root.url, key) and not replace_own_source:
         raise StoreError(
             f"{root.url}: {key} is read lazily from the very files it would replace; load it into memory first "
@@ -580,7 +547,7 @@ def write_element(
             root.rm(kind, tmp_name)
         raise
     remove_stale_temporaries(root, kind=kind, name=name)  # left by earlier interrupted writes of this element
-    if kind == "labels":
+    if protocol.listed_in_store:
         with quiet_zarr():
             labels_group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", path="labels")
         listed = labels_list(labels_group)
@@ -597,7 +564,7 @@ def delete_element(
     if not root.exists(kind, name):
         raise KeyError(f"{root.url}: no element {kind}/{name} in the store")
     root.rm(kind, name)
-    if kind == "labels":
+    if get_kind_protocol(kind).listed_in_store:
         with quiet_zarr():
             labels_group = zarr.open_group(root.zarr_store(read_only=False), mode="r+", path="labels")
         _set_labels_list(labels_group, [n for n in labels_list(labels_group) if n != name])
@@ -629,33 +596,14 @@ def update_element_metadata(
             g = group[f"{kind}/{name}"]
         except KeyError:
             raise KeyError(f"{root.url}: no element {kind}/{name} in the store") from None
-    meta = element.meta if isinstance(element, Deferred) else get_meta(element)
-    if kind in ("images", "labels"):
-        if transformations:
-            attrs = g.attrs.asdict()
-            axes = _raster_axes(attrs)
-            write_raster_transformations(g, meta, axes)
-        if channel_names and kind == "images" and not isinstance(element, Deferred):
-            first = raster_levels(element)[0]
-            write_channel_names(g, first.coords["c"].values.tolist())
-    elif kind in ("points", "shapes") and transformations:
-        axes = (
-            tuple(g.attrs.asdict().get("axes") or ()) if isinstance(element, Deferred) else get_axes(element)
-        )
-        g.attrs.update(
-            {
-                "coordinateTransformations": transformations_to_ngff(
-                    meta.transformations, tuple(axes), meta.units
-                )
-            }
+    protocol = get_kind_protocol(kind)
+    if protocol.is_spatial:
+        meta = element.meta if isinstance(element, Deferred) else get_meta(element)
+        protocol.write_metadata(
+            g, element, meta, transformations=transformations, channel_names=channel_names
         )
     if reconsolidate:
         reconsolidate_if_needed(root)
-
-
-def _raster_axes(attrs: Mapping[str, Any]) -> tuple[str, ...]:
-    ms = attrs["ome"]["multiscales"] if "ome" in attrs else attrs["multiscales"]
-    return tuple(a["name"] if isinstance(a, Mapping) else a for a in ms[0]["axes"])
 
 
 def write_root_attrs(
