@@ -323,7 +323,7 @@ def test_polygon_owner_equals_runs_burnt_in_order_under_an_affine(rng):
     polys += [shapely.MultiPolygon([shapely.box(0, 0, 3.3, 3.1), shapely.box(5.2, 5.1, 9.7, 9.9)])]
     polys += [shapely.Polygon([(0, 0), (20, 0), (20, 20), (0, 20)], [[(4, 4), (4, 15), (15, 15), (15, 4)]])]
     tiny = [shapely.box(x, y, x + 0.05, y + 0.05) for x, y in rng.uniform(20, 60, (40, 2))]
-    polys += tiny + [shapely.Polygon()]
+    polys += [*tiny, shapely.Polygon()]
     flat = from_shapely(np.asarray(polys, dtype=object))
     m = np.array([[0.9, 0.3, 1.5], [-0.2, 1.1, 2.0]])
     rank = rng.permutation(len(polys)).astype(np.int64)
