@@ -310,3 +310,32 @@ def test_one_point_in_polygon_kernel_two_boundary_rules():
     for (x, y), (half_open, banded) in cases.items():
         assert point_in_edges(x, y, edges, 0, n, HALF_OPEN) == half_open, (x, y)
         assert point_in_edges(x, y, edges, 0, n, 1e-9) == banded, (x, y)
+
+
+def test_unsorted_points_are_located_in_tile_order_with_identical_results(monkeypatch):
+    """Points in random order over a large grid are located tile by tile (cache-friendly) and put back: the
+    regions and the extra pairs of overlapping regions are those of the plain lookup, in the input order; points
+    already in spatial order are not reordered."""
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(0, 1000, (3000, 2))
+    polys = np.array(
+        [shapely.Point(x, y).buffer(r, quad_segs=3) for (x, y), r in zip(centres, rng.uniform(2, 9, 3000), strict=True)]
+    )  # overlapping discs: extra pairs too
+    grid = K.build_polygon_grid(polys, cell_size=0.6)
+    n = 70_000
+    x = rng.uniform(-5, 1005, n).astype(np.float32)
+    y = rng.uniform(-5, 1005, n).astype(np.float32)
+    lin, off = np.array([[1.0, 0.02], [-0.01, 1.0]]), np.array([0.5, -0.25])
+    calls = []
+    original = K._spatial_order
+    monkeypatch.setattr(K, "_spatial_order", lambda *a: calls.append(r := original(*a)) or r)
+    got = K.locate_in_grid(grid, x, y, linear=lin, offset=off)
+    assert calls[-1] is not None  # reordered
+    monkeypatch.setattr(K, "_spatial_order", lambda *a: None)
+    plain = K.locate_in_grid(grid, x, y, linear=lin, offset=off)
+    np.testing.assert_array_equal(got[0], plain[0])
+    pairs = sorted(zip(got[1].tolist(), got[2].tolist(), strict=True))
+    assert pairs == sorted(zip(plain[1].tolist(), plain[2].tolist(), strict=True)) and len(pairs) > 100
+    assert (got[0] >= 0).sum() > 1000
+    order = np.lexsort((x // 20, y // 20))  # spatially coherent input: left as it is
+    assert original(grid, x[order], y[order], np.zeros(1, np.float32), *K._affine_args(lin, off)) is None

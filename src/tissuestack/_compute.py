@@ -17,7 +17,7 @@ import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["import_distributed", "paused_gc", "rechunk", "scheduler", "warm_numba"]
+__all__ = ["guard_distributed_config", "import_distributed", "paused_gc", "rechunk", "scheduler", "warm_numba"]
 
 _DISTRIBUTED_LOCK = threading.Lock()
 
@@ -87,6 +87,29 @@ def import_distributed() -> types.ModuleType | None:
         if importlib.util.find_spec("distributed") is None:
             return None
         return importlib.import_module("distributed")
+
+
+#: the one ``distributed`` setting that dask-expr sets in a ``dask.config.set`` block (collecting Parquet
+#: statistics), with distributed's own default
+_DISTRIBUTED_NFRAMES = "distributed.diagnostics.computations.nframes"
+
+
+def guard_distributed_config() -> None:
+    """Make dask-expr's Parquet-statistics block safe for a later first import of ``distributed``, without
+    importing it (0.4-0.8 s).
+
+    dask-expr collects Parquet statistics inside ``dask.config.set({"distributed.diagnostics.computations.
+    nframes": 0})``, and its ``dask.compute`` there imports ``distributed`` when nothing has yet. Where that key
+    is absent, the block's exit deletes the whole ``distributed`` subtree that the import has just filled with
+    its defaults (later computes fail with ``KeyError: 'distributed'``). With the key already set (to
+    distributed's default), the exit restores only that value and the imported defaults stay. Importing
+    ``distributed`` later merges its defaults under the existing value (the same one). Several threads about to
+    compute at once still call :func:`import_distributed` first (the store's element writer does).
+    """
+    if "distributed" in sys.modules:
+        return
+    if dask.config.get(_DISTRIBUTED_NFRAMES, None) is None:
+        dask.config.set({_DISTRIBUTED_NFRAMES: 0})
 
 
 def _local_threaded() -> Callable[..., Any]:

@@ -736,6 +736,36 @@ def _grid_values(px, py, pz, m, affine, use_z, grid, nx, ny, gx0, gy0, inv_h, ou
 
 
 @numba.njit(cache=True, nogil=True)
+def _tile_keys(px, py, pz, m, affine, use_z, nx, ny, gx0, gy0, inv_h, shift, ntx, out):  # pragma: no cover
+    """The grid tile (``2**shift`` cells square, row-major) under each point; ``ntx * nty`` outside the grid."""
+    outside = ntx * (((ny - 1) >> shift) + 1)
+    for i in range(px.shape[0]):
+        x, y = _mapped(i, px, py, pz, m, affine, use_z)
+        u = (x - gx0) * inv_h
+        v = (y - gy0) * inv_h
+        if u >= 0.0 and u < nx and v >= 0.0 and v < ny:
+            out[i] = (int(v) >> shift) * ntx + (int(u) >> shift)
+        else:
+            out[i] = outside
+
+
+@numba.njit(cache=True, nogil=True)
+def _counting_order(keys, n_keys):  # pragma: no cover - compiled
+    """A stable permutation sorting ``keys`` (``0 <= key <= n_keys``) by a counting sort."""
+    start = np.zeros(n_keys + 2, dtype=np.int64)
+    for i in range(keys.shape[0]):
+        start[keys[i] + 1] += 1
+    for k in range(n_keys + 1):
+        start[k + 1] += start[k]
+    order = np.empty(keys.shape[0], dtype=np.int64)
+    for i in range(keys.shape[0]):
+        k = keys[i]
+        order[start[k]] = i
+        start[k] += 1
+    return order
+
+
+@numba.njit(cache=True, nogil=True)
 def _bucket_undecided(px, py, pz, m, affine, use_z, cand_start, cand, n_regions, out):  # pragma: no cover
     """2. The points whose cell is undecided (``out < -1``), bucketed by candidate region (a counting sort that
     also gathers their mapped coordinates), so the exact tests read each region's edges close together."""
@@ -875,8 +905,12 @@ def locate_in_grid(
     if py.dtype != px.dtype or (use_z and np.asarray(z).dtype != px.dtype):
         px, py = px.astype(np.float64), py.astype(np.float64)  # mixed precisions: one common dtype
     pz = np.ascontiguousarray(z, dtype=px.dtype) if use_z else np.zeros(1, dtype=px.dtype)
-    out = np.empty(n, dtype=np.int32)
     g = grid
+    order = _spatial_order(g, px, py, pz, m, affine, use_z)
+    if order is not None:  # unsorted points (e.g. the reference's files): located tile by tile, then put back
+        px, py = px[order], py[order]
+        pz = pz[order] if use_z else pz
+    out = np.empty(n, dtype=np.int32)
     _grid_values(px, py, pz, m, affine, use_z, g.grid, g.nx, g.ny, g.x0, g.y0, g.inv_h, out)
     idx, code, xs, ys = _bucket_undecided(
         px, py, pz, m, affine, use_z, g.cand_start, g.cand, g.n_regions, out
@@ -895,7 +929,43 @@ def locate_in_grid(
         g.n_regions,
         out,
     )
+    if order is not None:
+        back = np.empty_like(out)
+        back[order] = out
+        return back, order[extra_pt], extra_region
     return out, extra_pt, extra_region
+
+
+#: 2**_TILE_SHIFT grid cells square per tile of the spatial order; points probed; distinct tiles above which the
+#: probed points count as unsorted
+_TILE_SHIFT = 5
+_PROBE = 4096
+_UNSORTED_TILES = 512
+
+
+def _spatial_order(g: RegionGrid, px, py, pz, m, affine: bool, use_z: bool) -> np.ndarray | None:
+    """A permutation visiting the points grid tile by grid tile, or ``None`` when they are already spatially
+    coherent (a tissuestack store's rows are sorted) or too few to matter.
+
+    Each point's lookup reads the grid cell under it; for points in random order over a large grid (tens of
+    MB), almost every lookup misses the CPU caches: 2-2.5x slower than the same points in tile order (1M
+    transcripts among 100k cells: 0.11-0.13 s against 0.045 s). The counting sort costs ~10 ms per 1M points.
+    """
+    n = len(px)
+    if n < 16 * _PROBE:
+        return None
+    ntx = ((g.nx - 1) >> _TILE_SHIFT) + 1
+    nty = ((g.ny - 1) >> _TILE_SHIFT) + 1
+    if ntx * nty < 4 * _UNSORTED_TILES:
+        return None  # a small grid stays in cache anyway
+    args = (m, affine, use_z, g.nx, g.ny, g.x0, g.y0, g.inv_h, _TILE_SHIFT, ntx)
+    probe = np.empty(_PROBE, dtype=np.int64)
+    _tile_keys(px[:_PROBE], py[:_PROBE], pz[:_PROBE] if use_z else pz, *args, probe)
+    if len(np.unique(probe)) <= _UNSORTED_TILES:
+        return None
+    keys = np.empty(n, dtype=np.int64)
+    _tile_keys(px, py, pz, *args, keys)
+    return _counting_order(keys, ntx * nty)
 
 
 # ------------------------------------------------------------------------------------------------------------

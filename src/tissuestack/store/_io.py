@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import zarr
 
+from tissuestack._compute import import_distributed
 from tissuestack._version import __version__
 from tissuestack.elements import KINDS, ElementKind, get_kind_protocol, get_meta, has_meta
 from tissuestack.elements._deferred import Deferred
@@ -421,6 +422,8 @@ def write_store(
 
         # elements are independent: write them concurrently, so that one element's Python-bound work (anndata,
         # geopandas) overlaps another's GIL-free work (compression, Parquet encoding, sorting)
+        if len(jobs) > 1 and any(get_kind_protocol(job[1].kind).lazy_rows for job in jobs):
+            import_distributed()  # dask-expr imports it on a points element's first compute: once, not per thread
         with ThreadPoolExecutor(max_workers=max(1, min(ELEMENT_WORKERS, len(jobs)))) as pool:
             for future in [pool.submit(write, job) for job in jobs]:
                 future.result()

@@ -67,7 +67,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
 
-from tissuestack._compute import import_distributed, scheduler
+from tissuestack._compute import guard_distributed_config, scheduler
 from tissuestack.elements import record_of, set_meta
 from tissuestack.errors import FormatError, StoreError
 from tissuestack.store._points_files import (
@@ -228,7 +228,7 @@ def read_points(
     # strings as dask's own reader returns them: string[pyarrow] under dask's default convert-string setting
     strings = dask.config.get("dataframe.convert-string") in (None, True)
     string_dtype: Any = pd.StringDtype("pyarrow") if strings else np.dtype(object)
-    import_distributed()  # before dask-expr imports it inside a dask.config.set block, perhaps in a thread
+    guard_distributed_config()  # dask-expr may import distributed inside a dask.config.set block (see there)
     df = dd.read_parquet(
         files,
         filesystem=arrow_filesystem(loc, fs),
