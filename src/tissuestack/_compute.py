@@ -17,7 +17,7 @@ import dask
 import dask.system
 import dask.threaded
 
-__all__ = ["guard_distributed_config", "import_distributed", "paused_gc", "rechunk", "scheduler", "warm_numba"]
+__all__ = ["guard_distributed_config", "import_distributed", "numba_warming", "paused_gc", "rechunk", "scheduler", "warm_numba"]
 
 _DISTRIBUTED_LOCK = threading.Lock()
 
@@ -164,6 +164,11 @@ def warm_numba() -> None:
     # worker's first kernel call would hang): forks wait for the set-up to finish
     os.register_at_fork(before=_finish_warming)
     _NUMBA_WARMING.start()
+
+
+def numba_warming() -> bool:
+    """Whether :func:`warm_numba` was started in this process (numba's set-up is paid, or being paid, anyway)."""
+    return _NUMBA_WARMING is not None
 
 
 def _finish_warming() -> None:

@@ -28,6 +28,8 @@ import numpy as np
 import pyarrow as pa
 import shapely
 
+from tissuestack._compute import numba_warming
+
 __all__ = ["FlatGeometry", "from_shapely", "from_wkb"]
 
 POINT, POLYGON, MULTIPOLYGON = 0, 3, 6
@@ -392,7 +394,8 @@ def _binary_parts(wkb: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 #: WKB of more bytes than this is decoded by the numba kernels, in pieces on threads; less by numpy (no numba
-#: set-up for a process that needs no other kernel; equally fast at ~100k polygons, 5x slower at 1M)
+#: set-up for a process that needs no other kernel; equally fast at ~100k polygons, 5x slower at 1M), unless
+#: numba is being set up anyway (an operation that runs kernels started it): the kernels are then 3-5x faster
 _NUMPY_MAX_BYTES = 48 << 20
 _PIECE_ROWS = 1 << 17  # geometries per piece of the threaded decoding
 
@@ -417,7 +420,7 @@ def from_wkb(wkb: pa.Array | pa.ChunkedArray) -> FlatGeometry:
         For other geometry types, a mix of points and polygons, or a truncated value.
     """
     chunks = _chunks(wkb)
-    if _value_bytes(chunks) <= _NUMPY_MAX_BYTES:
+    if _value_bytes(chunks) <= _NUMPY_MAX_BYTES and not numba_warming():
         data, offsets, valid = _binary_parts(pa.chunked_array(chunks) if len(chunks) != 1 else chunks[0])
         flat = _decode_numpy(data, offsets, valid)  # the common 2D little-endian case, without numba
         if flat is not None:
