@@ -30,6 +30,7 @@ from tissuestack import (
     SpatialData,
     TableModel,
     ValidationError,
+    read_zarr,
 )
 from tissuestack.cli import main
 
@@ -766,3 +767,30 @@ def test_points_of_a_store_drawn_as_in_memory(tmp_path, monkeypatch):
     assert np.array_equal(pictures[0], pictures[1])
     assert read_columns and all(cols == ["x", "y", "gene"] for cols in read_columns)  # only those columns
     assert (np.abs(pictures[1][:, 5:45] - np.array(RED)).sum(-1) < 40).mean() > 0.9
+
+
+# ------------------------------------------------------------------------------------------------ stored tables
+def test_store_backed_plot_reads_only_the_table_columns_it_needs(tmp_path):
+    """Colouring by an obs column of a table not loaded yet reads that column (and the region and instance
+    columns) from the store, not the table; the picture equals the one drawn with the table loaded, and the
+    colours written to its uns reach the table when it loads and a store written afterwards."""
+    _squares().write(tmp_path / "s.zarr")
+    sdata = read_zarr(tmp_path / "s.zarr")
+    assert sdata.get_annotating_tables("cells") == ["table"] and not sdata.is_loaded("table")
+    pixels, ax = _draw(sdata.pl.render_shapes("cells", color="kind"), crop=(0, 100, 0, 100))
+    assert not sdata.is_loaded("table")
+    colors = list(sdata._stored_table("table").uns["kind_colors"])
+    loaded = read_zarr(tmp_path / "s.zarr")
+    _ = loaded.tables["table"]  # the same plot with the table loaded first
+    again, _ = _draw(loaded.pl.render_shapes("cells", color="kind"), crop=(0, 100, 0, 100))
+    np.testing.assert_array_equal(pixels, again)
+    expected = tuple(round(255 * v) for v in matplotlib.colors.to_rgb(colors[1]))
+    assert _close(_at(pixels, ax, 75, 75), expected)
+    # a var name is not an obs column: the table is loaded for it
+    _draw(sdata.pl.render_shapes("cells", color="geneB"), crop=(0, 100, 0, 100))
+    assert sdata.is_loaded("table")
+    assert list(sdata.tables["table"].uns["kind_colors"]) == colors  # merged on load
+    other = read_zarr(tmp_path / "s.zarr")
+    _draw(other.pl.render_shapes("cells", color="kind"), crop=(0, 100, 0, 100))
+    other.write(tmp_path / "t.zarr")  # written while the table was not loaded: the colours go with it
+    assert list(read_zarr(tmp_path / "t.zarr").tables["table"].uns["kind_colors"]) == colors

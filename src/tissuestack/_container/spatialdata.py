@@ -105,6 +105,7 @@ class SpatialData:
         self.attrs: dict[str, Any] = dict(attrs or {})
         self._root: StoreRoot | None = None  # the store this object was read from or last written to
         self._table_sources: dict[str, tuple[str, str]] = {}  # tables whose X is read lazily from a store
+        self._stored_tables: dict[str, Any] = {}  # parts of tables not loaded yet (StoredTable), read on demand
         self._store_info: dict[str, Any] = {}  # formats found when read from a store
         # dask graph layer of every lazy table array read from a store -> (store, element key): tables derived
         # from them (sliced, copied) still read those files
@@ -201,9 +202,30 @@ class SpatialData:
                 self._table_sources[name] = element.source
                 for array in _lazy_arrays(loaded):
                     self._lazy_array_sources[array.name] = element.source
+            stored = self._stored_tables.pop(name, None)
+            if stored is not None and stored.uns_read:
+                loaded.uns.update(stored.uns)  # what was written there while the table was not loaded
             self._store[kind][name] = loaded
             element = loaded
         return element
+
+    def _stored_table(self, name: str) -> Any:
+        """Parts of table ``name`` read straight from the store (a
+        :class:`~tissuestack._container._stored_table.StoredTable`) while the table is not loaded, else ``None``
+        (then use the table itself)."""
+        element = self._store["tables"].get(name)
+        if not isinstance(element, Deferred) or element.source is None or self._root is None:
+            return None
+        stored = self._stored_tables.get(name)
+        if stored is None:
+            from tissuestack._container._stored_table import StoredTable
+
+            try:
+                group = store_io.element_group(self._root, "tables", name)
+            except Exception:
+                return None
+            stored = self._stored_tables[name] = StoredTable(group)
+        return stored
 
     def is_loaded(self, name: str) -> bool:
         """Whether element ``name`` has been read (a loaded raster or points frame is still lazy dask)."""
@@ -275,11 +297,13 @@ class SpatialData:
         self._store[kind][name] = element
         self._kind_of[name] = kind
         self._table_sources.pop(name, None)
+        self._stored_tables.pop(name, None)
 
     def _delete(self, name: str) -> None:
         kind = self._kind_of.pop(name)
         del self._store[kind][name]
         self._table_sources.pop(name, None)
+        self._stored_tables.pop(name, None)
 
     # ---------------------------------------------------------------------------- coordinate systems
     @property
@@ -398,8 +422,14 @@ class SpatialData:
         """Names of the tables that annotate element ``name``."""
         self.kind_of(name)
         out = []
-        for table_name, table in self.items(["tables"]):
-            region, _, _ = get_table_keys(table)
+        for table_name in list(self._store["tables"]):
+            stored = self._stored_table(table_name)  # a table not loaded yet: its uns only
+            try:
+                region = stored.keys()[0] if stored is not None else None
+            except Exception:  # unreadable uns: the loaded table reports it
+                stored = None
+            if stored is None:
+                region, _, _ = get_table_keys(self._get("tables", table_name))
             if region is not None and name in region:
                 out.append(table_name)
         return out
@@ -579,6 +609,7 @@ class SpatialData:
         lazy = name in self._table_sources or self._open_options.get("lazy_tables", False)
         self._store[kind][name] = store_io.open_element(root, kind, name, lazy_tables=lazy)
         self._table_sources.pop(name, None)
+        self._stored_tables.pop(name, None)
 
     def write(
         self,
@@ -616,6 +647,8 @@ class SpatialData:
         progress
             Show a progress bar (default: when writing to a terminal).
         """
+        for name in [n for n, t in self._stored_tables.items() if t.uns_read]:
+            self._get("tables", name)  # changes written to a not-loaded table's uns go into the table
         for name, table in self._store["tables"].items():
             self._check_table_ids(name, table, kinds=("shapes",), load=True)
         with _progress(self._kind_of, progress) as report:

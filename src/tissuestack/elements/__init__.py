@@ -51,6 +51,7 @@ from tissuestack.elements._tables import (
     TableModel,
     get_table_keys,
     set_table_annotates,
+    table_keys_from_uns,
     table_rows,
 )
 
@@ -104,6 +105,7 @@ __all__ = [
     "set_transformation",
     "shapes_axes",
     "shapes_type",
+    "table_keys_from_uns",
     "table_rows",
     "validate_as",
 ]

@@ -83,7 +83,12 @@ def get_table_keys(adata: ad.AnnData) -> tuple[list[str] | None, str | None, str
         the region of each row and the ``obs`` column with the instance ids; ``(None, None, None)`` for a table
         that annotates nothing.
     """
-    attrs = adata.uns.get(TABLE_ATTRS_KEY)
+    return table_keys_from_uns(adata.uns)
+
+
+def table_keys_from_uns(uns: Mapping[str, Any]) -> tuple[list[str] | None, str | None, str | None]:
+    """:func:`get_table_keys` from a table's ``uns`` mapping alone (e.g. read from a store without the table)."""
+    attrs = uns.get(TABLE_ATTRS_KEY)
     if not isinstance(attrs, Mapping):
         return None, None, None
     return (

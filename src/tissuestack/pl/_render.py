@@ -35,7 +35,13 @@ from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
 from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
-from tissuestack.pl._values import ColorSource, find_color_source, label_values, table_values_by_id
+from tissuestack.pl._values import (
+    ColorSource,
+    find_color_source,
+    label_values,
+    table_has_key,
+    table_values_by_id,
+)
 from tissuestack.query._bbox import Region, query_points, query_shapes
 from tissuestack.store import read_points_columns
 from tissuestack.transforms import AffineMap, BaseTransformation, affine_map
@@ -325,7 +331,7 @@ def _key_in_tables(sdata: SpatialData, name: str, key: Any, table_name: str | No
     if not isinstance(key, str):
         return False
     tables = [table_name] if table_name is not None else sdata.get_annotating_tables(name)
-    return any(key in sdata.tables[tn].obs.columns or key in sdata.tables[tn].var_names for tn in tables)
+    return any(table_has_key(sdata, tn, key) for tn in tables)
 
 
 def _align(values: pd.Series, ids: pd.Index, name: str) -> pd.Series:

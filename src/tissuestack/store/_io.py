@@ -261,6 +261,13 @@ def table_regions(root: StoreRoot) -> dict[str, list[str]]:
     return out
 
 
+def element_group(root: StoreRoot, kind: str, name: str) -> zarr.Group:
+    """The Zarr group of one element of a store (to read parts of it)."""
+    group = root.open_group()
+    with quiet_zarr():
+        return group[f"{kind}/{name}"]
+
+
 def open_element(root: StoreRoot, kind: str, name: str, *, lazy_tables: bool = False) -> Deferred:
     """Open one element of a store again (metadata only), e.g. after its files were replaced."""
     opened = open_store(
