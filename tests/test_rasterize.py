@@ -555,3 +555,23 @@ def test_labels_3d_nearest(rng):
     expected[ok] = lab[k[ok], i[ok], j[ok]]
     np.testing.assert_array_equal(arr, expected)
     assert arr.any()
+
+
+def test_points_of_a_store_rasterised_from_their_row_groups(rng, tmp_path, monkeypatch):
+    """A whole points element of a store is rasterised from its row groups as arrays (no dask-expr planning):
+    the same counts per category and the same numeric aggregates as the in-memory frame."""
+    from tissuestack.ops import _rasterize as R
+
+    df, pts = _points(rng)
+    ts.SpatialData(points={"tx": pts}).write(tmp_path / "p.zarr")
+    stored = ts.read_zarr(tmp_path / "p.zarr")["tx"]
+    calls = []
+    original = R._scan_partition
+    monkeypatch.setattr(R, "_scan_partition", lambda *a: calls.append(1) or original(*a))
+    lo, hi = [0.0, 0.0], [20.0, 15.0]
+    for kwargs in ({}, {"value_key": "gene"}, {"value_key": "q", "agg_func": "mean"}):
+        got = ts.rasterize(stored, ("x", "y"), lo, hi, "global", target_unit_to_pixels=1, **kwargs)
+        exp = ts.rasterize(pts, ("x", "y"), lo, hi, "global", target_unit_to_pixels=1, **kwargs)
+        assert list(got.coords["c"].values) == list(exp.coords["c"].values)
+        np.testing.assert_allclose(np.asarray(got.data.compute()), np.asarray(exp.data.compute()))
+    assert calls  # the row-group path was taken

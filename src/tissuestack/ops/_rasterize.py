@@ -93,6 +93,7 @@ from tissuestack.ops._joins import _region_rows
 from tissuestack.ops._resolve import _name_in, elements_in, resolve_element
 from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.ops._values import get_values
+from tissuestack.store import points_scan
 from tissuestack.transforms import Affine, BaseTransformation, Scale, Translation, compose
 
 __all__ = ["rasterize", "rasterize_bins"]
@@ -260,7 +261,11 @@ def _points_partition(
         flat += np.where(keep, idx, 0).astype(np.int64) * stride
         stride *= size
     if categories is not None:
-        codes = pd.Categorical(df[key].to_numpy(), categories=categories).codes.astype(np.int64)
+        column = df[key]
+        if isinstance(column.dtype, pd.CategoricalDtype) and column.cat.categories.equals(categories):
+            codes = column.cat.codes.to_numpy().astype(np.int64)
+        else:
+            codes = pd.Categorical(column.to_numpy(), categories=categories).codes.astype(np.int64)
         keep &= codes >= 0
         flat = flat + codes * n_pix
     values = None
@@ -303,6 +308,29 @@ def _finish_points(part: tuple[np.ndarray, ...], func: str, shape: tuple[int, ..
     else:
         out = part[0]
     return out.reshape((n_c, *shape))
+
+
+def _scan_partition(
+    scan: Any,
+    task: Any,
+    needed: list[str],
+    cats: dict[str, pd.Index],
+    cols: list[str],
+    lin: np.ndarray,
+    off: np.ndarray,
+    shape: tuple[int, ...],
+    key: str | None,
+    func: str,
+) -> tuple[np.ndarray, ...]:
+    """:func:`_points_partition` of some row groups of a stored element, read as arrays (categories as codes)."""
+    arrays = scan.read_arrays(task, needed, cats)
+    frame = pd.DataFrame(
+        {
+            c: pd.Categorical.from_codes(arrays[c], categories=cats[c], validate=False) if c in cats else arrays[c]
+            for c in needed
+        }
+    )
+    return _points_partition(frame, cols, lin, off, shape, key, cats.get(key) if key else None, func)
 
 
 def _point_categories(ddf: dd.DataFrame, key: str) -> pd.Index:
@@ -354,10 +382,19 @@ def _rasterize_points(
     shape = grid.shape
     n_c = len(channels)
     needed = cols + ([value_key] if value_key is not None and value_key not in cols else [])
-    parts = [
-        dask.delayed(_points_partition)(p, cols, lin, off, shape, value_key, categories, func)
-        for p in ddf[needed].to_delayed()
-    ]
+    scan = points_scan(ddf)
+    if scan is not None:  # a whole stored element: its row groups read as arrays (no dask-expr planning)
+        cats = {value_key: categories} if categories is not None else {}
+        tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
+        parts = [
+            dask.delayed(_scan_partition)(scan, task, needed, cats, cols, lin, off, shape, value_key, func)
+            for task in tasks
+        ]
+    else:
+        parts = [
+            dask.delayed(_points_partition)(p, cols, lin, off, shape, value_key, categories, func)
+            for p in ddf[needed].to_delayed()
+        ]
     if not parts:
         data = da.zeros((n_c, *shape), dtype=np.int64)
     else:
