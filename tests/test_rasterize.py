@@ -562,7 +562,7 @@ def test_points_of_a_store_rasterised_from_their_row_groups(rng, tmp_path, monke
     the same counts per category and the same numeric aggregates as the in-memory frame."""
     from tissuestack.ops import _rasterize as R
 
-    df, pts = _points(rng)
+    _, pts = _points(rng)
     ts.SpatialData(points={"tx": pts}).write(tmp_path / "p.zarr")
     stored = ts.read_zarr(tmp_path / "p.zarr")["tx"]
     calls = []
