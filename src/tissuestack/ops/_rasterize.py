@@ -276,7 +276,7 @@ def _points_partition(
     flat = flat[keep]
     full = n_c * n_pix
     if func == "count" or categories is not None:
-        return (np.bincount(flat, minlength=full).astype(np.int64),)
+        return (np.bincount(flat, minlength=full).astype(np.int64, copy=False),)
     if func == "sum":
         return (np.bincount(flat, weights=values, minlength=full),)
     if func == "mean":
@@ -295,7 +295,12 @@ def _merge_points(parts: list[tuple[np.ndarray, ...]], func: str) -> tuple[np.nd
         for p in parts[1:]:
             red(out, p[0], out=out)
         return (out,)
-    return tuple(np.sum([p[i] for p in parts], axis=0) for i in range(len(parts[0])))
+    # in place into the first partial (partials are temporaries of this graph): no stacked (k, pixels) copy
+    out = tuple(parts[0])
+    for p in parts[1:]:
+        for a, b in zip(out, p, strict=True):
+            a += b
+    return out
 
 
 def _finish_points(part: tuple[np.ndarray, ...], func: str, shape: tuple[int, ...], n_c: int) -> np.ndarray:
