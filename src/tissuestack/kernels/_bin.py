@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["bin_points_count", "bin_points_max"]
+__all__ = ["bin_points_count", "bin_points_count_mapped", "bin_points_max"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -56,4 +56,23 @@ def bin_points_max(px, py, values, empty, height, width):  # pragma: no cover - 
         for j in range(width):
             if out[i, j] == -np.inf:
                 out[i, j] = empty
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def bin_points_count_mapped(x, y, m, ids, lut, k, height, width):  # pragma: no cover - numba
+    """:func:`bin_points_count` of intrinsic ``x``, ``y`` mapped to pixels by ``m`` (2 x 3) and codes
+    ``lut[ids]``, without temporary arrays (for 20M points they cost more than the binning: fresh memory)."""
+    out = np.zeros((height, width, k), dtype=np.int32)
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    for n in range(x.shape[0]):
+        c = lut[ids[n]]
+        if c < 0 or c >= k:
+            continue
+        xn = np.float64(x[n])
+        yn = np.float64(y[n])
+        i, j = _cell(m00 * xn + m01 * yn + m02, m10 * xn + m11 * yn + m12, height, width)
+        if i >= 0:
+            out[i, j, c] += 1
     return out

@@ -155,7 +155,7 @@ def resolve_coloring(
     if _is_categorical(values):
         cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
         categories = [str(c) for c in cat.cat.categories]
-        codes = np.asarray(cat.cat.codes).astype(np.int32)  # int32 ids: 4 bytes a row
+        codes = np.asarray(cat.cat.codes)  # as small as the categories allow (int8 up to 127)
         uns_key = f"{key}_colors"
         if palette is not None:
             colors = _palette_colors(palette, categories, what)
@@ -166,7 +166,10 @@ def resolve_coloring(
             if uns is not None:
                 uns[uns_key] = np.asarray(colors, dtype=object)
         rgba = np.vstack([[to_rgba(c) for c in colors] or np.empty((0, 4)), na[None, :]])
-        ids = np.where(codes < 0, np.int32(len(categories)), codes)
+        # int32 ids, 4 bytes a row, made once: fresh memory for temporaries of 20M rows costs more than the work
+        ids = codes.astype(np.int32)
+        ids[codes < 0] = len(categories)
+        counts = np.bincount(ids, minlength=len(categories) + 1)
         shown = np.ones(len(categories), dtype=bool)
         if groups is not None:
             wanted = [groups] if isinstance(groups, str) else list(groups)
@@ -175,7 +178,7 @@ def resolve_coloring(
                 raise ValueError(f"{what}: groups {unknown} are not categories of {key!r}: {categories[:10]}")
             shown = np.isin(categories, wanted)
             ids = np.where((codes >= 0) & ~shown[np.maximum(codes, 0)], -1, ids)
-        present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(categories)))
+        present = np.flatnonzero(counts[: len(categories)])
         legend = [(categories[i], rgba[i]) for i in present if shown[i]]
         return Coloring(ids, rgba, legend=legend, key=key)
     numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan)

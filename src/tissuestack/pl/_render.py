@@ -28,13 +28,13 @@ from tissuestack._container import SpatialData
 from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
-from tissuestack.kernels._bin import bin_points_count, bin_points_max
+from tissuestack.kernels._bin import bin_points_count_mapped, bin_points_max
 from tissuestack.kernels._ragged import FlatGeometry
 from tissuestack.ops._extent import spatial_map
 from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
 from tissuestack.pl._mpl import require
-from tissuestack.pl._shapes_raster import rasterise_by_default, rasterize_shapes, to_pixels
+from tissuestack.pl._shapes_raster import pixel_affine, rasterise_by_default, rasterize_shapes, to_pixels
 from tissuestack.pl._values import (
     ColorSource,
     find_color_source,
@@ -663,17 +663,21 @@ def _datashade(
     image = np.zeros((height, width, 4))  # row 0 at ymin
     if len(ids) == 0:
         return image
-    px, py = to_pixels(x, y, amap, canvas)  # intrinsic -> canvas pixels in one fused affine
     used = np.flatnonzero(np.bincount(ids, minlength=len(coloring.rgba)))  # colours present (O(n), no sort)
     categorical = coloring.mappable is None
     if len(used) == 1 or (categorical and len(used) * height * width <= _MODE_MAX_CELLS):
         lut = np.full(len(coloring.rgba), -1, dtype=np.int32)
         lut[used] = np.arange(len(used))
-        codes = lut[ids]
-        counts = _spread(bin_points_count(px, py, codes, len(used), height, width), size, canvas.dpi)
+        # the affine to canvas pixels and the colour codes applied inside the kernel: no 20M-row temporaries
+        binned = bin_points_count_mapped(
+            np.ascontiguousarray(x), np.ascontiguousarray(y), pixel_affine(amap, canvas),
+            np.ascontiguousarray(ids), lut, len(used), height, width,
+        )  # fmt: skip
+        counts = _spread(binned, size, canvas.dpi)
         drawn = counts.max(axis=-1) > 0
         image[drawn] = coloring.rgba[used[counts.argmax(axis=-1)[drawn]]]
         return image
+    px, py = to_pixels(x, y, amap, canvas)  # intrinsic -> canvas pixels in one fused affine
     na_id = len(coloring.rgba) - 1
     value = np.where(ids == na_id, -0.5, ids).astype(np.float64)  # missing values lose to any real value
     top = _spread(bin_points_max(px, py, value, -1.0, height, width), size, canvas.dpi)

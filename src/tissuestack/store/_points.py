@@ -427,17 +427,37 @@ def read_points_columns(df: dd.DataFrame, columns: Sequence[str]) -> pd.DataFram
         for c in wanted
         if isinstance(dtypes[c], pd.CategoricalDtype) and dtypes[c].categories is not None
     }
-    if any(not pd.api.types.is_numeric_dtype(dtypes[c]) and c not in cats for c in wanted):
-        return None
-    tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
+    if any(c not in cats and not (isinstance(dtypes[c], np.dtype) and dtypes[c].kind in "biuf") for c in wanted):
+        return None  # strings without known categories, nullable or other extension columns: through dask
+    stats = scan.row_group_stats()
+    tasks = scan.tasks(np.ones(len(stats), dtype=bool))
     if not tasks:
         return meta[wanted].iloc[:0]
-    parts = dask.compute(*[dask.delayed(scan.read_arrays)(t, wanted, cats) for t in tasks], scheduler=scheduler())
-    out = {}
-    for c in wanted:
-        values = np.concatenate([part[c] for part in parts])
-        out[c] = pd.Categorical.from_codes(values, dtype=dtypes[c], validate=False) if c in cats else values
-    return pd.DataFrame(out)
+    # every task fills its own rows of arrays allocated once (no concatenation of the parts: for 20M rows that
+    # copy and its fresh memory cost ~0.7 s)
+    rows = {(f, int(g)): int(n) for f, g, n in zip(stats["file"], stats["row_group"], stats["n_rows"], strict=True)}
+    counts = [sum(rows[(path, int(g))] for g in groups) for path, groups in tasks]
+    starts = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    out = {c: np.empty(int(starts[-1]), dtype=np.int32 if c in cats else dtypes[c]) for c in wanted}
+
+    def fill(k: int) -> int:
+        part = scan.read_arrays(tasks[k], wanted, cats)
+        n = len(part[wanted[0]]) if wanted else 0
+        if n != counts[k]:
+            raise StoreError(
+                f"{scan.loc.key}: {relative_path(scan.loc, tasks[k][0])} has {n} rows in row groups "
+                f"{list(tasks[k][1])}, its footer says {counts[k]}"
+            )
+        for c in wanted:
+            out[c][starts[k] : starts[k + 1]] = part[c]
+        return n
+
+    dask.compute(*[dask.delayed(fill)(k) for k in range(len(tasks))], scheduler=scheduler())
+    columns = {
+        c: pd.Categorical.from_codes(out[c], dtype=dtypes[c], validate=False) if c in cats else out[c]
+        for c in wanted
+    }
+    return pd.DataFrame(columns, copy=False)  # copy=False: the columns are not stacked into one block
 
 
 def _read_scan(scan_and_task: tuple[PointsScan, tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
