@@ -239,6 +239,25 @@ def _shell_sort(a):  # pragma: no cover - numba
         gap //= 3
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _edge_rows(ay, by, hf, height):  # pragma: no cover - numba
+    """Rows ``e0 <= r < e1`` whose pixel-centre line ``r + 0.5`` an edge from ``y = ay`` to ``y = by`` crosses
+    (half-open: ``e0 >= e1`` for none, and for horizontal or NaN edges)."""
+    if ay == by or not (ay == ay and by == by):
+        return 0, 0
+    e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
+    e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+    return e0, e1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _span_cols(x0, x1, wf, width):  # pragma: no cover - numba
+    """Columns ``c0 <= j < c1`` whose pixel centres lie in ``[x0, x1)``, clipped to the grid."""
+    c0 = max(_first_index_at_or_after(_clip(x0, -1.0, wf + 1.0)), 0)
+    c1 = min(_first_index_at_or_after(_clip(x1, -1.0, wf + 1.0)), width)
+    return c0, c1
+
+
 @numba.njit(cache=True, nogil=True)
 def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragma: no cover - numba
     """Pixel runs of polygons on a ``height x width`` grid (coordinates in pixel units, see the module notes).
@@ -256,12 +275,10 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
     e_r1 = np.zeros(n_coords, dtype=np.int64)
     for q in range(ring_offsets.shape[0] - 1):
         for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-            ay = y[i]
-            by = y[i + 1]
-            if ay == by or not (ay == ay and by == by):
-                continue
-            e_r0[i] = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
-            e_r1[i] = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+            e0, e1 = _edge_rows(y[i], y[i + 1], hf, height)
+            if e1 > e0:
+                e_r0[i] = e0
+                e_r1[i] = e1
     # scratch buffers sized for the largest geometry, reused (allocating per geometry dominates otherwise)
     max_rows = 1
     max_cross = 1
@@ -331,8 +348,7 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 x1 = seg[p + 1]
                 if not (x1 > x0):
                     continue
-                c0 = max(_first_index_at_or_after(_clip(x0, -1.0, wf + 1.0)), 0)
-                c1 = min(_first_index_at_or_after(_clip(x1, -1.0, wf + 1.0)), width)
+                c0, c1 = _span_cols(x0, x1, wf, width)
                 if c1 <= c0:
                     continue
                 o_shape[m] = g
@@ -452,10 +468,7 @@ def _owner_burn(
             for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
                 ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
                 by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                if ay == by or not (ay == ay and by == by):
-                    continue
-                e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
-                e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                e0, e1 = _edge_rows(ay, by, hf, height)
                 if e1 > e0:
                     n_cross += e1 - e0
                     lo_row = min(lo_row, e0)
@@ -474,10 +487,7 @@ def _owner_burn(
                 for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
                     ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
                     by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                    if ay == by or not (ay == ay and by == by):
-                        continue
-                    e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
-                    e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                    e0, e1 = _edge_rows(ay, by, hf, height)
                     for r in range(e0, e1):
                         row_count[r - lo_row + 1] += 1
             for r in range(n_rows):
@@ -490,10 +500,7 @@ def _owner_burn(
                     ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
                     bx = m00 * coords[i + 1, 0] + m01 * coords[i + 1, 1] + m02
                     by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                    if ay == by or not (ay == ay and by == by):
-                        continue
-                    e0 = max(_first_index_at_or_after(_clip(min(ay, by), -1.0, hf + 1.0)), 0)
-                    e1 = min(_first_index_at_or_after(_clip(max(ay, by), -1.0, hf + 1.0)), height)
+                    e0, e1 = _edge_rows(ay, by, hf, height)
                     for r in range(e0, e1):
                         yc = r + 0.5
                         xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
@@ -510,8 +517,7 @@ def _owner_burn(
                     x1 = seg[p + 1]
                     if not (x1 > x0):
                         continue
-                    c0 = max(_first_index_at_or_after(_clip(x0, -1.0, wf + 1.0)), 0)
-                    c1 = min(_first_index_at_or_after(_clip(x1, -1.0, wf + 1.0)), width)
+                    c0, c1 = _span_cols(x0, x1, wf, width)
                     for j in range(c0, c1):
                         hit = True
                         if owner[r + lo_row, j] < k:
