@@ -80,6 +80,9 @@ class ElementKind:
         Whether rows are a lazy frame: filtered with lazy masks, and read in a pass only where needed (points).
     in_memory
         Whether elements are held in memory once loaded, never read lazily from their files (shapes).
+    has_areas
+        Whether instances cover areas (labels regions, shapes geometries): they can be filled and outlined, and
+        they are the regions values are aggregated by.
     annotates_regions
         Whether elements annotate other elements (regions) by instance id (tables).
     load_reads_files
@@ -100,6 +103,7 @@ class ElementKind:
     filterable: ClassVar[bool] = False
     lazy_rows: ClassVar[bool] = False
     in_memory: ClassVar[bool] = False
+    has_areas: ClassVar[bool] = False
     annotates_regions: ClassVar[bool] = False
     load_reads_files: ClassVar[bool] = False
     listed_in_store: ClassVar[bool] = False
@@ -405,6 +409,7 @@ class LabelsKind(_RasterKind):
     default_order = 0
     has_instances = True
     filters_tables = True
+    has_areas = True
     listed_in_store = True
 
     def models(self) -> tuple[Any, Any]:
@@ -520,6 +525,7 @@ class ShapesKind(_ParquetKind):
     name = "shapes"
     filters_tables = True
     in_memory = True
+    has_areas = True
 
     def parse(self, obj: Any, name: str | None = None) -> Any:
         from tissuestack.elements._shapes import ShapesModel

@@ -26,11 +26,13 @@ from tissuestack._compute import scheduler, warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
     SPATIAL_KINDS,
+    ElementKind,
     TableModel,
     get_axes,
-    get_kind,
+    get_kind_protocol,
     get_meta,
     get_table_keys,
+    kind_of,
     points_axes,
     raster_levels,
 )
@@ -47,7 +49,6 @@ INSTANCE_KEY = "instance_id"
 #: obs column (categorical) naming the annotated element, when the table annotates one
 REGION_KEY = "region"
 _CATEGORY_FUNCS = ("count", "sum")
-_REGION_KINDS = ("shapes", "labels")
 # relative tolerance under which a composed values -> by map is taken to be exactly the identity (both elements
 # carrying the same scale, e.g. 0.2125 * (1 / 0.2125) = 1.0000000000000002)
 _SNAP = 1e-12
@@ -79,21 +80,21 @@ def _resolve(
     return obj, name, transformation
 
 
-def _spatial_axes(element: Any, kind: str) -> tuple[str, ...]:
+def _spatial_axes(element: Any, kind: ElementKind) -> tuple[str, ...]:
     """The spatial axes a pair works in, in x, y[, z] order (shapes: always the plane x, y)."""
-    if kind == "points":
+    if kind.lazy_rows:  # points
         return points_axes(element)
-    if kind == "shapes":
+    if kind.in_memory:  # shapes
         return ("x", "y")
     dims = get_axes(element)
     return tuple(a for a in ("x", "y", "z") if a in dims)
 
 
-def _value_columns(element: Any, kind: str) -> pd.Series | None:
+def _value_columns(element: Any, kind: ElementKind) -> pd.Series | None:
     """Column name -> dtype of the columns a value key may name (``None``: the kind has no columns)."""
-    if kind == "points":
+    if kind.lazy_rows:  # points
         return element.dtypes  # coordinates too (e.g. the mean x per region)
-    if kind == "shapes":
+    if kind.in_memory:  # shapes
         return element.dtypes.drop(element.geometry.name)
     return None
 
@@ -122,13 +123,13 @@ def _as_keys(value_key: str | Sequence[str] | None) -> list[str] | None:
 def _check_value_keys(
     keys: list[str] | None,
     values: Any,
-    kind: str,
+    kind: ElementKind,
     label: str,
     agg_func: str,
     fractions: bool,
 ) -> tuple[list[str] | None, bool]:
     """Validated value keys (defaults filled in) and whether they name one categorical column."""
-    if kind == "images":
+    if kind.has_channels:  # images: the keys name channels
         if keys is None:
             return None, False
         level = raster_levels(values)[0]
@@ -142,14 +143,14 @@ def _check_value_keys(
     if columns is None:  # labels as values: the implementation interprets the keys
         return keys, False
     if keys is None:
-        if kind == "points":
+        if kind.lazy_rows:  # points: the feature key by default
             feature = get_meta(values).feature_key
             if feature is not None and feature in columns.index:
                 keys = [feature]
         if keys is None:
             if agg_func not in _CATEGORY_FUNCS:
                 raise ValueError(
-                    f"without value_key, aggregating {label} counts its {kind} per region: agg_func must be "
+                    f"without value_key, aggregating {label} counts its {kind.name} per region: agg_func must be "
                     f"'count' or 'sum', got {agg_func!r}; pass value_key to aggregate a column"
                 )
             return None, False
@@ -187,13 +188,13 @@ def _check_value_keys(
 
 
 def _values_from_table(
-    values: Any, name: str | None, kind: str, keys: list[str] | None, sdata: SpatialData | None, table: str
+    values: Any, name: str | None, kind: ElementKind, keys: list[str] | None, sdata: SpatialData | None, table: str
 ) -> Any:
     """A shallow copy of shapes ``values`` with the value keys taken from a table annotating them."""
     from tissuestack.ops._values import get_values
 
-    if kind != "shapes":
-        raise ValueError(f"values_table is supported for shapes values only, not {kind}")
+    if not kind.in_memory:  # shapes
+        raise ValueError(f"values_table is supported for shapes values only, not {kind.name}")
     if sdata is None or name is None:
         raise ValueError("values_table needs sdata and values given by name (the table refers to it by name)")
     if keys is None:
@@ -282,9 +283,9 @@ def _labels_ids(by: Any) -> pd.Index:
     return pd.Index(ids)
 
 
-def _by_instances(by: Any, kind: str, name: str | None) -> pd.Index:
+def _by_instances(by: Any, kind: ElementKind, name: str | None) -> pd.Index:
     """Instance ids of ``by`` in the order of ``by``; for labels the sorted values without the background 0."""
-    if kind == "labels":
+    if kind.is_raster:  # labels
         ids = _labels_ids(by)
         return ids[ids != 0]
     return element_instances(by, name=name)
@@ -411,10 +412,11 @@ def aggregate(
     by_el, by_name, by_t = _resolve(by, sdata, "by", cs)
     if values_el is by_el:
         raise ValueError("values and by are the same element; aggregate an element by another one")
-    vkind, bkind = get_kind(values_el), get_kind(by_el)
+    vproto, bproto = kind_of(values_el), kind_of(by_el)
+    vkind, bkind = vproto.name, bproto.name
     values_label = f"{vkind} element {values_name!r}" if values_name else f"the {vkind} values"
     by_label = f"{bkind} element {by_name!r}" if by_name else f"the {bkind} regions"
-    if bkind not in _REGION_KINDS:
+    if not bproto.has_areas:
         raise ValueError(f"by must be a shapes or labels element (the regions), got {by_label}")
     pair = f"{vkind} -> {bkind}"
     implementation = get_pair(vkind, bkind)
@@ -425,13 +427,13 @@ def aggregate(
         )
     keys = _as_keys(value_key)
     if values_table is not None:
-        values_el = _values_from_table(values_el, values_name, vkind, keys, sdata, values_table)
-    keys, _ = _check_value_keys(keys, values_el, vkind, values_label, agg_func, fractions)
+        values_el = _values_from_table(values_el, values_name, vproto, keys, sdata, values_table)
+    keys, _ = _check_value_keys(keys, values_el, vproto, values_label, agg_func, fractions)
 
-    values_axes = _spatial_axes(values_el, vkind)
-    by_axes = _spatial_axes(by_el, bkind)
+    values_axes = _spatial_axes(values_el, vproto)
+    by_axes = _spatial_axes(by_el, bproto)
     forward, backward = _values_to_by(values_t, values_axes, by_t, by_axes, values_label, by_label, cs)
-    ids = _by_instances(by_el, bkind, by_name)
+    ids = _by_instances(by_el, bproto, by_name)
 
     request = PairInput(
         values=values_el,
@@ -500,7 +502,7 @@ def store_aggregation(
         not in ``by``.
     """
     kind = sdata.kind_of(by)
-    if kind not in _REGION_KINDS:
+    if not get_kind_protocol(kind).has_areas:
         raise ValidationError(f"an aggregation table annotates shapes or labels; {by!r} is a {kind} element")
     if INSTANCE_KEY not in adata.obs.columns:
         raise ValidationError(
@@ -516,7 +518,7 @@ def store_aggregation(
             raise KeyError(
                 f"{table_name!r} is a {sdata.kind_of(table_name)} element; choose another table name"
             )
-    if kind == "shapes":
+    if get_kind_protocol(kind).in_memory:  # shapes: their ids must be in the element
         ids = pd.Index(adata.obs[INSTANCE_KEY])
         known = pd.Index(sdata[by].index)
         if ids.dtype != known.dtype:

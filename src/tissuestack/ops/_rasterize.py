@@ -73,13 +73,15 @@ from scipy import ndimage
 from tissuestack._compute import paused_gc, scheduler, warm_numba
 from tissuestack._container import SpatialData
 from tissuestack.elements import (
+    ElementKind,
     Image2DModel,
     Image3DModel,
     Labels2DModel,
-    Labels3DModel,
     get_kind,
+    get_kind_protocol,
     get_meta,
     get_table_keys,
+    kind_of,
     points_axes,
     raster_levels,
 )
@@ -667,7 +669,7 @@ def _sample_block(
 
 
 def _rasterize_raster(
-    element: xr.DataArray | xr.DataTree, t: BaseTransformation, grid: _Grid, kind: str, what: str
+    element: xr.DataArray | xr.DataTree, t: BaseTransformation, grid: _Grid, kind: ElementKind, what: str
 ) -> xr.DataArray:
     levels = raster_levels(element)
     lvl0 = levels[0]
@@ -704,7 +706,7 @@ def _rasterize_raster(
     starts = [np.r_[0, np.cumsum(ch)[:-1]].astype(np.int64) for ch in out_chunks]
     grid_shape = [len(ch) for ch in out_chunks]
     n_c = arr.sizes["c"] if has_c else 0
-    order = 0 if kind == "labels" else 1
+    order = kind.resample_order(None)  # labels: nearest
     blocks = np.empty(grid_shape, dtype=object)
     sample = dask.delayed(_sample_block, pure=True)
     for pos in np.ndindex(*grid_shape):
@@ -731,10 +733,7 @@ def _rasterize_raster(
     result_arr = xr.DataArray(out, dims=out_dims)
     if has_c and "c" in arr.coords:
         result_arr = result_arr.assign_coords(c=arr.coords["c"].values)
-    if kind == "labels":
-        model = Labels3DModel if len(dims) == 3 else Labels2DModel
-    else:
-        model = Image3DModel if len(dims) == 3 else Image2DModel
+    model = kind.models()[1 if len(dims) == 3 else 0]  # the 2D or 3D model of the element's kind
     result = model.parse(result_arr, transformations={grid.cs: grid.to_target()})
     result.attrs[LEVEL_ATTR] = level
     return result
@@ -759,13 +758,14 @@ def _rasterize_element(
     sdata: SpatialData | None,
     name: str | None,
 ) -> xr.DataArray:
-    kind = get_kind(element)
+    protocol = kind_of(element)
+    kind = protocol.name
     what = f"rasterizing {kind} element {name!r}" if name else f"rasterizing the {kind} element"
-    if kind in ("images", "labels"):
+    if protocol.is_raster:
         if value_key is not None or agg_func is not None or table_name is not None:
             raise ValueError(f"{what}: value_key, table_name and agg_func apply to points and shapes only")
-        return _rasterize_raster(element, t, grid, kind, what)
-    if kind == "points":
+        return _rasterize_raster(element, t, grid, protocol, what)
+    if protocol.lazy_rows:  # points
         if table_name is not None:
             raise ValueError(
                 f"{what}: points take value_key from their own columns; table_name is not supported"
@@ -775,7 +775,7 @@ def _rasterize_element(
                 f"{what}: points have no regions; return_regions_as_labels=True applies to shapes"
             )
         return _rasterize_points(element, t, grid, value_key, agg_func, what)
-    if kind == "shapes":
+    if protocol.in_memory:  # shapes
         return _rasterize_shapes(
             element, t, grid, value_key, table_name, as_labels, agg_func, sdata, name, what
         )
@@ -784,11 +784,11 @@ def _rasterize_element(
     )
 
 
-def _fits_grid(element: Any, kind: str, grid: _Grid) -> bool:
+def _fits_grid(element: Any, kind: ElementKind, grid: _Grid) -> bool:
     """Whether an element of a SpatialData can be rasterised on the grid (the others are left out)."""
-    if kind == "shapes":
+    if kind.in_memory:  # shapes: the plane x, y
         return grid.axes == ("x", "y")
-    if kind == "points":
+    if kind.lazy_rows:  # points
         return set(grid.axes) <= set(points_axes(element))
     spatial = {str(d) for d in raster_levels(element)[0].dims if d != "c"}
     return spatial == set(grid.axes)
@@ -863,11 +863,12 @@ def rasterize(
         images: dict[str, Any] = {}
         labels: dict[str, Any] = {}
         for name, kind, element, t in elements_in(data, target_coordinate_system):
-            if not _fits_grid(element, kind, grid):
+            protocol = get_kind_protocol(kind)
+            if not _fits_grid(element, protocol, grid):
                 continue
-            as_labels = return_regions_as_labels and kind == "shapes"
+            as_labels = return_regions_as_labels and protocol.in_memory  # shapes
             out = _rasterize_element(element, t, grid, None, None, as_labels, None, data, name)
-            (labels if get_kind(out) == "labels" else images)[name] = out
+            (labels if kind_of(out).nearest_only else images)[name] = out
         tables = dict(data.items(["tables"]))
         return SpatialData(images=images, labels=labels, tables=tables, attrs=data.attrs)
     if isinstance(data, str):
