@@ -27,7 +27,7 @@ import scipy.ndimage as ndi
 import shapely
 
 from tissuestack._container import SpatialData, read_zarr
-from tissuestack.elements import get_axes, get_table_keys, raster_levels
+from tissuestack.elements import ElementKind, get_axes, get_kind_protocol, get_table_keys, raster_levels
 from tissuestack.elements._shapes import shapes_type
 from tissuestack.errors import ValidationError
 from tissuestack.ops._centroids import get_centroids
@@ -285,26 +285,28 @@ class ImageTilesDataset(_DatasetBase):
             raise ValidationError(f"{role} {name!r} is a {kind} element; expected one of {list(kinds)}")
         return sdata[name]
 
-    def _element_kind(self, sdata: SpatialData, name: str, role: str) -> str:
+    def _element_kind(self, sdata: SpatialData, name: str, role: str) -> ElementKind:
         element = self._element(sdata, name, ("shapes", "labels"), role)
-        kind = sdata.kind_of(name)
-        if kind == "labels" and tuple(get_axes(element)) != ("y", "x"):
+        kind = get_kind_protocol(sdata.kind_of(name))
+        if kind.is_raster and tuple(get_axes(element)) != ("y", "x"):  # labels
             raise ValidationError(f"{role} {name!r}: only 2D labels (y, x) are supported")
-        if kind == "shapes" and shapes_type(element) not in ("circles", "polygons"):
+        if kind.in_memory and shapes_type(element) not in ("circles", "polygons"):  # shapes
             raise ValidationError(
                 f"{role} {name!r} holds {shapes_type(element)}; expected circles or polygons"
             )
         return kind
 
-    def _bounding_sizes(self, sdata: SpatialData, regions: Any, kind: str, ids: pd.Index) -> np.ndarray:
+    def _bounding_sizes(
+        self, sdata: SpatialData, regions: Any, kind: ElementKind, ids: pd.Index
+    ) -> np.ndarray:
         """(n, 2) width/height of each region's bounding box in the target coordinate system."""
         t = sdata.get_transformation_between(self.regions_element, self.target_coordinate_system)
         m = spatial_map(regions, t, in_axes=("x", "y"))
         lin = np.asarray(m.linear, dtype=np.float64)[:2, :2]
-        if kind == "shapes" and shapes_type(regions) == "circles":
+        if kind.in_memory and shapes_type(regions) == "circles":  # shapes: circles
             r = regions["radius"].to_numpy(dtype=np.float64)
             return 2.0 * r[:, None] * np.linalg.norm(lin, axis=1)[None, :]
-        if kind == "shapes":
+        if kind.in_memory:  # shapes: polygons
             b = shapely.bounds(np.asarray(regions.geometry.array))  # minx, miny, maxx, maxy
             lo, hi = b[:, :2], b[:, 2:]
         else:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
+from tissuestack.elements import get_axes, get_kind_protocol, get_meta, raster_levels, shapes_type
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
 from tissuestack.kernels._bin import bin_points_count_mapped, bin_points_max
@@ -697,10 +697,11 @@ def render_element(
     p: dict,
 ) -> Coloring | None:
     """Draw one element; the coloring used (legend / colorbar), if any."""
-    if kind == "images":
+    protocol = get_kind_protocol(kind)
+    if protocol.has_channels:  # images
         return render_image(ax, name, element, t, canvas, p)
-    if kind == "labels":
+    if protocol.is_raster:  # labels
         return render_labels(ax, sdata, name, element, t, canvas, p)
-    if kind == "shapes":
+    if protocol.in_memory:  # shapes
         return render_shapes(ax, sdata, name, element, t, canvas, p)
     return render_points(ax, sdata, name, element, t, canvas, p)

@@ -26,7 +26,14 @@ import pandas as pd
 import shapely
 
 from tissuestack._container import SpatialData
-from tissuestack.elements import PointsModel, ShapesModel, TableModel, get_axes, shapes_type
+from tissuestack.elements import (
+    PointsModel,
+    ShapesModel,
+    TableModel,
+    get_axes,
+    get_kind_protocol,
+    shapes_type,
+)
 from tissuestack.elements._naming import check_name
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.transforms import Identity
@@ -197,11 +204,11 @@ def load_annotations(sdata: SpatialData, name: str, coordinate_system: str) -> A
         raise KeyError(f"no element {name!r} to load annotations from")
     out = Annotations()
     for n in names:
-        kind = sdata.kind_of(n)
+        kind = get_kind_protocol(sdata.kind_of(n))
         element = sdata[n]
         amap = _xy_map(element, sdata.get_transformation_between(n, coordinate_system), n)
         classes = _classes(sdata, n, element)
-        if kind == "points":
+        if kind.lazy_rows:  # points: landmarks
             ax = list(get_axes(element)[:2])
             cols = [c for c in (NAME_COLUMN, CLASS_COLUMN) if c in element.columns]
             pdf = element[[*ax, *cols]].compute()
@@ -212,7 +219,7 @@ def load_annotations(sdata: SpatialData, name: str, coordinate_system: str) -> A
                 nm = str(pdf[NAME_COLUMN].iloc[i]) if NAME_COLUMN in pdf else f"landmark_{i + 1}"
                 cl = str(pdf[CLASS_COLUMN].iloc[i]) if CLASS_COLUMN in pdf else ""
                 out.landmarks.append((nm, cl, float(xy[i, 0]), float(xy[i, 1])))
-        elif kind == "shapes":
+        elif kind.in_memory:  # shapes: circles and polygons
             if shapes_type(element) == "circles":
                 geoms = np.asarray(element.geometry.array)
                 xy = amap.apply(shapely.get_coordinates(geoms))

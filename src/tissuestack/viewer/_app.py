@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tissuestack.elements import get_kind_protocol
 from tissuestack.viewer._annotations import Annotations, annotation_names, load_annotations, save_annotations
 from tissuestack.viewer._engine import LayerStyle, View, ViewerEngine, channel_color
 
@@ -250,15 +251,15 @@ class ViewerSession:
     def _style(self, name: str) -> LayerStyle:
         key = (self.cs, name)
         if key not in self.styles:
-            kind = self.engine.sdata.kind_of(name)
+            kind = get_kind_protocol(self.engine.sdata.kind_of(name))
             s = LayerStyle(color=self.engine.default_color(name))
-            if kind == "shapes":
+            if kind.in_memory:  # shapes: a colour of their own, filled or outlined
                 n = len(self.engine.sdata[name])
-                shapes = [e for e, k in self.engine.elements(self.cs) if k == "shapes"]
+                shapes = [e for e, k in self.engine.elements(self.cs) if get_kind_protocol(k).in_memory]
                 s.color = _LAYER_COLORS[shapes.index(name) % len(_LAYER_COLORS)] if name in shapes else None
                 s.opacity = 0.7
                 s.fill, s.outline = (False, True) if n <= 50 else (True, False)
-            if kind == "labels":
+            if kind.nearest_only:  # labels
                 s.opacity = 0.6
             self.styles[key] = s
             self.default_colors[key] = s.color
@@ -284,6 +285,7 @@ class ViewerSession:
         self.hover.renderers = []
         children = []
         for name, kind in self.engine.elements(self.cs) if self.cs else []:
+            protocol = get_kind_protocol(kind)
             style = self._style(name)
             msrc = ColumnDataSource({"x": [], "y": [], "color": [], "value": [], "element": []})
             markers = self.fig.scatter("x", "y", source=msrc, color="color", size=5, alpha=style.opacity,
@@ -295,7 +297,7 @@ class ViewerSession:
             controls: list[Any] = [visible, opacity]
             visible.on_change("active", lambda a, o, n, name=name: self._visible(name, bool(n)))
             opacity.on_change("value", lambda a, o, n, name=name: self._opacity(name, float(n)))
-            if kind in ("shapes", "labels", "points"):
+            if protocol.has_instances:  # shapes, labels, points: coloured by columns or genes
                 cols, genes = self.engine.color_keys(name)
                 options = [(_NONE, _NONE)] + [(c, c) for c in cols]
                 options += [(_GENE + g, _GENE + g) for g in genes[:_MAX_GENES]]
@@ -310,19 +312,19 @@ class ViewerSession:
                 color.on_change("value", lambda a, o, n, name=name: self._set(
                     name, color=self.default_colors.get((self.cs, name)) if n == _NONE else n.removeprefix(_GENE)))  # fmt: skip
                 controls.append(color)
-            if kind in ("shapes", "labels"):
+            if protocol.has_areas:  # shapes, labels: filled and / or outlined
                 active = [i for i, on in enumerate((style.fill, style.outline)) if on]
                 mode = CheckboxGroup(labels=["fill", "outline"], active=active, inline=True,
                                      css_classes=[f"ts-mode-{name}"])  # fmt: skip
                 mode.on_change("active", lambda a, o, n, name=name: self._set(name, fill=0 in n, outline=1 in n))
                 controls.append(mode)
-            if kind == "points":
+            if protocol.lazy_rows:  # points
                 size = Slider(title="point size (px)", start=1, end=7, step=2, value=style.point_size,
                               width=_SIDEBAR - 40)  # fmt: skip
                 size.on_change("value", lambda a, o, n, name=name: self._set(name, point_size=int(n)))
                 controls.append(size)
             channel_box = None
-            if kind == "images":
+            if protocol.has_channels:  # images
                 channels = self.engine.image_channels(name)
                 rgb = self.engine.is_rgb(name)
                 chosen = [] if rgb else [channels[0]]
@@ -333,9 +335,9 @@ class ViewerSession:
                 controls += [pick, channel_box]
             controls.append(legend)
             children.append(column(*controls, width=_SIDEBAR - 20, styles={"border-top": "1px solid #ccc"}))
-            self.layers[name] = {"kind": kind, "markers": markers, "msrc": msrc,
+            self.layers[name] = {"kind": kind, "protocol": protocol, "markers": markers, "msrc": msrc,
                                  "legend": legend, "channel_box": channel_box}  # fmt: skip
-            if kind == "images":
+            if protocol.has_channels:  # images
                 self._channels(name, [] if self.engine.is_rgb(name) else [self.engine.image_channels(name)[0]],
                                render=False)  # fmt: skip
         self.layer_box.children = children or [Div(text="<i>no elements in this coordinate system</i>")]
@@ -485,7 +487,7 @@ class ViewerSession:
             layer = self.layers[name]
             if not self._style(name).visible:
                 continue
-            if layer["kind"] == "points" and layer["markers"].visible:
+            if layer["protocol"].lazy_rows and layer["markers"].visible:  # points
                 d = layer["msrc"].data
                 if len(d["x"]):
                     dist = np.hypot(np.asarray(d["x"]) - x, np.asarray(d["y"]) - y)
@@ -493,7 +495,7 @@ class ViewerSession:
                     if dist[i] <= 4 * upp:
                         self._show_info(name, f"point {i}", {"value": d["value"][i], "x": d["x"][i], "y": d["y"][i]})
                         return
-            elif layer["kind"] in ("shapes", "labels"):
+            elif layer["protocol"].has_areas:  # shapes, labels
                 hit = self.engine.pick(name, self.cs, x, y)
                 if hit is not None:
                     self._show_info(name, hit["instance"], hit["values"])
@@ -658,10 +660,11 @@ class ViewerSession:
         sdata = self.engine.sdata
         options = []
         for name, kind in self.engine.elements(self.cs) if self.cs else []:
-            if kind not in ("shapes", "points") or name.endswith(("_circles", "_landmarks")):
+            protocol = get_kind_protocol(kind)
+            if not protocol.filterable or name.endswith(("_circles", "_landmarks")):  # shapes, points only
                 continue
             rec = sdata[name]
-            n = len(rec) if kind == "shapes" else _points_rows(rec)
+            n = len(rec) if protocol.in_memory else _points_rows(rec)  # shapes in memory; points counted
             if n is not None and n <= _EDITABLE_ROWS:
                 options.append(name)
         self.load_select.options = options

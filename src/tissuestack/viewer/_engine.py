@@ -34,7 +34,14 @@ import pandas as pd
 
 from tissuestack._compute import scheduler
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_axes, get_meta, raster_levels, shapes_type
+from tissuestack.elements import (
+    ElementKind,
+    get_axes,
+    get_kind_protocol,
+    get_meta,
+    raster_levels,
+    shapes_type,
+)
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.kernels._burn import BURN_OPS, burn_runs
 from tissuestack.kernels._zonal import circle_runs, polygon_runs
@@ -348,16 +355,20 @@ class ViewerEngine:
         element = self.sdata[name]
         return _xy_map(element, self.sdata.get_transformation_between(name, cs), name)
 
+    def _kind(self, name: str) -> ElementKind:
+        """The kind protocol of element ``name``."""
+        return get_kind_protocol(self.sdata.kind_of(name))
+
     def color_keys(self, name: str) -> tuple[list[str], list[str]]:
         """``(columns, genes)`` element ``name`` can be coloured by: element columns and obs columns of the
         annotating tables, and the var names of those tables."""
-        kind = self.sdata.kind_of(name)
+        kind = self._kind(name)
         element = self.sdata[name]
         columns: list[str] = []
-        if kind == "points":
+        if kind.lazy_rows:  # points
             axes = set(get_axes(element))
             columns = [str(c) for c in element.columns if c not in axes]
-        elif kind == "shapes":
+        elif kind.in_memory:  # shapes
             columns = [str(c) for c in element.columns if c not in ("geometry", RADIUS_COLUMN)]
         genes: list[str] = []
         for tn in self.sdata.get_annotating_tables(name):
@@ -367,7 +378,7 @@ class ViewerEngine:
         return columns, genes
 
     def default_color(self, name: str) -> str | None:
-        if self.sdata.kind_of(name) == "points":
+        if self._kind(name).lazy_rows:  # points: coloured by their feature key
             key = get_meta(self.sdata[name]).feature_key
             return str(key) if key is not None else None
         return None
@@ -383,15 +394,15 @@ class ViewerEngine:
         from tissuestack.pl._render import _align, _element_coloring, _key_in_tables
         from tissuestack.pl._values import find_color_source, label_values
 
-        kind = self.sdata.kind_of(name)
+        kind = self._kind(name)
         element = self.sdata[name]
         p = {"color": color, "na_color": "lightgray"}
-        if kind == "shapes":
+        if kind.in_memory:  # shapes
             fetch = lambda k: element[k].reset_index(drop=True)  # noqa: E731
             result = _element_coloring(
                 self.sdata, name, element, pd.Index(element.columns), element.index, p, len(element), fetch
             )
-        elif kind == "points":
+        elif kind.lazy_rows:  # points
             pts = self._points(name, color)
             values = pts["values"]
             if values is None:
@@ -781,16 +792,16 @@ class ViewerEngine:
 
     def render(self, name: str, style: LayerStyle, view: View) -> Rendered | None:
         """The picture of element ``name`` in ``view`` (``None`` when nothing of it is in view)."""
-        kind = self.sdata.kind_of(name)
-        if kind == "points":
+        kind = self._kind(name)
+        if kind.lazy_rows:  # points
             return self._render_points(name, style, view)
-        if kind == "shapes":
+        if kind.in_memory:  # shapes
             return self._render_shapes(name, style, view)
-        if kind == "images":
+        if kind.has_channels:  # images
             return self._render_image(name, style, view)
-        if kind == "labels":
+        if kind.is_raster:  # labels
             return self._render_labels(name, style, view)
-        raise ValueError(f"element {name!r} of kind {kind!r} cannot be shown")
+        raise ValueError(f"element {name!r} of kind {kind.name!r} cannot be shown")
 
     def pick(self, name: str, coordinate_system: str, x: float, y: float) -> dict[str, Any] | None:
         """The instance of shapes / labels element ``name`` drawn at ``(x, y)`` in the last render, with its
@@ -806,8 +817,7 @@ class ViewerEngine:
         r = math.floor((y - extent[2]) / upp)
         if not (0 <= r < h and 0 <= c < w) or ids[r, c] == 0:
             return None
-        kind = self.sdata.kind_of(name)
-        if kind == "shapes":
+        if self._kind(name).in_memory:  # shapes: ids are row numbers + 1
             element = self.sdata[name]
             instance = element.index[int(ids[r, c]) - 1]
         else:
@@ -819,7 +829,7 @@ class ViewerEngine:
         from tissuestack.elements import get_table_keys
 
         out: dict[str, Any] = {}
-        if self.sdata.kind_of(name) == "shapes":
+        if self._kind(name).in_memory:  # shapes: their own columns
             element = self.sdata[name]
             for col in element.columns:
                 if col not in ("geometry", RADIUS_COLUMN):
