@@ -16,6 +16,7 @@ from tissuestack.errors import ReaderError
 __all__ = [
     "frame_columns",
     "lazy_frame",
+    "raster_kind",
     "require_dir",
     "require_file",
     "spill_csv_to_parquet",
@@ -24,6 +25,16 @@ __all__ = [
 
 #: rows per chunk when a compressed CSV is streamed into a temporary Parquet file
 CSV_SPILL_ROWS = 1_000_000
+
+#: element kind of each value of the image readers' ``kind`` option
+_READER_KINDS = {"image": "images", "labels": "labels"}
+
+
+def raster_kind(kind: str) -> Any:
+    """The :class:`~tissuestack.elements.ElementKind` of an image reader's ``kind`` (``"image"``, ``"labels"``)."""
+    from tissuestack.elements import get_kind_protocol
+
+    return get_kind_protocol(_READER_KINDS[kind])
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:

@@ -22,6 +22,7 @@ from tissuestack.errors import ReaderError, ValidationError
 from tissuestack.io._common import (
     frame_columns,
     lazy_frame,
+    raster_kind,
     require_file,
     spill_csv_to_parquet,
     tabular_format,
@@ -179,7 +180,7 @@ def read_image(
     )
 
 
-def _pil_array(path: Path, kind: str) -> np.ndarray:
+def _pil_array(path: Path, kind: Any) -> np.ndarray:
     from PIL import Image
 
     try:
@@ -200,7 +201,7 @@ def _pil_array(path: Path, kind: str) -> np.ndarray:
             try:
                 if mode == "P":
                     img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-                elif mode in ("CMYK", "YCbCr", "LAB", "HSV") and kind == "image":
+                elif mode in ("CMYK", "YCbCr", "LAB", "HSV") and kind.has_channels:  # images
                     img = img.convert("RGB")
                 elif mode == "1":
                     img = img.convert("L")
@@ -217,10 +218,11 @@ def _pil_array(path: Path, kind: str) -> np.ndarray:
 def _read_pil(path: Path, *, kind, dims, channel_names, transformations, scale_factors, chunks, name):
     from tissuestack.elements import Image2DModel, Labels2DModel
 
-    array = _pil_array(path, kind)
+    protocol = raster_kind(kind)
+    array = _pil_array(path, protocol)
     if dims is None:
         dims = ("y", "x") if array.ndim == 2 else ("y", "x", "c")
-    if kind == "labels":
+    if not protocol.has_channels:  # labels
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[..., 0]
             dims = tuple(d for d in dims if d != "c")

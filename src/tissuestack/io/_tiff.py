@@ -20,6 +20,7 @@ import numpy as np
 
 from tissuestack._compute import rechunk
 from tissuestack.errors import ReaderError
+from tissuestack.io._common import raster_kind
 
 __all__ = ["TiffMetadata", "open_tiff", "tiff_metadata", "tiff_to_element"]
 
@@ -347,7 +348,7 @@ _AXIS_TO_DIM = {"C": "c", "S": "c", "Y": "y", "X": "x", "Z": "z"}
 
 
 def _canonical_dims(
-    axes: str, shape: tuple[int, ...], kind: str, path: Any
+    axes: str, shape: tuple[int, ...], kind: Any, path: Any
 ) -> tuple[list[str], list[int | slice]]:
     """Model dims for tifffile ``axes`` and the index squeezing the length-1 axes the model has no use for."""
     dims: list[str] = []
@@ -356,13 +357,13 @@ def _canonical_dims(
     other = [(ax, n) for ax, n in zip(axes, shape, strict=True) if ax not in "CSYXZ" and n > 1]
     # an unnamed stack axis (tifffile Q / I) holds the channels when the file names none
     stack_as_c = (
-        kind == "image" and len(other) == 1 and not [a for a in channel_like if shape[axes.index(a)] > 1]
+        kind.has_channels and len(other) == 1 and not [a for a in channel_like if shape[axes.index(a)] > 1]
     )
     for ax, n in zip(axes, shape, strict=True):
         dim = _AXIS_TO_DIM.get(ax)
         if dim is None and stack_as_c and n > 1:
             dim = "c"
-        if dim is None or (dim == "c" and n == 1 and kind == "labels"):
+        if dim is None or (dim == "c" and n == 1 and not kind.has_channels):  # labels: no channel axis
             if n != 1:
                 raise ReaderError(
                     f"{str(path)!r}: axis {ax!r} (of {axes!r}, shape {shape}) has {n} entries; "
@@ -386,7 +387,7 @@ def _canonical_dims(
                 )
         dims.append(dim)
         index.append(slice(None))
-    if kind == "labels" and "c" in dims:
+    if not kind.has_channels and "c" in dims:  # labels
         raise ReaderError(
             f"{str(path)!r}: labels must have one channel, but axes {axes!r} have shape {shape}; "
             "pass dims= or read it as an image"
@@ -465,12 +466,12 @@ def tiff_to_element(
     """
     import xarray as xr
 
-    from tissuestack.elements import Image2DModel, Image3DModel, Labels2DModel, Labels3DModel
     from tissuestack.elements._raster import SCALE_VAR, scale_level_name
     from tissuestack.transforms import Identity, Scale
 
     if kind not in ("image", "labels"):
         raise ValueError(f"kind must be 'image' or 'labels', got {kind!r}")
+    protocol = raster_kind(kind)
     p = Path(path)
     meta = tiff_metadata(p, series=series)
     if transformations is None:
@@ -493,7 +494,7 @@ def tiff_to_element(
                 )
             cur = [str(d) for d in dims]
         else:
-            cur, index = _canonical_dims(axes, tuple(arr.shape), kind, p)
+            cur, index = _canonical_dims(axes, tuple(arr.shape), protocol, p)
             arr = arr[tuple(index)]
         if level_dims is not None and cur != level_dims:
             raise ReaderError(f"{str(p)!r}: pyramid level {lvl} has axes {cur}, level 0 has {level_dims}")
@@ -501,15 +502,12 @@ def tiff_to_element(
         levels.append(arr)
     assert level_dims is not None
     spatial_3d = "z" in level_dims
-    if kind == "labels":
-        model = Labels3DModel if spatial_3d else Labels2DModel
-        if not np.issubdtype(levels[0].dtype, np.integer):
-            raise ReaderError(f"{str(p)!r}: labels must hold integers, the file holds {levels[0].dtype}")
-    else:
-        model = Image3DModel if spatial_3d else Image2DModel
+    model = protocol.models()[1 if spatial_3d else 0]
+    if protocol.nearest_only and not np.issubdtype(levels[0].dtype, np.integer):  # labels: integer ids
+        raise ReaderError(f"{str(p)!r}: labels must hold integers, the file holds {levels[0].dtype}")
     chunk_map = _chunk_mapping(chunks, model.dims, p)
     levels = [_rechunk_level(arr, level_dims, chunk_map) for arr in levels]
-    if channel_names is None and kind == "image":
+    if channel_names is None and protocol.has_channels:  # images
         channel_names = meta.channel_names
 
     if len(levels) == 1:
