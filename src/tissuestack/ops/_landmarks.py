@@ -25,7 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_transformation
+from tissuestack.elements import ElementKind, get_transformation, kind_of
 from tissuestack.errors import ValidationError
 from tissuestack.transforms import Affine, BaseTransformation, Sequence, affine_map
 
@@ -64,10 +64,10 @@ def landmark_coordinates(
             raise KeyError(f"{what}: no element {name!r} in the SpatialData object")
         landmarks = sdata[name]
     try:
-        kind = get_kind(landmarks)
+        kind = kind_of(landmarks)
     except (TypeError, ValidationError):
         kind = None
-    if kind in ("points", "shapes"):
+    if kind is not None and kind.filterable:  # points, shapes: a row per landmark
         coords = _element_xy(landmarks, kind, what if name is None else f"{what} {name!r}")
         if coordinate_system is not None:
             if sdata is not None and name is not None:
@@ -77,7 +77,9 @@ def landmark_coordinates(
             coords = affine_map(t, ("x", "y"), ("x", "y")).apply(coords)
         return _check_xy(coords, what)
     if kind is not None:
-        raise ValidationError(f"{what} must be landmark coordinates or a points/shapes element, not {kind}")
+        raise ValidationError(
+            f"{what} must be landmark coordinates or a points/shapes element, not {kind.name}"
+        )
     if hasattr(landmarks, "columns") and {"x", "y"} <= set(landmarks.columns):  # a plain DataFrame
         landmarks = np.column_stack([np.asarray(landmarks["x"]), np.asarray(landmarks["y"])])
     try:
@@ -87,8 +89,8 @@ def landmark_coordinates(
     return _check_xy(arr, what)
 
 
-def _element_xy(element: Any, kind: str, what: str) -> np.ndarray:
-    if kind == "points":
+def _element_xy(element: Any, kind: ElementKind, what: str) -> np.ndarray:
+    if kind.lazy_rows:  # points
         df = element[["x", "y"]]
         df = df.compute() if hasattr(df, "compute") else df
         if df.index.is_unique:

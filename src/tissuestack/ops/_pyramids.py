@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import xarray as xr
 
 from tissuestack._container import SpatialData
-from tissuestack.elements import get_kind, get_meta, get_raster_model, raster_levels
+from tissuestack.elements import get_meta, get_raster_model, kind_of, raster_levels
 from tissuestack.errors import ValidationError
 
 __all__ = ["build_pyramids", "fitting_factors", "pyramid_factors"]
@@ -86,9 +86,9 @@ def build_pyramids(
         Another element of ``sdata`` still reads the element's files (see ``SpatialData.write_element``).
     """
     element = sdata[name]
-    kind = get_kind(element)
-    if kind not in ("images", "labels"):
-        raise ValidationError(f"element {name!r} is {kind}; pyramids are built for images and labels only")
+    kind = kind_of(element)
+    if not kind.is_raster:
+        raise ValidationError(f"element {name!r} is {kind.name}; pyramids are built for images and labels only")
     factors = list(scale_factors)
     if not factors:
         raise ValidationError(f"element {name!r}: scale_factors is empty; give at least one level, e.g. (2,)")

@@ -280,7 +280,7 @@ def relabel_sequential(
     """
     if isinstance(labels, xr.DataArray | xr.DataTree):
         model = get_raster_model(labels)
-        if model.kind != "labels":
+        if not model.nearest_only:
             raise ValidationError("relabel_sequential takes labels; this element is an image")
         levels = [_as_dask(lvl) for lvl in raster_levels(labels)]
     elif isinstance(labels, da.Array | np.ndarray):

@@ -41,7 +41,7 @@ import shapely
 import xarray as xr
 
 from tissuestack._compute import paused_gc, scheduler
-from tissuestack.elements import ShapesModel, get_kind, get_meta, raster_levels, shapes_type
+from tissuestack.elements import ShapesModel, get_kind, get_meta, kind_of, raster_levels, shapes_type
 from tissuestack.errors import ValidationError
 from tissuestack.ops._centroids import _block_sums
 
@@ -193,9 +193,9 @@ def _windows(
 
 
 def _labels_level(element: Any) -> xr.DataArray:
-    kind = get_kind(element)
-    if kind != "labels":
-        raise ValidationError(f"to_polygons/to_circles of a raster needs a labels element, got {kind}")
+    kind = kind_of(element)
+    if not kind.nearest_only:  # an image: its values are no label ids
+        raise ValidationError(f"to_polygons/to_circles of a raster needs a labels element, got {kind.name}")
     level = raster_levels(element)[0]
     dims = tuple(str(d) for d in level.dims)
     if dims != ("y", "x"):
@@ -407,10 +407,10 @@ def to_polygons(element: Any, buffer_resolution: int = 16) -> gpd.GeoDataFrame:
     ValidationError
         For images, 3D labels, labels without any nonzero pixel, or points.
     """
-    kind = get_kind(element)
+    kind = kind_of(element)
     raise ValidationError(
-        f"to_polygons converts labels and circles; a {kind} element cannot be turned into polygons"
-        + ("; make circles first with to_circles(points, radius=...)" if kind == "points" else "")
+        f"to_polygons converts labels and circles; a {kind.name} element cannot be turned into polygons"
+        + ("; make circles first with to_circles(points, radius=...)" if kind.lazy_rows else "")
     )
 
 
