@@ -169,7 +169,8 @@ def test_lookup_by_name_and_kind_properties():
         True,
         False,
     ]
-    assert [k.has_areas for k in (images, labels, points, shapes, tables)] == [False, True, False, True, False]
+    areas = [k.has_areas for k in (images, labels, points, shapes, tables)]
+    assert areas == [False, True, False, True, False]
     assert labels.listed_in_store and not images.listed_in_store
     assert tables.annotates_regions and not tables.is_spatial
     assert (images.resample_order(None), labels.resample_order(None), images.resample_order(3)) == (1, 0, 3)

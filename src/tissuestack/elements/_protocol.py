@@ -81,8 +81,8 @@ class ElementKind:
     in_memory
         Whether elements are held in memory once loaded, never read lazily from their files (shapes).
     has_areas
-        Whether instances cover areas (labels regions, shapes geometries): they can be filled and outlined, and
-        they are the regions values are aggregated by.
+        Whether instances cover areas (labels regions, shapes geometries): they can be filled and outlined,
+        and they are the regions values are aggregated by.
     annotates_regions
         Whether elements annotate other elements (regions) by instance id (tables).
     load_reads_files

@@ -31,7 +31,10 @@ _READER_KINDS = {"image": "images", "labels": "labels"}
 
 
 def raster_kind(kind: str) -> Any:
-    """The :class:`~tissuestack.elements.ElementKind` of an image reader's ``kind`` (``"image"``, ``"labels"``)."""
+    """The :class:`~tissuestack.elements.ElementKind` of an image reader's ``kind`` option.
+
+    ``"image"`` gives the images protocol, ``"labels"`` the labels protocol.
+    """
     from tissuestack.elements import get_kind_protocol
 
     return get_kind_protocol(_READER_KINDS[kind])

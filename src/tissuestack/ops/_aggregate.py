@@ -150,8 +150,9 @@ def _check_value_keys(
         if keys is None:
             if agg_func not in _CATEGORY_FUNCS:
                 raise ValueError(
-                    f"without value_key, aggregating {label} counts its {kind.name} per region: agg_func must be "
-                    f"'count' or 'sum', got {agg_func!r}; pass value_key to aggregate a column"
+                    f"without value_key, aggregating {label} counts its {kind.name} per region: "
+                    f"agg_func must be 'count' or 'sum', got {agg_func!r}; "
+                    "pass value_key to aggregate a column"
                 )
             return None, False
     for key in keys:
@@ -188,7 +189,12 @@ def _check_value_keys(
 
 
 def _values_from_table(
-    values: Any, name: str | None, kind: ElementKind, keys: list[str] | None, sdata: SpatialData | None, table: str
+    values: Any,
+    name: str | None,
+    kind: ElementKind,
+    keys: list[str] | None,
+    sdata: SpatialData | None,
+    table: str,
 ) -> Any:
     """A shallow copy of shapes ``values`` with the value keys taken from a table annotating them."""
     from tissuestack.ops._values import get_values

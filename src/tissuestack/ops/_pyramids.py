@@ -88,7 +88,9 @@ def build_pyramids(
     element = sdata[name]
     kind = kind_of(element)
     if not kind.is_raster:
-        raise ValidationError(f"element {name!r} is {kind.name}; pyramids are built for images and labels only")
+        raise ValidationError(
+            f"element {name!r} is {kind.name}; pyramids are built for images and labels only"
+        )
     factors = list(scale_factors)
     if not factors:
         raise ValidationError(f"element {name!r}: scale_factors is empty; give at least one level, e.g. (2,)")
