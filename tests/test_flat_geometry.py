@@ -255,8 +255,9 @@ def test_numpy_and_numba_decoders_agree(case):
     data, offsets, valid = R._binary_parts(_wkb(CASES[case]))
     fast = R._decode_numpy(data, offsets, valid)
     assert fast is not None  # 2D little-endian: the numpy path
-    status, type_ids, coords, ring_o, part_o, geom_o, _ = R._decode_wkb(data, offsets, valid, True)
-    assert status == 0
+    kernel = R._decode_pieces([_wkb(CASES[case])])
+    type_ids, coords = kernel.type_ids, kernel.coords
+    ring_o, part_o, geom_o = kernel.ring_offsets, kernel.part_offsets, kernel.geom_offsets
     np.testing.assert_array_equal(fast.coords, coords)
     for a, b in ((fast.ring_offsets, ring_o), (fast.part_offsets, part_o), (fast.geom_offsets, geom_o)):
         np.testing.assert_array_equal(a, b)

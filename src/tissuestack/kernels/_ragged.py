@@ -191,38 +191,6 @@ def _wkb_fill_polygons(
     return c, q, pt
 
 
-@numba.njit(cache=True, nogil=True)
-def _decode_wkb(data, offsets, valid, fill):  # pragma: no cover - compiled
-    """Both passes over one piece (``fill=False``: types and status only).
-
-    Returns ``(status, type_ids, coords, ring_offsets, part_offsets, geom_offsets, has_z)``; ``status`` is
-    ``_UNSUPPORTED`` also for a mix of points and polygons.
-    """
-    n = offsets.shape[0] - 1
-    no_xy = np.empty((0, 2))
-    no_i = np.zeros(1, dtype=np.int64)
-    status, type_ids, n_coords, n_rings, n_parts, has_z, points, polygons = _wkb_count(data, offsets, valid)
-    if status != _OK:
-        return status, type_ids, no_xy, no_i, no_i, no_i, has_z
-    if points and polygons:
-        return _UNSUPPORTED, type_ids, no_xy, no_i, no_i, no_i, has_z
-    if not fill:
-        return _OK, type_ids, no_xy, no_i, no_i, no_i, has_z
-    if points:  # one coordinate per geometry, NaN for missing ones
-        coords = np.full((n, 2), np.nan)
-        _wkb_fill_points(data, offsets, valid, coords, 0)
-        return _OK, type_ids, coords, no_i, no_i, np.arange(n + 1, dtype=np.int64), has_z
-    coords = np.empty((n_coords, 2))
-    ring_offsets = np.empty(n_rings + 1, dtype=np.int64)
-    part_offsets = np.empty(n_parts + 1, dtype=np.int64)
-    geom_offsets = np.empty(n + 1, dtype=np.int64)
-    ring_offsets[0] = 0
-    part_offsets[0] = 0
-    geom_offsets[0] = 0
-    _wkb_fill_polygons(data, offsets, valid, coords, ring_offsets, part_offsets, geom_offsets, 0, 0, 0, 0)
-    return _OK, type_ids, coords, ring_offsets, part_offsets, geom_offsets, has_z
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _f64(data, p, little):  # pragma: no cover - compiled
     b = np.empty(8, dtype=np.uint8)

@@ -50,6 +50,7 @@ __all__ = [
     "flatten_polygons",
     "labels_block_stats",
     "merge_partials",
+    "place_anchors",
     "polygon_owner",
     "polygon_runs",
     "reduce_pairs",
@@ -412,7 +413,7 @@ def polygon_owner(coords, ring_offsets, geom_ring_offsets, rank, m, owner, threa
             )
         for part in parts[1:]:
             np.maximum(owner, part, out=owner)
-    _owner_anchors(owner, anchor, rank)
+    place_anchors(owner, anchor, rank)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -542,8 +543,10 @@ def _place(anchor, g, sx, sy, count, width, height):  # pragma: no cover - numba
 
 
 @numba.njit(cache=True, nogil=True)
-def _owner_anchors(owner, anchor, rank):  # pragma: no cover - numba
-    """Place the polygons of :func:`polygon_owner` that cover no pixel centre."""
+def place_anchors(owner, anchor, rank):  # pragma: no cover - numba
+    """Place shapes that cover no pixel centre: shape ``g`` (drawn ``rank[g]``-th) goes to pixel ``anchor[g]``
+    (a flat index; ``-1``: none) unless a covering shape owns it; of several there, the largest ``_mix(rank)``
+    wins (a fixed pseudo-random one). Used by :func:`polygon_owner` and for circles."""
     height = owner.shape[0]
     width = owner.shape[1]
     n = rank.shape[0]

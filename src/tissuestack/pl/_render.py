@@ -484,7 +484,8 @@ def render_shapes(
     if method == "datashader":
         radii = gdf[RADIUS_COLUMN].to_numpy(dtype=float)[rows] if shapes_type(gdf) == "circles" else None
         image = rasterize_shapes(
-            None,
+            flat_geometry(gdf),  # from the store's WKB when there is one: no shapely objects
+            rows,
             radii,
             coloring.rgba[coloring.ids[rows]],
             amap,
@@ -493,8 +494,6 @@ def render_shapes(
             outline_color=p.get("outline_color", "#000000"),
             outline_alpha=float(p.get("outline_alpha", 0.0)),
             outline_width=float(p.get("outline_width", 1.5)),
-            flat=flat_geometry(gdf),  # from the store's WKB when there is one: no shapely objects
-            rows=rows,
         )
         _imshow_canvas(ax, image, canvas, zorder=p["zorder"])
         return coloring
