@@ -259,6 +259,30 @@ def _span_cols(x0, x1, wf, width):  # pragma: no cover - numba
     return c0, c1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_spans(xs, a, b, wf, width, spans):  # pragma: no cover - numba
+    """Sort one pixel-centre row's crossings ``xs[a:b]`` in place and write the column spans between crossing
+    pairs (the even-odd rule), non-empty and clipped to the grid, into ``spans`` (at least ``(b - a) // 2`` rows
+    of ``(c0, c1)``); returns how many."""
+    k = 0
+    if b - a < 2:
+        return k
+    seg = xs[a:b]
+    _shell_sort(seg)
+    for p in range(0, b - a - 1, 2):
+        x0 = seg[p]
+        x1 = seg[p + 1]
+        if not (x1 > x0):
+            continue
+        c0, c1 = _span_cols(x0, x1, wf, width)
+        if c1 <= c0:
+            continue
+        spans[k, 0] = c0
+        spans[k, 1] = c1
+        k += 1
+    return k
+
+
 @numba.njit(cache=True, nogil=True)
 def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragma: no cover - numba
     """Pixel runs of polygons on a ``height x width`` grid (coordinates in pixel units, see the module notes).
@@ -304,6 +328,7 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
     row_count = np.empty(max_rows + 1, dtype=np.int64)
     fill = np.empty(max_rows, dtype=np.int64)
     xs = np.empty(max_cross, dtype=np.float64)
+    spans = np.empty((max_cross // 2 + 1, 2), dtype=np.int64)
     for g in range(n_geoms):
         i0 = ring_offsets[geom_ring_offsets[g]]
         i1 = ring_offsets[geom_ring_offsets[g + 1]]
@@ -338,24 +363,11 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
                 fill[r - lo_row] += 1
         for r in range(n_rows):
-            a = row_count[r]
-            b = row_count[r + 1]
-            if b - a < 2:
-                continue
-            seg = xs[a:b]
-            _shell_sort(seg)
-            for p in range(0, b - a - 1, 2):
-                x0 = seg[p]
-                x1 = seg[p + 1]
-                if not (x1 > x0):
-                    continue
-                c0, c1 = _span_cols(x0, x1, wf, width)
-                if c1 <= c0:
-                    continue
+            for q in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
                 o_shape[m] = g
                 o_row[m] = r + lo_row
-                o_c0[m] = c0
-                o_c1[m] = c1
+                o_c0[m] = spans[q, 0]
+                o_c1[m] = spans[q, 1]
                 m += 1
     return o_shape[:m], o_row[:m], o_c0[:m], o_c1[:m]
 
@@ -430,6 +442,7 @@ def _owner_burn(
     row_count = np.empty(64, dtype=np.int64)
     fill = np.empty(64, dtype=np.int64)
     xs = np.empty(64, dtype=np.float64)
+    spans = np.empty((33, 2), dtype=np.int64)
     for g in range(g_lo, g_hi):
         k = rank[g]
         if k < 0:
@@ -482,6 +495,7 @@ def _owner_burn(
                 fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
             if xs.shape[0] < n_cross:
                 xs = np.empty(2 * n_cross, dtype=np.float64)
+                spans = np.empty((n_cross + 1, 2), dtype=np.int64)
             for r in range(n_rows + 1):
                 row_count[r] = 0
             for q in range(q0, q1):
@@ -507,20 +521,9 @@ def _owner_burn(
                         xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
                         fill[r - lo_row] += 1
             for r in range(n_rows):
-                a = row_count[r]
-                b = row_count[r + 1]
-                if b - a < 2:
-                    continue
-                seg = xs[a:b]
-                _shell_sort(seg)
-                for p in range(0, b - a - 1, 2):
-                    x0 = seg[p]
-                    x1 = seg[p + 1]
-                    if not (x1 > x0):
-                        continue
-                    c0, c1 = _span_cols(x0, x1, wf, width)
-                    for j in range(c0, c1):
-                        hit = True
+                for q in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
+                    hit = True
+                    for j in range(spans[q, 0], spans[q, 1]):
                         if owner[r + lo_row, j] < k:
                             owner[r + lo_row, j] = k
         if not hit:
