@@ -102,22 +102,16 @@ def table_values_by_id(
 
 def _stored_obs_values(stored: Any, name: str, key: str) -> pd.Series | None:
     """Obs column ``key`` of a stored table for the rows annotating element ``name``, indexed by instance id;
-    ``None`` when ``key`` is not an obs column or the table annotates nothing."""
+    ``None`` (the caller loads the table) when ``key``, the region or the instance column is not an obs column,
+    or the table does not annotate ``name``."""
     regions, region_key, instance_key = stored.keys()
-    if key not in stored.obs_columns or region_key is None or instance_key is None or not regions:
+    columns = stored.obs_columns
+    if not regions or name not in regions or not {key, region_key, instance_key} <= set(columns):
         return None
-    if name not in regions:
-        return None
-    values = stored.obs_column(key)
-    ids = stored.obs_column(instance_key)
-    if len(regions) > 1 or region_key in stored.obs_columns:
-        region = pd.Categorical(stored.obs_column(region_key)) if region_key in stored.obs_columns else None
-        if region is None:
-            return None
-        rows = np.flatnonzero(np.asarray(region == name))
-        values = values[rows]
-        ids = np.asarray(ids)[rows]
-    return pd.Series(values, index=pd.Index(np.asarray(ids)), name=key)
+    rows = np.flatnonzero(np.asarray(pd.Categorical(stored.obs_column(region_key)) == name))
+    values = stored.obs_column(key)[rows]
+    ids = np.asarray(stored.obs_column(instance_key))[rows]
+    return pd.Series(values, index=pd.Index(ids), name=key)
 
 
 def label_values(
