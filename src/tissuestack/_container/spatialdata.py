@@ -211,20 +211,18 @@ class SpatialData:
 
     def _stored_table(self, name: str) -> Any:
         """Parts of table ``name`` read straight from the store (a
-        :class:`~tissuestack._container._stored_table.StoredTable`) while the table is not loaded, else ``None``
+        :class:`~tissuestack.store._tables.StoredTable`) while the table is not loaded, else ``None``
         (then use the table itself)."""
         element = self._store["tables"].get(name)
         if not isinstance(element, Deferred) or element.source is None or self._root is None:
             return None
         stored = self._stored_tables.get(name)
         if stored is None:
-            from tissuestack._container._stored_table import StoredTable
-
             try:
-                group = store_io.element_group(self._root, "tables", name)
+                stored = store_io.stored_table(self._root, name)
             except Exception:
                 return None
-            stored = self._stored_tables[name] = StoredTable(group)
+            self._stored_tables[name] = stored
         return stored
 
     def is_loaded(self, name: str) -> bool:

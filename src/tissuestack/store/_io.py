@@ -40,6 +40,7 @@ from tissuestack.store._registry import (
     ELEMENT_VERSIONS,
 )
 from tissuestack.store._root import ElementLocation, StoreRoot, quiet_zarr
+from tissuestack.store._tables import StoredTable
 
 __all__ = [
     "OpenedStore",
@@ -261,11 +262,11 @@ def table_regions(root: StoreRoot) -> dict[str, list[str]]:
     return out
 
 
-def element_group(root: StoreRoot, kind: str, name: str) -> zarr.Group:
-    """The Zarr group of one element of a store (to read parts of it)."""
+def stored_table(root: StoreRoot, name: str) -> StoredTable:
+    """Parts of table ``name`` of a store, read on demand without loading the table."""
     group = root.open_group()
     with quiet_zarr():
-        return group[f"{kind}/{name}"]
+        return StoredTable(group[f"tables/{name}"])
 
 
 def open_element(root: StoreRoot, kind: str, name: str, *, lazy_tables: bool = False) -> Deferred:
