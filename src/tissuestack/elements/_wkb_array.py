@@ -1,4 +1,5 @@
-"""A geopandas geometry array that keeps the WKB it was read from and creates shapely objects on first use.
+"""A geopandas geometry array that keeps the WKB (or the flat coordinates) it was read from and creates shapely
+objects on first use.
 
 Reading a GeoParquet shapes file used to decode every WKB value into a shapely object (0.3-0.5 s per 100k cells)
 although aggregation, queries and rasterisation only need the coordinates, which come straight from the WKB
@@ -11,6 +12,11 @@ predicate, ...): users see an ordinary GeoDataFrame. Until then the array answer
   decoding), so ``gdf.iloc[rows]`` of a query result stays lazy;
 * :meth:`WKBGeometryArray.wkb` exposes the Arrow binary array for the flat-coordinate decoder.
 
+Large polygon files are read into flat coordinate arrays batch by batch instead
+(:meth:`WKBGeometryArray.from_flat`, :class:`~tissuestack.kernels._ragged.FlatGeometry`): the WKB is never held
+whole, and the arrays are the geometries' only copy until shapely objects are asked for
+(``shapely.from_ragged_array``). :meth:`WKBGeometryArray.flat` gives them; ``take`` and slices select rows of them.
+
 Writing into the array (``__setitem__``) decodes it first and forgets the WKB (``wkb`` is then ``None``), so
 the WKB never disagrees with the geometries. Pickling gives a plain ``GeometryArray``.
 """
@@ -18,7 +24,7 @@ the WKB never disagrees with the geometries. Pickling gives a plain ``GeometryAr
 from __future__ import annotations
 
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,6 +33,9 @@ import shapely
 from geopandas.array import GeometryArray
 
 from tissuestack._compute import paused_gc
+
+if TYPE_CHECKING:
+    from tissuestack.kernels._ragged import FlatGeometry
 
 __all__ = ["WKBGeometryArray", "geometry_type_ids", "wkb_header_types"]
 
@@ -94,6 +103,7 @@ class WKBGeometryArray(GeometryArray):
         if not (pa.types.is_binary(wkb.type) or pa.types.is_large_binary(wkb.type)):
             raise TypeError(f"expected a binary Arrow array of WKB values, got type {wkb.type}")
         self._wkb: pa.Array | pa.ChunkedArray | None = wkb
+        self._flat: FlatGeometry | None = None
         self._decoded: np.ndarray | None = None
         self._n = len(wkb)
         self._header: tuple[np.ndarray, np.ndarray] | None = None
@@ -101,18 +111,33 @@ class WKBGeometryArray(GeometryArray):
         self.crs = crs
         self._sindex = None
 
+    @classmethod
+    def from_flat(cls, flat: FlatGeometry, crs: Any = None) -> WKBGeometryArray:
+        """An array over flat coordinate arrays (2D points or (multi)polygons; see the module notes)."""
+        if flat.has_z:
+            raise ValueError("flat coordinate arrays drop z: geometries with z keep their WKB")
+        array = cls(pa.array([], type=pa.binary()), crs=crs)
+        array._wkb = None
+        array._flat = flat
+        array._n = len(flat)
+        return array
+
     # ------------------------------------------------------------------------------------------- decoding
     @property
     def _data(self) -> np.ndarray:  # type: ignore[override]
         if self._decoded is None:
             with paused_gc():  # one GC-tracked object per row
-                self._decoded = shapely.from_wkb(_to_numpy(self._wkb))
+                if self._flat is not None:
+                    self._decoded = self._flat.to_shapely()
+                else:
+                    self._decoded = shapely.from_wkb(_to_numpy(self._wkb))
         return self._decoded
 
     @_data.setter
     def _data(self, value: np.ndarray) -> None:  # geopandas' __setstate__ assigns it
         self._decoded = value
         self._wkb = None
+        self._flat = None
         self._header = None
         self._n = len(value)
 
@@ -127,10 +152,21 @@ class WKBGeometryArray(GeometryArray):
         the array was written to."""
         return self._wkb
 
+    @property
+    def flat(self) -> FlatGeometry | None:
+        """The flat coordinate arrays the geometries come from (arrays read as flat coordinates), else ``None``."""
+        return self._flat
+
+    @property
+    def _lazy_source(self) -> bool:
+        return self._decoded is None and (self._wkb is not None or self._flat is not None)
+
     def header_types(self) -> tuple[np.ndarray, np.ndarray]:
         """Geometry type ids and has-z flags (see :func:`geometry_type_ids`), from the WKB when not decoded."""
         if self._header is None:
-            if self._wkb is not None:
+            if self._flat is not None:
+                self._header = (self._flat.type_ids.astype(np.int64), np.zeros(self._n, dtype=bool))
+            elif self._wkb is not None:
                 self._header = wkb_header_types(self._wkb)
             else:
                 data = self._decoded
@@ -151,10 +187,14 @@ class WKBGeometryArray(GeometryArray):
 
     @property
     def nbytes(self) -> int:
-        return self._wkb.nbytes if self._decoded is None else self._decoded.nbytes
+        if self._decoded is not None:
+            return self._decoded.nbytes
+        return self._flat.nbytes if self._flat is not None else self._wkb.nbytes
 
     def isna(self) -> np.ndarray:
         if self._decoded is None:
+            if self._flat is not None:
+                return self._flat.type_ids < 0
             return _to_numpy(self._wkb.is_null())
         return super().isna()
 
@@ -163,6 +203,8 @@ class WKBGeometryArray(GeometryArray):
 
     def copy(self, *args: Any, **kwargs: Any) -> GeometryArray:
         if self._decoded is None:
+            if self._flat is not None:  # never written to in place: sharing the arrays is a copy
+                return WKBGeometryArray.from_flat(self._flat, crs=self._crs)
             return self._lazy(self._wkb)  # Arrow arrays are immutable: sharing them is a copy
         return super().copy(*args, **kwargs)
 
@@ -173,12 +215,19 @@ class WKBGeometryArray(GeometryArray):
         if allow_fill:
             if (idx < -1).any():
                 raise ValueError("take: indices below -1 with allow_fill=True")
+            if idx.size and idx.max() >= self._n:
+                raise IndexError(f"take: index out of bounds for a geometry array of length {self._n}")
             missing = idx == -1
+            if self._flat is not None:
+                return WKBGeometryArray.from_flat(self._flat.take(idx), crs=self._crs)
             positions = pa.array(np.where(missing, 0, idx), mask=missing)
         else:
             if idx.size and (idx.min() < -self._n or idx.max() >= self._n):
                 raise IndexError(f"take: index out of bounds for a geometry array of length {self._n}")
-            positions = pa.array(np.where(idx < 0, idx + self._n, idx))
+            idx = np.where(idx < 0, idx + self._n, idx)
+            if self._flat is not None:
+                return WKBGeometryArray.from_flat(self._flat.take(idx), crs=self._crs)
+            positions = pa.array(idx)
         return self._lazy(self._wkb.take(positions))
 
     def __getitem__(self, idx: Any) -> Any:
@@ -188,11 +237,13 @@ class WKBGeometryArray(GeometryArray):
             i = int(idx)
             if not -self._n <= i < self._n:
                 raise IndexError(f"index {i} is out of bounds for a geometry array of length {self._n}")
+            if self._flat is not None:
+                return self._flat.take(np.array([i % self._n])).to_shapely()[0]
             value = self._wkb[i].as_py()
             return None if value is None else shapely.from_wkb(value)
         if isinstance(idx, slice):
             start, stop, step = idx.indices(self._n)
-            if step == 1:
+            if step == 1 and self._flat is None:
                 return self._lazy(self._wkb.slice(start, max(stop - start, 0)))
             return self.take(np.arange(start, stop, step))
         idx = pd.api.indexers.check_array_indexer(self, idx)
@@ -205,7 +256,8 @@ class WKBGeometryArray(GeometryArray):
     # ------------------------------------------------------------------------------------------- writing
     def __setitem__(self, key: Any, value: Any) -> None:
         self._data  # noqa: B018 - decode first
-        self._wkb = None  # the WKB no longer describes the geometries
+        self._wkb = None  # the WKB (or flat arrays) no longer describe the geometries
+        self._flat = None
         self._header = None
         super().__setitem__(key, value)
 

@@ -30,7 +30,7 @@ import shapely
 
 from tissuestack._compute import numba_warming
 
-__all__ = ["FlatGeometry", "from_shapely", "from_wkb"]
+__all__ = ["FlatBuilder", "FlatGeometry", "decode_polygons", "from_shapely", "from_wkb", "ranges"]
 
 POINT, POLYGON, MULTIPOLYGON = 0, 3, 6
 _MISSING = -1
@@ -319,6 +319,33 @@ class FlatGeometry:
             False,
         )
 
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.coords, self.ring_offsets, self.part_offsets, self.geom_offsets, self.type_ids)
+        return int(sum(a.nbytes for a in arrays))
+
+    def take(self, indices: np.ndarray) -> FlatGeometry:
+        """Geometries ``indices`` (non-negative positions; ``-1``: a missing geometry), in that order, as new arrays."""
+        idx = np.asarray(indices, dtype=np.int64)
+        missing = idx < 0
+        src = np.where(missing, 0, idx) if len(self) else np.zeros(len(idx), dtype=np.int64)
+        type_ids = np.where(missing, _MISSING, self.type_ids[src] if len(self) else _MISSING).astype(np.int8)
+        n = len(idx)
+        if self.is_points:
+            coords = self.coords[src] if len(self) else np.full((n, 2), np.nan)
+            coords[missing] = np.nan
+            none = np.zeros(1, dtype=np.int64)
+            return FlatGeometry(POINT, coords, none, none, np.arange(n + 1, dtype=np.int64), type_ids, self.has_z)
+        n_parts = np.where(missing, 0, np.diff(self.geom_offsets)[src] if len(self) else 0)
+        parts = ranges(self.geom_offsets[src], n_parts)
+        n_rings = np.diff(self.part_offsets)[parts]
+        rings = ranges(self.part_offsets[parts], n_rings)
+        n_coords = np.diff(self.ring_offsets)[rings]
+        coords = self.coords[ranges(self.ring_offsets[rings], n_coords)]
+        return FlatGeometry(
+            self.geom_type, coords, _offsets(n_coords), _offsets(n_rings), _offsets(n_parts), type_ids, self.has_z
+        )
+
     def to_ragged(self) -> tuple[shapely.GeometryType, np.ndarray, tuple[np.ndarray, ...]]:
         """``(geometry type, coords, offsets)`` as ``shapely.to_ragged_array`` gives them for 2D geometries."""
         if self.is_points:
@@ -331,6 +358,9 @@ class FlatGeometry:
     def to_shapely(self) -> np.ndarray:
         """Shapely geometries of the recorded types (``shapely.from_ragged_array``); missing ones are ``None``."""
         kind, coords, offsets = self.to_ragged()
+        if len(coords) == 0 and kind != shapely.GeometryType.POINT:  # shapely's builder fails on no coordinates
+            empty = {POLYGON: shapely.Polygon(), MULTIPOLYGON: shapely.MultiPolygon()}
+            return np.array([empty.get(int(t)) for t in self.type_ids], dtype=object)
         geoms = shapely.from_ragged_array(kind, coords, offsets or None)
         if kind == shapely.GeometryType.MULTIPOLYGON:
             single = np.flatnonzero(self.type_ids == POLYGON)
@@ -339,6 +369,68 @@ class FlatGeometry:
             geoms[single] = first
         geoms[self.type_ids == _MISSING] = None
         return geoms
+
+
+def ranges(start: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``start[k], start[k] + 1, ..., start[k] + count[k] - 1`` for every ``k``, concatenated (int64)."""
+    start = np.asarray(start, dtype=np.int64)
+    count = np.asarray(count, dtype=np.int64)
+    total = int(count.sum())
+    before = np.cumsum(count) - count
+    return np.repeat(start - before, count) + np.arange(total, dtype=np.int64)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+class FlatBuilder:
+    """Builds one :class:`FlatGeometry` of (multi)polygons from pieces appended in order (a file read batch by
+    batch: each batch's WKB can be dropped once decoded). ``coord_capacity`` is an upper bound on the coordinate
+    count when one is known (a WKB coordinate takes at least 16 bytes): the array is allocated once at that size
+    and only the rows written are ever touched (pages never written take no memory); beyond it, arrays grow."""
+
+    def __init__(self, coord_capacity: int = 0):
+        self._coords = np.empty((max(int(coord_capacity), 0), 2))
+        self._rings = [np.zeros(1, dtype=np.int64)]
+        self._parts = [np.zeros(1, dtype=np.int64)]
+        self._geoms = [np.zeros(1, dtype=np.int64)]
+        self._types: list[np.ndarray] = []
+        self._c = self._q = self._p = 0
+        self.has_z = False
+
+    def add(self, piece: FlatGeometry) -> None:
+        """Append the geometries of ``piece`` (polygons; its arrays are copied, it can be dropped)."""
+        if piece.is_points:
+            raise ValueError("FlatBuilder takes (multi)polygons")
+        m = len(piece.coords)
+        if self._c + m > len(self._coords):
+            grown = np.empty((max(self._c + m, int(1.5 * len(self._coords))), 2))
+            grown[: self._c] = self._coords[: self._c]
+            self._coords = grown
+        self._coords[self._c : self._c + m] = piece.coords
+        self._rings.append(piece.ring_offsets[1:] + self._c)
+        self._parts.append(piece.part_offsets[1:] + self._q)
+        self._geoms.append(piece.geom_offsets[1:] + self._p)
+        self._types.append(piece.type_ids)
+        self._c += m
+        self._q += len(piece.ring_offsets) - 1
+        self._p += len(piece.part_offsets) - 1
+        self.has_z = self.has_z or piece.has_z
+
+    def finish(self) -> FlatGeometry:
+        types = np.concatenate(self._types) if self._types else np.zeros(0, dtype=np.int8)
+        return FlatGeometry(
+            MULTIPOLYGON,
+            self._coords[: self._c],
+            np.concatenate(self._rings),
+            np.concatenate(self._parts),
+            np.concatenate(self._geoms),
+            types.astype(np.int8, copy=False),
+            self.has_z,
+        )
 
 
 def _chunks(wkb: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
@@ -394,6 +486,18 @@ def from_wkb(wkb: pa.Array | pa.ChunkedArray) -> FlatGeometry:
         if flat is not None:
             return flat
     return _decode_pieces(chunks)
+
+
+def decode_polygons(wkb: pa.Array) -> FlatGeometry | None:
+    """2D (multi)polygons of one binary Arrow array of WKB by the numba kernels, or ``None`` when the values hold
+    anything else (points, z coordinates, other types, a corrupt value): a reader then keeps the WKB."""
+    try:
+        flat = _decode_pieces([wkb])
+    except ValueError:
+        return None
+    if flat.is_points or flat.has_z:
+        return None
+    return flat
 
 
 def _decode_pieces(chunks: list[pa.Array]) -> FlatGeometry:

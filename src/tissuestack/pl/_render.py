@@ -29,7 +29,7 @@ from tissuestack.elements import get_axes, get_kind_protocol, get_meta, raster_l
 from tissuestack.elements._shapes import RADIUS_COLUMN
 from tissuestack.errors import ValidationError
 from tissuestack.kernels._bin import bin_points_count_mapped, bin_points_max
-from tissuestack.kernels._ragged import FlatGeometry
+from tissuestack.kernels._ragged import FlatGeometry, ranges
 from tissuestack.ops._extent import spatial_map
 from tissuestack.ops._shapes_flat import flat_geometry
 from tissuestack.pl._colors import Coloring, default_palette, is_color, resolve_coloring, to_rgba
@@ -390,23 +390,16 @@ def _element_coloring(
     return resolve_coloring(n, values=_align(values, ids, name), key=color, uns=uns, **common)
 
 
-def _ranges(start: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """``start[k], start[k] + 1, ..., start[k] + count[k] - 1`` for every ``k``, concatenated."""
-    total = int(count.sum())
-    before = np.cumsum(count) - count
-    return np.repeat(start - before, count) + np.arange(total, dtype=np.int64)
-
-
 def _flat_polygon_vertices(flat: FlatGeometry, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Vertices, path codes and owning row (position in ``rows``) of every vertex of the (multi)polygons ``rows``
     of flat coordinate arrays, all rings closed, in the order of ``rows``."""
     gro, ro = flat.geom_ring_offsets, flat.ring_offsets
     r_start = gro[rows]
     n_r = gro[rows + 1] - r_start
-    ring_ids = _ranges(r_start, n_r)
+    ring_ids = ranges(r_start, n_r)
     c_start = ro[ring_ids]
     n_c = ro[ring_ids + 1] - c_start
-    idx = _ranges(c_start, n_c)
+    idx = ranges(c_start, n_c)
     ring_of = np.repeat(np.arange(len(ring_ids)), n_c)
     hole = flat.ring_sign[ring_ids] < 0
     if hole.any() and len(idx):
