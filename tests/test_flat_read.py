@@ -78,26 +78,25 @@ def test_builder_appends_pieces_in_order():
 
 
 def test_large_polygon_files_are_read_as_flat_arrays(tmp_path, flat_reads):
-    GEOMS = STORED  # noqa: N806
-    sdata, cells = _store(tmp_path, GEOMS, score=np.arange(len(GEOMS), dtype=float))
+    sdata, cells = _store(tmp_path, STORED, score=np.arange(len(STORED), dtype=float))
     element = sdata["cells"]
     array = element.geometry.array
     assert isinstance(array, WKBGeometryArray)
     assert array.flat is not None and array.wkb is None and not array.is_decoded
     assert flat_geometry(element) is array.flat  # no second copy
-    np.testing.assert_array_equal(array.isna(), [False] * len(GEOMS))
-    np.testing.assert_array_equal(array.header_types()[0], shapely.get_type_id(np.array(GEOMS, dtype=object)))
+    np.testing.assert_array_equal(array.isna(), [False] * len(STORED))
+    np.testing.assert_array_equal(array.header_types()[0], shapely.get_type_id(np.array(STORED, dtype=object)))
     assert list(element.columns) == list(cells.columns)  # the geometry column where the file has it
     sub = element.iloc[[4, 0]]
     assert isinstance(sub.geometry.array, WKBGeometryArray) and sub.geometry.array.flat is not None
-    assert shapely.equals_exact(sub.geometry.iloc[0], GEOMS[4])
+    assert shapely.equals_exact(sub.geometry.iloc[0], STORED[4])
     assert isinstance(element.geometry.array[1:3], WKBGeometryArray)
-    assert shapely.equals_exact(element.geometry.array[-1], GEOMS[-1])
+    assert shapely.equals_exact(element.geometry.array[-1], STORED[-1])
     assert element.geometry.array[-1].geom_type == "MultiPolygon"
     filled = array.take(np.array([1, -1]), allow_fill=True)
-    assert filled[1] is None and shapely.equals_exact(filled[0], GEOMS[1])
+    assert filled[1] is None and shapely.equals_exact(filled[0], STORED[1])
     with pytest.raises(IndexError):
-        array.take(np.array([len(GEOMS)]))
+        array.take(np.array([len(STORED)]))
     gt.assert_geodataframe_equal(element, cells)  # the geometries, once asked for: types and coordinates exact
     back = pickle.loads(pickle.dumps(element))
     gt.assert_geodataframe_equal(back, cells)
