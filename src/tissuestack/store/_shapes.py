@@ -32,6 +32,7 @@ through ``element_options={"shapes": {"geometry_encoding": ...}}``; the 0.1 writ
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import re
@@ -337,38 +338,49 @@ def _read_in_batches(
     they are (the WKB decoder and ``to_pandas`` take chunked columns). Decoded batch by batch into flat arrays
     (the next batch is read while one is decoded), the WKB is never held whole: +280 MB for 1M polygons, and no
     WKB kept beside the flat arrays that plots, queries and aggregation use."""
-    builder = None
+    builder = decode = None
     if flat_column is not None:
         from tissuestack.kernels._ragged import FlatBuilder, decode_polygons
 
         builder = FlatBuilder(coord_capacity=_column_bytes(pf, flat_column) // 16)
 
-        def decode(values: pa.Array) -> bool:
-            piece = decode_polygons(_storage(values))
-            if piece is None:
-                return False
-            builder.add(piece)
-            return True
+        def decode(values: pa.Array) -> Any:
+            return decode_polygons(_storage(values))
 
     batches: list[pa.RecordBatch] = []
     names: list[str] | None = None
-    decoded: list[Any] = []
+    pending: collections.deque = collections.deque()  # decodings not yet appended, in batch order
+    flat_ok = True
+
+    def append_done(wait: bool) -> None:
+        nonlocal flat_ok
+        while pending and (wait or pending[0].done()):
+            piece = pending.popleft().result()
+            if piece is None:
+                flat_ok = False
+            elif flat_ok:
+                builder.add(piece)
+
     with contextlib.ExitStack() as stack:
         pool = None
         if builder is not None:
             from concurrent.futures import ThreadPoolExecutor
 
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+            # batches are decoded on two threads while the next ones are read; appended in order
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=2))
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns, use_pandas_metadata=True):
             if names is None:
                 names = list(batch.schema.names)
             if pool is not None:
-                if decoded and decoded[-1].done() and not decoded[-1].result():
+                append_done(wait=len(pending) >= 4)  # at most a few batches' WKB in flight
+                if not flat_ok:
                     break
-                decoded.append(pool.submit(decode, batch.column(flat_column)))
+                pending.append(pool.submit(decode, batch.column(flat_column)))
                 batch = batch.drop_columns([flat_column])
             batches.append(batch)
-    if builder is not None and not all(f.result() for f in decoded):
+        if pool is not None:
+            append_done(wait=True)
+    if builder is not None and not flat_ok:
         return _read_in_batches(pf, columns)  # not flat coordinates: read again keeping the WKB
     if not batches:
         table = pf.read(columns=columns, use_pandas_metadata=True)
