@@ -254,6 +254,9 @@ def test_count_pairs_match_pandas():
     assert np.array_equal(m.toarray(), expected)
     assert m.nnz == np.count_nonzero(expected)  # one entry per (row, column)
     assert (data > 0).all()
+    for r in range(50):  # canonical: columns sorted within each row (sums of partials need no sort)
+        assert (np.diff(indices[indptr[r] : indptr[r + 1]]) > 0).all()
+    assert sp.csr_matrix((data, indices, indptr), shape=(50, 30)).has_canonical_format
 
 
 def test_reduce_values_matches_pandas_groupby():

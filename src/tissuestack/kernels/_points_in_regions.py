@@ -1199,6 +1199,13 @@ def _count_csr(rows, cols, extra_rows, extra_cols, n_rows, n_cols):  # pragma: n
                 indices[nnz] = c
                 nnz += 1
             scratch[c] += 1
+        for k in range(k0 + 1, nnz):  # insertion sort of the row's few columns: canonical CSR
+            c = indices[k]
+            j = k - 1
+            while j >= k0 and indices[j] > c:
+                indices[j + 1] = indices[j]
+                j -= 1
+            indices[j + 1] = c
         for k in range(k0, nnz):
             c = indices[k]
             data[k] = scratch[c]
@@ -1215,9 +1222,9 @@ def count_pairs_csr(
     extra_rows: np.ndarray | None = None,
     extra_cols: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts of the pairs ``(rows[i], cols[i])`` as CSR arrays ``(indptr, indices, data)`` (column indices in
-    order of first appearance within each row, no duplicates), in O(n): a counting sort by row, then a scratch
-    counter per row. Negative entries are skipped."""
+    """Counts of the pairs ``(rows[i], cols[i])`` as canonical CSR arrays ``(indptr, indices, data)`` (column
+    indices sorted within each row, no duplicates): a counting sort by row, then a scratch counter per row and an
+    insertion sort of its (few) columns. Negative entries are skipped."""
     r, c, er, ec = _pair_arrays(rows, cols, extra_rows, extra_cols)
     return _count_csr(r, c, er, ec, n_rows, n_cols)
 

@@ -109,7 +109,10 @@ def _partial(plan: _Plan, part: pd.DataFrame, rows: np.ndarray, extra_pt: np.nda
         if plan.dense:
             return K.count_pairs_dense(rows, codes, plan.n_rows, n_cols, extra_rows, extra_cols)
         indptr, indices, data = K.count_pairs_csr(rows, codes, plan.n_rows, n_cols, extra_rows, extra_cols)
-        return sp.csr_matrix((data, indices, indptr), shape=(plan.n_rows, n_cols))
+        counts = sp.csr_matrix((data, indices, indptr), shape=(plan.n_rows, n_cols))
+        # sorted, no duplicates: sums of partials stay canonical, so the result needs no sort
+        counts.has_canonical_format = True
+        return counts
     vals = (
         np.column_stack([np.asarray(part[k], dtype=np.float64) for k in plan.keys])
         if len(rows)
