@@ -936,9 +936,10 @@ def locate_in_grid(
     return out, extra_pt, extra_region
 
 
-#: 2**_TILE_SHIFT grid cells square per tile of the spatial order; points probed; distinct tiles above which the
-#: probed points count as unsorted
-_TILE_SHIFT = 5
+#: 2**_TILE_SHIFT grid cells square per tile of the spatial order (16: 1M unsorted transcripts among 100k cells
+#: are located in ~68 ms, against ~75 ms with 32-cell tiles and ~90 ms with 4-cell ones); points probed; distinct
+#: tiles above which the probed points count as unsorted
+_TILE_SHIFT = 4
 _PROBE = 4096
 _UNSORTED_TILES = 512
 
