@@ -33,6 +33,9 @@ import textwrap
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sources import warm_files
+
 REFERENCE = Path("/root/.cache/tissuestack-reference/bin/python")
 
 _FOOTER = """
@@ -124,16 +127,6 @@ def build_store(path: Path, workload: str, cells: int) -> None:
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
-
-
-def warm_files(store: Path) -> None:
-    """Read every file of the store once, so each tool starts with the store in the page cache (the machine may
-    drop cold pages between runs: whichever tool ran first would read from disk)."""
-    for path in sorted(store.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                while fh.read(1 << 24):
-                    pass
 
 
 def run(

@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sources import _json, _reference_python, prepare_stores  # noqa: E402
+from bench_sources import _json, _reference_python, prepare_stores, warm_files  # noqa: E402
 
 _DEFAULT_REFERENCE = Path.home() / ".cache" / "tissuestack-reference" / "bin" / "python"
 
@@ -108,6 +108,7 @@ def main() -> None:
                 key = f"{lib}@{'ref' if store == ref_store else 'ours'}"
                 mask = str(Path(tmp) / f"{op}_{key}.npy")
                 cmd = [py, "-c", RUNNER, lib, op, str(store), str(meta["extent_um"]), str(args.upp), mask]
+                warm_files(store)
                 row[key] = _json(cmd)
                 if "error" not in row[key]:
                     masks[key] = np.load(mask)
