@@ -81,6 +81,7 @@ from tissuestack.store._points_layout import (
     DEFAULT_ROW_GROUP_SIZE,
     DEFAULT_ROWS_PER_FILE,
     IN_MEMORY_ROWS,
+    LOCAL_READ_BUFFER,
     NULL_INDEX,
     POINTS_VERSIONS,
     hilbert_key,
@@ -131,9 +132,10 @@ def _categories(
         def dictionaries(path: str, column: str = column) -> list[list[Any]]:
             try:
                 if loc.root.is_local:
-                    chunk = (
-                        pq.ParquetFile(path, read_dictionary=[column]).read(columns=[column]).column(column)
+                    pf = pq.ParquetFile(
+                        path, read_dictionary=[column], pre_buffer=False, buffer_size=LOCAL_READ_BUFFER
                     )
+                    chunk = pf.read(columns=[column]).column(column)
                 else:
                     with fs.open(path, "rb") as fh:
                         chunk = (
@@ -336,7 +338,8 @@ class PointsScan:
         path, row_groups = task
         try:
             if self.loc.root.is_local:
-                return pq.ParquetFile(path, **kwargs).read_row_groups(list(row_groups), columns=columns)
+                pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=LOCAL_READ_BUFFER, **kwargs)
+                return pf.read_row_groups(list(row_groups), columns=columns)
             with self.fs.open(path, "rb") as fh:
                 return pq.ParquetFile(fh, **kwargs).read_row_groups(list(row_groups), columns=columns)
         except Exception as err:
