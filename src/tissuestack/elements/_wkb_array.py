@@ -157,10 +157,6 @@ class WKBGeometryArray(GeometryArray):
         """The flat coordinate arrays the geometries come from (arrays read as flat coordinates), else ``None``."""
         return self._flat
 
-    @property
-    def _lazy_source(self) -> bool:
-        return self._decoded is None and (self._wkb is not None or self._flat is not None)
-
     def header_types(self) -> tuple[np.ndarray, np.ndarray]:
         """Geometry type ids and has-z flags (see :func:`geometry_type_ids`), from the WKB when not decoded."""
         if self._header is None:

@@ -81,14 +81,13 @@ from tissuestack.store._points_layout import (
     DEFAULT_ROW_GROUP_SIZE,
     DEFAULT_ROWS_PER_FILE,
     IN_MEMORY_ROWS,
-    LOCAL_READ_BUFFER,
     NULL_INDEX,
     POINTS_VERSIONS,
     hilbert_key,
 )
 from tissuestack.store._points_write import n_workers, write_points
 from tissuestack.store._registry import register_codec
-from tissuestack.store._root import ElementLocation
+from tissuestack.store._root import ElementLocation, open_local_parquet
 from tissuestack.store._spatial_attrs import meta_from_attrs
 
 __all__ = [
@@ -132,10 +131,7 @@ def _categories(
         def dictionaries(path: str, column: str = column) -> list[list[Any]]:
             try:
                 if loc.root.is_local:
-                    pf = pq.ParquetFile(
-                        path, read_dictionary=[column], pre_buffer=False, buffer_size=LOCAL_READ_BUFFER
-                    )
-                    chunk = pf.read(columns=[column]).column(column)
+                    chunk = open_local_parquet(path, read_dictionary=[column]).read(columns=[column]).column(column)
                 else:
                     with fs.open(path, "rb") as fh:
                         chunk = (
@@ -338,8 +334,7 @@ class PointsScan:
         path, row_groups = task
         try:
             if self.loc.root.is_local:
-                pf = pq.ParquetFile(path, pre_buffer=False, buffer_size=LOCAL_READ_BUFFER, **kwargs)
-                return pf.read_row_groups(list(row_groups), columns=columns)
+                return open_local_parquet(path, **kwargs).read_row_groups(list(row_groups), columns=columns)
             with self.fs.open(path, "rb") as fh:
                 return pq.ParquetFile(fh, **kwargs).read_row_groups(list(row_groups), columns=columns)
         except Exception as err:

@@ -19,9 +19,6 @@ IN_MEMORY_ROWS = 4_000_000
 MIN_ROWS_PER_TASK = 500_000
 #: rows per Parquet row group (the unit a spatial query reads)
 DEFAULT_ROW_GROUP_SIZE = 65_536
-#: bytes per read of a local Parquet file: streamed in reads of this size rather than one buffer per column chunk
-#: (fresh memory is the largest cost of a read on the project's machine: 1M rows of x, y, gene 14 -> 9 ms)
-LOCAL_READ_BUFFER = 1 << 20
 
 DATASET = "points.parquet"
 NULL_INDEX = "__null_dask_index__"  # Dask's name for an unnamed index column

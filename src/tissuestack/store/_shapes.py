@@ -52,9 +52,8 @@ from tissuestack._compute import paused_gc
 from tissuestack.elements import get_meta, set_meta, shapes_axes
 from tissuestack.elements._wkb_array import WKBGeometryArray
 from tissuestack.errors import FormatError, StoreError
-from tissuestack.store._points_layout import LOCAL_READ_BUFFER
 from tissuestack.store._registry import register_codec
-from tissuestack.store._root import ElementLocation
+from tissuestack.store._root import ElementLocation, open_local_parquet
 from tissuestack.store._spatial_attrs import encode_spatial_attrs, meta_from_attrs, where
 
 __all__ = [
@@ -301,8 +300,6 @@ def read_shapes(
     return gdf
 
 
-
-
 #: rows per record batch when reading a GeoParquet file (see :func:`_read_in_batches`)
 _BATCH_ROWS = 1 << 17
 #: a WKB geometry column of more (uncompressed) bytes than this is read into flat coordinate arrays (the numba
@@ -325,12 +322,13 @@ def _storage(values: pa.Array) -> pa.Array:
 
 
 def _read_in_batches(
-    pf: pq.ParquetFile, columns: list[str] | None, flat_column: str | None = None
+    pf: pq.ParquetFile, columns: list[str] | None, flat_column: str | None = None, flat_bytes: int = 0
 ) -> tuple[pa.Table, list[str], Any]:
     """The file's table (``columns`` and the pandas index columns) as chunks of :data:`_BATCH_ROWS` rows, the
     names of its columns, and, with ``flat_column``, that WKB column decoded into flat coordinate arrays
     (:class:`~tissuestack.kernels._ragged.FlatGeometry`) and left out of the table (``None`` when its values are
-    not all 2D (multi)polygons: the column is then kept).
+    not all 2D (multi)polygons: the column is then kept). ``flat_bytes`` (the column's uncompressed size) sizes
+    the coordinate array once.
 
     Read whole, a row group's binary column is built in a buffer that grows by reallocation: the process keeps
     about twice the column's size (1M polygons: +600 MB of RSS for 290 MB of WKB, where the allocator keeps the
@@ -338,14 +336,11 @@ def _read_in_batches(
     they are (the WKB decoder and ``to_pandas`` take chunked columns). Decoded batch by batch into flat arrays
     (the next batch is read while one is decoded), the WKB is never held whole: +280 MB for 1M polygons, and no
     WKB kept beside the flat arrays that plots, queries and aggregation use."""
-    builder = decode = None
+    builder = None
     if flat_column is not None:
         from tissuestack.kernels._ragged import FlatBuilder, decode_polygons
 
-        builder = FlatBuilder(coord_capacity=_column_bytes(pf, flat_column) // 16)
-
-        def decode(values: pa.Array) -> Any:
-            return decode_polygons(_storage(values))
+        builder = FlatBuilder(coord_capacity=flat_bytes // 16)  # a WKB coordinate takes at least 16 bytes
 
     batches: list[pa.RecordBatch] = []
     names: list[str] | None = None
@@ -375,7 +370,7 @@ def _read_in_batches(
                 append_done(wait=len(pending) >= 4)  # at most a few batches' WKB in flight
                 if not flat_ok:
                     break
-                pending.append(pool.submit(decode, batch.column(flat_column)))
+                pending.append(pool.submit(decode_polygons, _storage(batch.column(flat_column))))
                 batch = batch.drop_columns([flat_column])
             batches.append(batch)
         if pool is not None:
@@ -396,9 +391,7 @@ def _read_wkb_lazily(loc: ElementLocation, path: str, columns: list[str] | None)
     reads it then). Attribute columns and the index are restored from the pandas metadata exactly as
     ``geopandas.read_parquet`` does (``pyarrow.Table.to_pandas``)."""
     if loc.root.is_local:
-        # streamed from the file in 1 MiB reads, not one buffer per column chunk: fresh memory is the largest
-        # cost of reading a large file here (1M polygons: 0.6-1.0 s instead of 1.6-2.6 s, ~80 MB less peak)
-        return _read_geoparquet(pq.ParquetFile(path, pre_buffer=False, buffer_size=LOCAL_READ_BUFFER), columns)
+        return _read_geoparquet(open_local_parquet(path), columns)
     with loc.root.fs.open(path, "rb") as fh:
         return _read_geoparquet(pq.ParquetFile(fh), columns)
 
@@ -432,15 +425,15 @@ def _read_geoparquet(pf: pq.ParquetFile, columns: list[str] | None) -> gpd.GeoDa
     primary = _wkb_primary(pf.schema_arrow, columns)
     if primary is None:
         return None
-    large = _column_bytes(pf, primary) > _FLAT_READ_BYTES
-    table, names, flat = _read_in_batches(pf, columns, primary if large else None)
+    nbytes = _column_bytes(pf, primary)
+    table, names, flat = _read_in_batches(pf, columns, primary if nbytes > _FLAT_READ_BYTES else None, nbytes)
     if flat is not None:
         array = WKBGeometryArray.from_flat(flat)
         frame = table.to_pandas()
     else:
         wkb = table.column(primary)
         if isinstance(wkb.type, pa.ExtensionType):
-            wkb = pa.chunked_array([c.storage for c in wkb.chunks], type=wkb.type.storage_type)
+            wkb = pa.chunked_array([_storage(c) for c in wkb.chunks], type=wkb.type.storage_type)
         array = WKBGeometryArray(wkb)
         frame = table.drop_columns([primary]).to_pandas()
     # the geometry column where the file has it among the frame's columns
