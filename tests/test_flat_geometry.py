@@ -301,3 +301,29 @@ def test_wkb_array_keeps_chunks_without_copying():
     assert shapely.equals(np.asarray(taken), np.array([geoms[5], geoms[0], geoms[3]], dtype=object)).all()
     assert shapely.equals(arr[4], geoms[4])
     assert shapely.equals(np.asarray(arr), np.array(geoms, dtype=object)).all()
+
+
+def test_gather_ranges_against_a_byte_mask():
+    from tissuestack.kernels._ragged import _gather_ranges
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 10_000, dtype=np.uint8)
+    cuts = np.sort(rng.choice(np.arange(1, 10_000), 400, replace=False))
+    starts, ends = cuts[0::2], cuts[1::2]  # disjoint, sorted, gaps between them
+    mask = np.zeros(len(data), dtype=bool)
+    for a, b in zip(starts, ends, strict=True):
+        mask[a:b] = True
+    np.testing.assert_array_equal(_gather_ranges(data, starts, ends, int(mask.sum())), data[mask])
+    assert len(_gather_ranges(data, starts[:0], ends[:0], 0)) == 0
+
+
+def test_numpy_decoder_declines_values_with_trailing_bytes():
+    """A WKB value with bytes after its last ring is not decoded by numpy (the kernel decides about it)."""
+    import pyarrow as pa
+
+    from tissuestack.kernels import _ragged as R
+
+    good = shapely.to_wkb(shapely.Polygon([(0, 0), (1, 0), (1, 1)]), byte_order=1)
+    arr = pa.array([good, good + b"\x00" * 16], type=pa.binary())
+    assert R._decode_numpy(*R._binary_parts(arr)) is None
+    assert R._decode_numpy(*R._binary_parts(pa.array([good, good], type=pa.binary()))) is not None

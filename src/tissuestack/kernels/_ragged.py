@@ -784,13 +784,14 @@ def _decode_numpy_le(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -
             p[act] = walk_rings(q + 5, mg[act], rank)
     # rings and parts in geometry, part, ring order
     rg = np.concatenate(ring_geom) if ring_geom else np.zeros(0, dtype=np.int64)
-    if ring_end and (np.concatenate(ring_end) > offsets[rg + 1]).any():
+    re = np.concatenate(ring_end) if ring_end else np.zeros(0, dtype=np.int64)
+    if (re > offsets[rg + 1]).any():
         return None  # a count runs past its value: the kernel reports it
     rp = np.concatenate(ring_part_rank) if ring_geom else np.zeros(0, dtype=np.int64)
     rr = np.concatenate(ring_rank) if ring_geom else np.zeros(0, dtype=np.int64)
     rm = np.concatenate(ring_m) if ring_geom else np.zeros(0, dtype=np.int64)
     order = np.lexsort((rr, rp, rg))
-    rg, rp, rm = rg[order], rp[order], rm[order]
+    rg, rp, rm, re = rg[order], rp[order], rm[order], re[order]
     pg = np.concatenate(part_geom)
     pr = np.concatenate(part_rank)
     porder = np.lexsort((pr, pg))
@@ -803,17 +804,31 @@ def _decode_numpy_le(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray) -
     part_offsets = np.searchsorted(ring_key, part_key, side="left")
     part_offsets = np.append(part_offsets, len(rm)).astype(np.int64)
     geom_offsets = np.searchsorted(pg, np.arange(n + 1), side="left").astype(np.int64)
-    # the coordinates: every byte of the values that is not a header
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    keep = np.empty(hi - lo, dtype=bool)
-    keep[:] = True
-    bad = ~ok & (offsets[1:] > start)
-    if bad.any():  # bytes of null values (normally none)
-        for a, b in zip(start[bad].tolist(), offsets[1:][bad].tolist(), strict=True):
-            keep[a - lo : b - lo] = False
-    keep[np.concatenate(header) - lo] = False
-    raw = data[lo:hi][keep]
-    if len(raw) != 16 * int(ring_offsets[-1]):
-        return None
-    coords = raw.view("<f8").reshape(-1, 2)
+    # the coordinates: every byte of the values that is not a header (the rings' byte ranges, in buffer order)
+    n_coords = int(ring_offsets[-1])
+    if int(length[ok].sum()) != sum(len(h) for h in header) + 16 * n_coords:
+        return None  # bytes that are neither headers nor coordinates: the kernel decides
+    coords = _gather_ranges(data, re - 16 * rm, re, 16 * n_coords).view("<f8").reshape(-1, 2)
     return FlatGeometry(MULTIPOLYGON, coords, ring_offsets, part_offsets, geom_offsets, type_ids, False)
+
+
+def _gather_ranges(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, nbytes: int) -> np.ndarray:
+    """The bytes of ``data`` in the ranges ``[starts[i], ends[i])`` (sorted, disjoint), concatenated.
+
+    Arrow copies them: the ranges and the gaps between them are the values of a binary array over ``data``
+    (no copy), whose even values (the ranges) are taken, one ``memcpy`` each. A byte mask over the buffer would
+    cost more: ~1.5 ms per MB to apply, and its own fresh memory (about 2 ms per MB on the project's machine)."""
+    n = len(starts)
+    if nbytes == 0 or n == 0:
+        return np.zeros(nbytes, dtype=np.uint8)
+    bounds = np.empty(2 * n, dtype=np.int64)
+    bounds[0::2] = starts
+    bounds[1::2] = ends
+    values = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), 2 * n - 1, [None, pa.py_buffer(bounds), pa.py_buffer(data)]
+    )
+    taken = values.take(pa.array(np.arange(0, 2 * n, 2, dtype=np.int64)))
+    out = np.frombuffer(taken.buffers()[2], dtype=np.uint8)[:nbytes]
+    if len(out) != nbytes:
+        raise ValueError(f"ranges hold {len(out)} bytes, expected {nbytes}")
+    return out

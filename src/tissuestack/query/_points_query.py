@@ -185,7 +185,7 @@ def _prefilter(
 
 
 def _points_positions(
-    part: pd.DataFrame,
+    part: Any,
     in_axes: tuple[str, ...],
     pre_lo: tuple[Any, ...] | None,
     pre_hi: tuple[Any, ...] | None,
@@ -195,8 +195,12 @@ def _points_positions(
     exact: bool = False,
 ) -> list[np.ndarray]:
     """Positions of the rows of one partition inside each box (or the polygon): cheap prefilter on the raw
-    columns, exact test on the candidates (skipped when ``exact``: the prefilter bounds are then the exact test)."""
-    columns = [part[a].to_numpy() for a in in_axes]
+    columns, exact test on the candidates (skipped when ``exact``: the prefilter bounds are then the exact test).
+    ``part`` is a pandas or Arrow table."""
+    if isinstance(part, pd.DataFrame):
+        columns = [part[a].to_numpy() for a in in_axes]
+    else:
+        columns = [part.column(a).to_numpy() for a in in_axes]
     idx = _prefilter(columns, pre_lo, pre_hi)
     if exact:
         return [idx]
@@ -214,6 +218,17 @@ def _points_partition(part: pd.DataFrame, box_column: str | None, **kwargs: Any)
     ids = np.repeat(np.arange(len(hits), dtype=np.int64), [len(h) for h in hits])
     out = part.iloc[rows]
     return out.assign(**{box_column: ids})
+
+
+def _select_rows(table: Any, box_column: str | None, **kwargs: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """:func:`_points_partition` for an Arrow table as read (``PointsScan.read``): the positions of the rows
+    kept and, with ``box_column``, their box numbers."""
+    hits = _points_positions(table, **kwargs)
+    if box_column is None:
+        return hits[0], {}
+    rows = np.concatenate(hits) if hits else np.zeros(0, dtype=np.int64)
+    ids = np.repeat(np.arange(len(hits), dtype=np.int64), [len(h) for h in hits])
+    return rows, {box_column: ids}
 
 
 def take_rows(
@@ -359,13 +374,14 @@ def query_points(
     store_backed = meta.source is not None
     pre_lo = pre_hi = None
     frame = df
+    scan = scan_keep = None
     exact = _identity_box_bounds(amap, reg, df.dtypes)
     if bounds is not None:
         lo, hi = bounds[0].min(axis=0), bounds[1].max(axis=0)  # union of the boxes' intrinsic bounds
         scan = points_scan(df) if store_backed else None
         if scan is not None:  # the frame as read: just the row groups meeting a box, straight with pyarrow
-            frame = scan_row_groups(scan, _boxes_row_groups(scan.row_group_stats(), bounds, in_axes))
-            if frame is None:
+            scan_keep = _boxes_row_groups(scan.row_group_stats(), bounds, in_axes)
+            if not scan_keep.any():
                 return [None] * reg.n
         elif store_backed and _row_groups_empty(df, in_axes, bounds):
             return [None] * reg.n
@@ -410,17 +426,17 @@ def query_points(
         )
         set_meta(out, meta.copy())
         return [out]
-    fn = functools.partial(_points_partition, box_column=_BOX_COLUMN if many else None, **positions.keywords)
+    box_column = _BOX_COLUMN if many else None
+    hits_meta = empty.assign(**{_BOX_COLUMN: np.zeros(0, dtype=np.int64)}) if many else empty
+    if scan is not None:  # rows tested on the Arrow table as read: only the hits are converted to pandas
+        select = functools.partial(_select_rows, box_column=box_column, **positions.keywords)
+        hits = scan_row_groups(scan, scan_keep, select=select, meta=hits_meta)
+    else:
+        fn = functools.partial(_points_partition, box_column=box_column, **positions.keywords)
+        hits = frame.map_partitions(fn, meta=hits_meta, enforce_metadata=False, transform_divisions=False)
     if not many:
-        out = frame.map_partitions(fn, meta=empty, enforce_metadata=False, transform_divisions=False)
-        set_meta(out, meta.copy())
-        return [out]
-    hits = frame.map_partitions(
-        fn,
-        meta=empty.assign(**{_BOX_COLUMN: np.zeros(0, dtype=np.int64)}),
-        enforce_metadata=False,
-        transform_divisions=False,
-    )
+        set_meta(hits, meta.copy())
+        return [hits]
     results: list[dd.DataFrame | None] = []
     for i in range(reg.n):
         one = hits[hits[_BOX_COLUMN] == i].drop(columns=[_BOX_COLUMN])

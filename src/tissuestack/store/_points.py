@@ -54,7 +54,7 @@ the footers, for spatial engines that prune row groups themselves.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -366,9 +366,21 @@ class PointsScan:
                 out[name] = column.to_numpy()
         return out
 
-    def read(self, task: tuple[str, tuple[int, ...]]) -> pd.DataFrame:
-        """The rows of some row groups of one file, conformed to the frame's partitions."""
+    def read(
+        self,
+        task: tuple[str, tuple[int, ...]],
+        select: Callable[[pa.Table], tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
+    ) -> pd.DataFrame:
+        """The rows of some row groups of one file, conformed to the frame's partitions.
+
+        ``select`` (a query's row test) maps the table read to the positions of the rows to keep (in output
+        order) and extra columns for them (e.g. box numbers); only those rows are converted to pandas (a query
+        keeping a small share of each row group converts just that share)."""
         table = self._table(task, self.columns)
+        extra: dict[str, np.ndarray] = {}
+        if select is not None:
+            rows, extra = select(table)
+            table = table.take(pa.array(rows, type=pa.int64()))
         frame = table.to_pandas(types_mapper=_arrow_strings_as_pyarrow if self.strings else None)
         meta = self.meta
         if isinstance(meta.index, pd.RangeIndex):  # no index column: dask numbers each partition from 0
@@ -380,7 +392,8 @@ class PointsScan:
         frame.index.name = meta.index.name
         frame = frame[list(meta.columns)] if list(frame.columns) != list(meta.columns) else frame
         fixes = {c: meta.dtypes[c] for c in meta.columns if not _same_dtype(frame.dtypes[c], meta.dtypes[c])}
-        return frame.astype(fixes) if fixes else frame
+        frame = frame.astype(fixes) if fixes else frame
+        return frame.assign(**extra) if extra else frame
 
 
 def _codes_of(column: pa.ChunkedArray, categories: pd.Index) -> np.ndarray:
@@ -458,20 +471,26 @@ def read_points_columns(df: dd.DataFrame, columns: Sequence[str]) -> pd.DataFram
     return pd.DataFrame(columns, copy=False)  # copy=False: the columns are not stacked into one block
 
 
-def _read_scan(scan_and_task: tuple[PointsScan, tuple[str, tuple[int, ...]]]) -> pd.DataFrame:
-    scan, task = scan_and_task
-    return scan.read(task)
+def _read_scan(job: tuple[PointsScan, tuple[str, tuple[int, ...]], Callable[..., Any] | None]) -> pd.DataFrame:
+    scan, task, select = job
+    return scan.read(task, select)
 
 
-def scan_row_groups(scan: PointsScan, keep: np.ndarray) -> dd.DataFrame | None:
-    """A lazy frame over the row groups selected by ``keep`` (``None`` when none is)."""
+def scan_row_groups(
+    scan: PointsScan,
+    keep: np.ndarray,
+    select: Callable[[pa.Table], tuple[np.ndarray, dict[str, np.ndarray]]] | None = None,
+    meta: pd.DataFrame | None = None,
+) -> dd.DataFrame | None:
+    """A lazy frame over the row groups selected by ``keep`` (``None`` when none is); with ``select`` (see
+    :meth:`PointsScan.read`) just the rows it keeps, with its extra columns (``meta`` then describes them)."""
     tasks = scan.tasks(keep)
     if not tasks:
         return None
     return dd.from_map(
         _read_scan,
-        [(scan, t) for t in tasks],
-        meta=scan.meta,
+        [(scan, t, select) for t in tasks],
+        meta=scan.meta if meta is None else meta,
         divisions=[None] * (len(tasks) + 1),
         enforce_metadata=False,
         label="read-points-row-groups",
