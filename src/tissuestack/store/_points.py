@@ -70,6 +70,7 @@ import zarr
 from tissuestack._compute import guard_distributed_config, scheduler
 from tissuestack.elements import record_of, set_meta
 from tissuestack.errors import FormatError, StoreError
+from tissuestack.store._parquet_pages import chunk_dictionary
 from tissuestack.store._points_files import (
     arrow_filesystem,
     footer_info,
@@ -128,7 +129,10 @@ def _categories(
 
         # other writers' files: the union of the dictionaries of the whole column (read as a dictionary, plain
         # strings included), every row group of every file: a value first met late in a file is still a category
-        def dictionaries(path: str, column: str = column) -> list[list[Any]]:
+        def dictionaries(path: str, md: pq.FileMetaData, column: str = column) -> list[list[Any]]:
+            pages = _page_dictionaries(loc, fs, path, md, column)
+            if pages is not None:  # from the dictionary pages alone (a few KB read, nothing decoded)
+                return pages
             try:
                 if loc.root.is_local:
                     chunk = open_local_parquet(path, read_dictionary=[column]).read(columns=[column]).column(column)
@@ -149,9 +153,8 @@ def _categories(
 
         values: dict[Any, None] = {}
         with ThreadPoolExecutor(max_workers=min(len(files), n_workers()) or 1) as pool:
-            for lists in pool.map(
-                dictionaries, [p for p, md in zip(files, footers, strict=True) if md.num_rows]
-            ):
+            nonempty = [(p, md) for p, md in zip(files, footers, strict=True) if md.num_rows]
+            for lists in pool.map(dictionaries, [p for p, _ in nonempty], [md for _, md in nonempty]):
                 for lst in lists:
                     for v in lst:
                         if v is not None:
@@ -160,6 +163,29 @@ def _categories(
         # plain strings have no category order: sorted, as pandas orders the categories it infers
         out[column] = sorted(values) if plain else list(values)
     return out
+
+
+def _page_dictionaries(
+    loc: ElementLocation, fs: fsspec.AbstractFileSystem, path: str, md: pq.FileMetaData, column: str
+) -> list[list[Any]] | None:
+    """The dictionary of ``column`` in every row group of one file, from the dictionary pages
+    (:func:`~tissuestack.store._parquet_pages.chunk_dictionary`), or ``None`` when some row group's cannot be
+    vouched for (then the column is decoded)."""
+    leaves = [md.schema.column(j).path for j in range(md.num_columns)]
+    if leaves.count(column) != 1:
+        return None
+    j = leaves.index(column)
+    try:
+        with open(path, "rb") if loc.root.is_local else fs.open(path, "rb") as fh:
+            out = []
+            for rg in range(md.num_row_groups):
+                values = chunk_dictionary(fh, md, rg, j)
+                if values is None:
+                    return None
+                out.append(values)
+            return out
+    except OSError:
+        return None
 
 
 def _is_arrow_string(t: pa.DataType) -> bool:
