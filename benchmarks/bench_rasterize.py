@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_sources import _json, _reference_python, prepare_stores, warm_files  # noqa: E402
+from bench_sources import NO_DISTRIBUTED, _json, _reference_python, prepare_stores, warm_files  # noqa: E402
 
 _DEFAULT_REFERENCE = Path.home() / ".cache" / "tissuestack-reference" / "bin" / "python"
 
@@ -78,7 +78,8 @@ np.save(MASK, fg)
 print(json.dumps({"imports_s": round(imports, 3), "first_s": round(first, 3), "repeat_s": round(repeat, 3),
                   "shape": list(arr.shape), "covered": int(fg.sum()),
                   "total": float(np.nan_to_num(arr.astype(np.float64)).sum()) if OP == "transcripts" else None,
-                  "peak_rss_mb": peak_mb()}))
+                  "peak_rss_mb": peak_mb(),
+                  "distributed_imported": "distributed" in sys.modules}))
 """
 
 
@@ -92,6 +93,10 @@ def main() -> None:
     ap.add_argument("--ops", default=",".join(OPS))
     ap.add_argument("--data", type=Path, default=HERE / "data")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument(
+        "--without-distributed", action="store_true", help="run ours with dask.distributed not importable (as "
+        "installed without the test extras); the reference keeps it (its dependency)"
+    )
     args = ap.parse_args()
     ops = [o for o in args.ops.split(",") if o]
     ref_py = None if args.no_reference else _reference()
@@ -107,7 +112,8 @@ def main() -> None:
                     continue
                 key = f"{lib}@{'ref' if store == ref_store else 'ours'}"
                 mask = str(Path(tmp) / f"{op}_{key}.npy")
-                cmd = [py, "-c", RUNNER, lib, op, str(store), str(meta["extent_um"]), str(args.upp), mask]
+                code = NO_DISTRIBUTED + RUNNER if args.without_distributed and lib == "ours" else RUNNER
+                cmd = [py, "-c", code, lib, op, str(store), str(meta["extent_um"]), str(args.upp), mask]
                 warm_files(store)
                 row[key] = _json(cmd)
                 if "error" not in row[key]:
@@ -118,12 +124,13 @@ def main() -> None:
                 if a.shape == b.shape:
                     row["agreement"] = float((a == b).mean())
             rows.append(row)
-    _report(rows, meta, args.upp)
+    _report(rows, meta, args.upp, args.without_distributed)
 
 
-def _report(rows: list[dict], meta: dict, upp: float) -> None:
+def _report(rows: list[dict], meta: dict, upp: float, without_distributed: bool = False) -> None:
+    note = "; ours without dask.distributed importable" if without_distributed else ""
     print(
-        f"\n{meta['cells']:,} cells / {meta['tx']:,} transcripts, {upp} px/um; read_zarr + rasterize (computed)"
+        f"\n{meta['cells']:,} cells / {meta['tx']:,} transcripts, {upp} px/um; read_zarr + rasterize (computed){note}"
     )
     print("seconds first / repeat, peak RSS MB\n")
     print(

@@ -182,7 +182,22 @@ imports = time.perf_counter() - t0
 t = time.perf_counter(); value = run(); first = time.perf_counter() - t
 t = time.perf_counter(); run(); repeat = time.perf_counter() - t
 print(json.dumps({"imports_s": round(imports, 3), "first_s": round(first, 3), "repeat_s": round(repeat, 3),
-                  "value": float(value), "peak_rss_mb": peak_mb()}))
+                  "value": float(value), "peak_rss_mb": peak_mb(),
+                  "distributed_imported": "distributed" in sys.modules}))
+"""
+
+#: prepended to our runners with ``--without-distributed``: ``distributed`` cannot be imported, as after
+#: ``pip install tissuestack`` (not one of its dependencies; the reference depends on it). Where it is installed,
+#: dask imports it on the first compute of a process to look for a Client (0.3-0.5 s on this machine), in our
+#: processes as in the reference's.
+NO_DISTRIBUTED = """
+import sys
+class _NoDistributed:
+    def find_spec(self, name, path=None, target=None):
+        if name == "distributed" or name.startswith("distributed."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NoDistributed())
 """
 
 WHOLE = {
@@ -246,6 +261,10 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--whole-process", action="store_true")
     ap.add_argument(
+        "--without-distributed", action="store_true", help="run ours with dask.distributed not importable (as "
+        "installed without the test extras); the reference keeps it (its dependency)"
+    )
+    ap.add_argument(
         "--cpu", action="store_true", help="report the process's CPU seconds (all threads) instead of wall-clock "
         "seconds: steadier on a machine shared with other jobs"
     )
@@ -263,7 +282,8 @@ def main() -> None:
                 continue
             key = f"{lib}@{'ref' if store == ref_store else 'ours'}"
             warm_files(store)
-            row[key] = _json([py, "-c", runner, lib, op, str(store), str(meta["extent_um"])])
+            code = NO_DISTRIBUTED + runner if args.without_distributed and lib == "ours" else runner
+            row[key] = _json([py, "-c", code, lib, op, str(store), str(meta["extent_um"])])
             print(json.dumps({op: {key: row[key]}}), file=sys.stderr, flush=True)
         rows.append(row)
     whole = {}
@@ -273,14 +293,16 @@ def main() -> None:
                 continue
             warm_files(ref_store)
             t = time.perf_counter()
-            subprocess.run([py, "-c", WHOLE[lib], str(ref_store)], check=True, capture_output=True,
+            code = NO_DISTRIBUTED + WHOLE[lib] if args.without_distributed and lib == "ours" else WHOLE[lib]
+            subprocess.run([py, "-c", code, str(ref_store)], check=True, capture_output=True,
                            env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
             whole[lib] = round(time.perf_counter() - t, 2)
-    _report(rows, whole, meta)
+    _report(rows, whole, meta, args.without_distributed)
 
 
-def _report(rows: list[dict], whole: dict, meta: dict) -> None:
-    print(f"\n{meta['cells']:,} cells / {meta['tx']:,} transcripts; read_zarr + op, seconds (first / repeat), peak RSS MB\n")
+def _report(rows: list[dict], whole: dict, meta: dict, without_distributed: bool = False) -> None:
+    note = "; ours without dask.distributed importable" if without_distributed else ""
+    print(f"\n{meta['cells']:,} cells / {meta['tx']:,} transcripts; read_zarr + op, seconds (first / repeat), peak RSS MB{note}\n")
     print("| op | reference (its store) | ours, reference's store | ratio | ours, our store | ratio |")
     print("|---|---|---|---|---|---|")
     for row in rows:

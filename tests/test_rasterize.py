@@ -575,3 +575,48 @@ def test_points_of_a_store_rasterised_from_their_row_groups(rng, tmp_path, monke
         assert list(got.coords["c"].values) == list(exp.coords["c"].values)
         np.testing.assert_allclose(np.asarray(got.data.compute()), np.asarray(exp.data.compute()))
     assert calls  # the row-group path was taken
+
+
+@pytest.mark.parametrize("op", ["first", "last", "sum", "count", "max", "min"])
+@pytest.mark.parametrize("bands", [False, True], ids=["one band", "bands on threads"])
+def test_fused_polygon_burn_equals_runs_then_burn(op, bands, monkeypatch):
+    """burn_polygons gives the raster of polygon_runs + burn_runs: holes, multipolygons, overlaps, shapes off the
+    grid, NaN values, sub-pixel shapes, an affine pixel map; also with the rows split into bands on threads."""
+    import shapely
+
+    from tissuestack.kernels import _zonal
+    from tissuestack.kernels._burn import BURN_OPS, burn_runs, new_canvas
+    from tissuestack.kernels._ragged import from_shapely
+
+    rng = np.random.default_rng(11)
+    geoms = []
+    for k in range(400):
+        cx, cy = rng.uniform(-10, 110, 2)
+        r = rng.uniform(0.2, 9)
+        star = shapely.Polygon(
+            [(cx + r * (0.5 + (i % 2)) * np.cos(a), cy + r * (0.5 + (i % 2)) * np.sin(a))
+             for i, a in enumerate(np.linspace(0, 2 * np.pi, 14, endpoint=False))]
+        )  # fmt: skip
+        if k % 7 == 0:
+            star = star.difference(shapely.Point(cx, cy).buffer(r * 0.3))  # a hole
+        if k % 11 == 0:
+            star = shapely.MultiPolygon([star, shapely.box(cx + r + 1, cy, cx + r + 3, cy + 2)])
+        geoms.append(star)
+    flat = from_shapely(np.array(geoms, dtype=object))
+    values = rng.uniform(1, 50, len(geoms)).round()
+    values[::13] = np.nan
+    m = np.array([[0.9, 0.2, 3.0], [-0.1, 1.1, 5.0]])
+    height, width = 97, 120
+    x = m[0, 0] * flat.x + m[0, 1] * flat.y + m[0, 2]
+    y = m[1, 0] * flat.x + m[1, 1] * flat.y + m[1, 2]
+    runs = _zonal.polygon_runs(x, y, flat.ring_offsets, flat.geom_ring_offsets, height, width)
+    dtype = np.int64 if op == "count" else np.float64
+    expected, seen_e = new_canvas(height, width, np.dtype(dtype))
+    burn_runs(*runs, values, expected, seen_e, BURN_OPS[op])
+    if bands:
+        monkeypatch.setattr(_zonal, "_BAND_MIN_POLYGONS", 10)
+    got, seen_g = new_canvas(height, width, np.dtype(dtype))
+    _zonal.burn_polygons(flat.coords, flat.ring_offsets, flat.geom_ring_offsets, m, values, got, seen_g, BURN_OPS[op])
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(seen_g, seen_e)
+    assert seen_e.mean() > 0.2  # the test burns something

@@ -11,10 +11,31 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["BURN_OPS", "burn_category_counts", "burn_runs"]
+__all__ = ["BURN_OPS", "burn_category_counts", "burn_pixel", "burn_runs"]
 
 #: reduction name -> code used by :func:`burn_runs`
 BURN_OPS: dict[str, int] = {"first": 0, "last": 1, "sum": 2, "count": 3, "max": 4, "min": 5}
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def burn_pixel(out, seen, r, j, v, op):  # pragma: no cover - numba
+    """Combine value ``v`` into pixel ``(r, j)`` by reduction ``op`` (a code of :data:`BURN_OPS`)."""
+    if op == 0:
+        if not seen[r, j]:
+            out[r, j] = v
+    elif op == 1:
+        out[r, j] = v
+    elif op == 2:
+        out[r, j] += v
+    elif op == 3:
+        out[r, j] += 1
+    elif op == 4:
+        if not seen[r, j] or v > out[r, j]:
+            out[r, j] = v
+    else:
+        if not seen[r, j] or v < out[r, j]:
+            out[r, j] = v
+    seen[r, j] = True
 
 
 @numba.njit(cache=True, nogil=True)
@@ -31,22 +52,7 @@ def burn_runs(shape, row, c0, c1, values, out, seen, op):  # pragma: no cover - 
             continue
         r = row[k]
         for j in range(c0[k], c1[k]):
-            if op == 0:
-                if not seen[r, j]:
-                    out[r, j] = v
-            elif op == 1:
-                out[r, j] = v
-            elif op == 2:
-                out[r, j] += v
-            elif op == 3:
-                out[r, j] += 1
-            elif op == 4:
-                if not seen[r, j] or v > out[r, j]:
-                    out[r, j] = v
-            else:
-                if not seen[r, j] or v < out[r, j]:
-                    out[r, j] = v
-            seen[r, j] = True
+            burn_pixel(out, seen, r, j, v, op)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -37,12 +37,14 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from tissuestack.kernels._burn import burn_pixel
 from tissuestack.kernels._moments import STATISTICS, statistic_from_moments
 from tissuestack.kernels._ragged import from_shapely
 
 __all__ = [
     "STATISTICS",
     "ZonalPartial",
+    "burn_polygons",
     "circle_runs",
     "disc_polygon_areas",
     "empty_partial",
@@ -370,6 +372,121 @@ def polygon_runs(x, y, ring_offsets, geom_ring_offsets, height, width):  # pragm
                 o_c1[m] = spans[q, 1]
                 m += 1
     return o_shape[:m], o_row[:m], o_c0[:m], o_c1[:m]
+
+
+#: polygons from which :func:`burn_polygons` splits the rows into bands on threads
+_BAND_MIN_POLYGONS = 20_000
+
+
+def burn_polygons(coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, threads: int = 2) -> None:
+    """Burn ``values[g]`` of each polygon ``g`` (flat arrays, ``coords`` (n, 2) intrinsic; ``m`` (2 x 3) maps
+    them to pixel units) into ``out`` / ``seen`` (``(height, width)``) by reduction ``op``, over exactly the
+    pixels of :func:`polygon_runs` (NaN values burn nothing), in geometry order: the same raster as
+    ``burn_runs(*polygon_runs(...), values, out, seen, op)`` without the run arrays.
+
+    With many polygons, the rows are split into ``threads`` bands at quantiles of the polygons' rows, each burnt
+    by one thread over every polygon (the kernel releases the GIL): the bands' pixels are disjoint, and each
+    pixel still sees the polygons in order.
+    """
+    height = out.shape[0]
+    n = geom_ring_offsets.shape[0] - 1
+    if threads < 2 or n < _BAND_MIN_POLYGONS or height < 4 * threads:
+        _burn_band(coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, 0, height)
+        return
+    # band borders at quantiles of each polygon's first vertex row: about as many polygons per band
+    first = coords[ring_offsets[geom_ring_offsets[:-1][np.diff(geom_ring_offsets) > 0]]]
+    rows = m[1, 0] * first[:, 0] + m[1, 1] * first[:, 1] + m[1, 2]
+    rows = rows[np.isfinite(rows)]
+    if len(rows) == 0:
+        return
+    inner = np.clip(np.quantile(rows, np.linspace(0, 1, threads + 1)[1:-1]), 0, height).astype(np.int64)
+    cuts = np.unique(np.concatenate([[0], inner, [height]]))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(cuts) - 1) as pool:
+        list(
+            pool.map(
+                lambda k: _burn_band(
+                    coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, cuts[k], cuts[k + 1]
+                ),
+                range(len(cuts) - 1),
+            )
+        )
+
+
+@numba.njit(cache=True, nogil=True)
+def _burn_band(
+    coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, row_lo, row_hi
+):  # pragma: no cover - numba
+    """:func:`burn_polygons` for the rows ``row_lo:row_hi``: each row's crossings, and so its spans, are those
+    of the whole polygon (every edge crossing the row is counted), restricted to the band."""
+    height = out.shape[0]
+    width = out.shape[1]
+    hf = float(height)
+    wf = float(width)
+    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
+    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
+    row_count = np.empty(64, dtype=np.int64)
+    fill = np.empty(64, dtype=np.int64)
+    xs = np.empty(64, dtype=np.float64)
+    spans = np.empty((33, 2), dtype=np.int64)
+    for g in range(geom_ring_offsets.shape[0] - 1):
+        v = values[g]
+        if v != v:
+            continue
+        q0 = geom_ring_offsets[g]
+        q1 = geom_ring_offsets[g + 1]
+        lo_row = height
+        hi_row = -1
+        n_cross = 0
+        for q in range(q0, q1):
+            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                e0, e1 = _edge_rows(ay, by, hf, height)
+                e0 = max(e0, row_lo)
+                e1 = min(e1, row_hi)
+                if e1 > e0:
+                    n_cross += e1 - e0
+                    lo_row = min(lo_row, e0)
+                    hi_row = max(hi_row, e1 - 1)
+        if n_cross == 0:
+            continue
+        n_rows = hi_row - lo_row + 1
+        if row_count.shape[0] < n_rows + 1:
+            row_count = np.empty(2 * (n_rows + 1), dtype=np.int64)
+            fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
+        if xs.shape[0] < n_cross:
+            xs = np.empty(2 * n_cross, dtype=np.float64)
+            spans = np.empty((n_cross + 1, 2), dtype=np.int64)
+        for r in range(n_rows + 1):
+            row_count[r] = 0
+        for q in range(q0, q1):
+            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                e0, e1 = _edge_rows(ay, by, hf, height)
+                for r in range(max(e0, row_lo), min(e1, row_hi)):
+                    row_count[r - lo_row + 1] += 1
+        for r in range(n_rows):
+            row_count[r + 1] += row_count[r]
+        for r in range(n_rows):
+            fill[r] = row_count[r]
+        for q in range(q0, q1):
+            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+                ax = m00 * coords[i, 0] + m01 * coords[i, 1] + m02
+                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+                bx = m00 * coords[i + 1, 0] + m01 * coords[i + 1, 1] + m02
+                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
+                e0, e1 = _edge_rows(ay, by, hf, height)
+                for r in range(max(e0, row_lo), min(e1, row_hi)):
+                    yc = r + 0.5
+                    xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
+                    fill[r - lo_row] += 1
+        for r in range(n_rows):
+            for k in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
+                for j in range(spans[k, 0], spans[k, 1]):
+                    burn_pixel(out, seen, r + lo_row, j, v, op)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -89,7 +89,7 @@ from tissuestack.elements._instances import comparable_ids, plain_ids
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
 from tissuestack.kernels._burn import BURN_OPS, burn_category_counts, burn_runs, new_canvas
-from tissuestack.kernels._zonal import circle_runs, polygon_runs
+from tissuestack.kernels._zonal import burn_polygons, circle_runs, polygon_runs
 from tissuestack.ops._extent import spatial_map
 from tissuestack.ops._joins import _region_rows
 from tissuestack.ops._resolve import _name_in, elements_in, resolve_element
@@ -418,9 +418,41 @@ def _rasterize_points(
 
 
 # ============================================================================================ shapes
-def _shape_runs(
-    gdf: gpd.GeoDataFrame, t: BaseTransformation, grid: _Grid, what: str
-) -> tuple[np.ndarray, ...]:
+@dataclass
+class _ShapeBurner:
+    """How the shapes of one rasterisation reach the pixels: polygons are burnt straight from their flat
+    coordinates (:func:`burn_polygons`, no run arrays); circles, and per-category counts, go through pixel runs,
+    computed once on first use."""
+
+    shape: tuple[int, int]
+    make_runs: Any  # () -> (shape, row, c0, c1)
+    flat: Any = None  # polygons: FlatGeometry in the shapes' frame
+    m: np.ndarray | None = None  # (2, 3): shapes' frame -> pixel units
+    _runs: tuple | None = None
+
+    def runs(self) -> tuple[np.ndarray, ...]:
+        if self._runs is None:
+            with paused_gc():
+                self._runs = self.make_runs()
+        return self._runs
+
+    def burn(self, values: np.ndarray, func: str, dtype: Any) -> np.ndarray:
+        if func == "mean":
+            total = self.burn(values, "sum", np.float64)
+            count = self.burn(values, "count", np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+        out, seen = new_canvas(*self.shape, np.dtype(dtype))
+        vals = values.astype(out.dtype, copy=False) if func != "count" else values
+        if self.flat is not None:
+            f = self.flat
+            burn_polygons(f.coords, f.ring_offsets, f.geom_ring_offsets, self.m, vals, out, seen, BURN_OPS[func])
+        else:
+            burn_runs(*self.runs(), vals, out, seen, BURN_OPS[func])
+        return out
+
+
+def _shape_burner(gdf: gpd.GeoDataFrame, t: BaseTransformation, grid: _Grid, what: str) -> _ShapeBurner:
     if grid.axes != ("x", "y"):
         raise ValueError(
             f"{what}: shapes are rasterised on an x/y grid; axes must be ('x', 'y'), got {grid.axes}"
@@ -430,7 +462,7 @@ def _shape_runs(
     lin = lin[:, [m.in_axes.index("x"), m.in_axes.index("y")]]
     height, width = grid.shape
     if len(gdf) == 0:
-        return tuple(np.zeros(0, dtype=np.int64) for _ in range(4))
+        return _ShapeBurner((height, width), lambda: tuple(np.zeros(0, dtype=np.int64) for _ in range(4)))
     flat = flat_geometry(gdf)  # from the store's WKB when there is one: no shapely objects
     det = float(np.linalg.det(lin))
     if det == 0.0:
@@ -439,7 +471,13 @@ def _shape_runs(
         inv = np.linalg.inv(lin)  # pixel -> shapes frame
         mm = np.hstack([inv, (-inv @ off)[:, None]])
         radius = gdf[RADIUS_COLUMN].to_numpy(dtype=np.float64)
-        return circle_runs(flat.x, flat.y, radius, mm, height, width)
+        return _ShapeBurner((height, width), lambda: circle_runs(flat.x, flat.y, radius, mm, height, width))
+    pixel_map = np.ascontiguousarray(np.hstack([lin, np.asarray(off, dtype=np.float64)[:, None]]))
+    return _ShapeBurner((height, width), lambda: _polygon_runs(flat, lin, off, height, width), flat, pixel_map)
+
+
+def _polygon_runs(flat: Any, lin: np.ndarray, off: np.ndarray, height: int, width: int) -> tuple[np.ndarray, ...]:
+    """Pixel runs of the polygons, chunks of shapes on threads; sorted by shape."""
     n = len(flat)
     bounds = np.linspace(0, n, -(-n // _SHAPES_CHUNK) + 1).astype(np.int64)
     spans = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
@@ -459,7 +497,7 @@ def _shape_runs(
     workers = min(len(spans), os.cpu_count() or 1)
     if workers <= 1:
         parts = [scan(sp_) for sp_ in spans]
-    else:  # shapely and the numba kernel release the GIL: chunks of shapes are scanned in parallel
+    else:  # the numba kernel releases the GIL: chunks of shapes are scanned in parallel
         with ThreadPoolExecutor(workers) as pool:
             parts = list(pool.map(scan, spans))
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(4))  # still sorted by shape
@@ -512,19 +550,6 @@ def _shape_values(
     return pd.Series(np.where(pos >= 0, arr[np.maximum(pos, 0)], np.nan), index=gdf.index)
 
 
-def _burn(runs: tuple, values: np.ndarray, shape: tuple[int, int], func: str, dtype: Any) -> np.ndarray:
-    if func == "mean":
-        total = _burn(runs, values, shape, "sum", np.float64)
-        count = _burn(runs, values, shape, "count", np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(count > 0, total / np.maximum(count, 1), 0.0)
-    out, seen = new_canvas(*shape, np.dtype(dtype))
-    burn_runs(
-        *runs, values.astype(out.dtype, copy=False) if func != "count" else values, out, seen, BURN_OPS[func]
-    )
-    return out
-
-
 def _rasterize_shapes(
     gdf: gpd.GeoDataFrame,
     t: BaseTransformation,
@@ -537,8 +562,7 @@ def _rasterize_shapes(
     name: str | None,
     what: str,
 ) -> xr.DataArray:
-    with paused_gc():  # millions of allocations, no cycles
-        runs = _shape_runs(gdf, t, grid, what)
+    burner = _shape_burner(gdf, t, grid, what)
     shape = grid.shape
     mapping: dict | None = None
     transformations = {grid.cs: grid.to_target()}
@@ -551,12 +575,12 @@ def _rasterize_shapes(
             )
         values, mapping = _instance_values(gdf.index)
         if func == "count":
-            out = _burn(runs, values.astype(np.float64), shape, "count", np.int64)
+            out = burner.burn(values.astype(np.float64), "count", np.int64)
             mapping = None
             top = int(out.max()) if out.size else 0
         else:
             top = int(values.max()) if len(values) else 0
-            out = _burn(runs, values, shape, func, _label_dtype(top))
+            out = burner.burn(values, func, _label_dtype(top))
         channel = "count" if func == "count" else "instance_id"
     else:
         series = _shape_values(gdf, value_key, table_name, sdata, name, what)
@@ -571,7 +595,7 @@ def _rasterize_shapes(
                     )
                 n_c = len(cat.categories)
                 out3 = np.zeros((n_c, *shape), dtype=np.int64)
-                burn_category_counts(*runs, codes, out3)
+                burn_category_counts(*burner.runs(), codes, out3)
                 arr = xr.DataArray(_chunked(out3, ("c", "y", "x")), dims=("c", "y", "x"))
                 return Image2DModel.parse(
                     arr, c_coords=[str(c) for c in cat.categories], transformations=transformations
@@ -583,7 +607,7 @@ def _rasterize_shapes(
                 )
             values = np.where(codes >= 0, codes + 1, np.nan)
             mapping = {i + 1: c for i, c in enumerate(cat.categories.tolist())}
-            out = _burn(runs, values, shape, agg_func or "first", np.float64).astype(
+            out = burner.burn(values, agg_func or "first", np.float64).astype(
                 _label_dtype(len(cat.categories))
             )
         else:
@@ -591,7 +615,7 @@ def _rasterize_shapes(
             if func not in _SHAPE_FUNCS:
                 raise ValueError(f"{what}: agg_func must be one of {_SHAPE_FUNCS}, got {func!r}")
             values = series.to_numpy(dtype=np.float64)
-            out = _burn(runs, values, shape, func, np.int64 if func == "count" else np.float64)
+            out = burner.burn(values, func, np.int64 if func == "count" else np.float64)
             if as_labels:
                 if not np.array_equal(out, np.round(out)):
                     raise ValueError(
