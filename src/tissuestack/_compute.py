@@ -184,5 +184,8 @@ def _refresh_numba() -> None:
 
         with global_compiler_lock:  # the lock every compilation and cache load takes: no half-set-up registries
             cpu_target.target_context.refresh()
+        from numba.core.entrypoints import init_all
+
+        init_all()  # the scan of installed packages for numba extensions, done by the first compile otherwise
     except Exception:
         pass
