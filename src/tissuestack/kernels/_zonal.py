@@ -436,6 +436,15 @@ def _burn_band(
             continue
         q0 = geom_ring_offsets[g]
         q1 = geom_ring_offsets[g + 1]
+        # a polygon whose vertices all lie a row or more outside the band crosses none of its rows
+        y_min = np.inf
+        y_max = -np.inf
+        for i in range(ring_offsets[q0], ring_offsets[q1]):
+            vy = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+            y_min = min(y_min, vy)
+            y_max = max(y_max, vy)
+        if y_max < row_lo - 1.0 or y_min > row_hi + 1.0:
+            continue
         lo_row = height
         hi_row = -1
         n_cross = 0
