@@ -414,6 +414,61 @@ def burn_polygons(coords, ring_offsets, geom_ring_offsets, m, values, out, seen,
         )
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _crossed_rows(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi):  # pragma: no cover - numba
+    """``(lo_row, hi_row, n_crossings)`` of the rings ``q0:q1`` (mapped by ``m`` to pixel units) with the
+    pixel-centre lines of the rows ``row_lo:row_hi`` (``n_crossings`` 0: none)."""
+    lo_row = height
+    hi_row = -1
+    n_cross = 0
+    for q in range(q0, q1):
+        for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+            ay = m[1, 0] * coords[i, 0] + m[1, 1] * coords[i, 1] + m[1, 2]
+            by = m[1, 0] * coords[i + 1, 0] + m[1, 1] * coords[i + 1, 1] + m[1, 2]
+            e0, e1 = _edge_rows(ay, by, hf, height)
+            e0 = max(e0, row_lo)
+            e1 = min(e1, row_hi)
+            if e1 > e0:
+                n_cross += e1 - e0
+                lo_row = min(lo_row, e0)
+                hi_row = max(hi_row, e1 - 1)
+    return lo_row, hi_row, n_cross
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _row_crossings(
+    coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs
+):  # pragma: no cover - numba
+    """The x of every crossing of the rings ``q0:q1`` with the centre lines of the rows
+    ``lo_row:lo_row + n_rows`` (within ``row_lo:row_hi``), grouped by row: row ``lo_row + r`` has
+    ``xs[row_count[r]:row_count[r + 1]]`` (unsorted). The buffers must hold ``n_rows + 1`` rows and every
+    crossing."""
+    for r in range(n_rows + 1):
+        row_count[r] = 0
+    for q in range(q0, q1):
+        for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+            ay = m[1, 0] * coords[i, 0] + m[1, 1] * coords[i, 1] + m[1, 2]
+            by = m[1, 0] * coords[i + 1, 0] + m[1, 1] * coords[i + 1, 1] + m[1, 2]
+            e0, e1 = _edge_rows(ay, by, hf, height)
+            for r in range(max(e0, row_lo), min(e1, row_hi)):
+                row_count[r - lo_row + 1] += 1
+    for r in range(n_rows):
+        row_count[r + 1] += row_count[r]
+    for r in range(n_rows):
+        fill[r] = row_count[r]
+    for q in range(q0, q1):
+        for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
+            ax = m[0, 0] * coords[i, 0] + m[0, 1] * coords[i, 1] + m[0, 2]
+            ay = m[1, 0] * coords[i, 0] + m[1, 1] * coords[i, 1] + m[1, 2]
+            bx = m[0, 0] * coords[i + 1, 0] + m[0, 1] * coords[i + 1, 1] + m[0, 2]
+            by = m[1, 0] * coords[i + 1, 0] + m[1, 1] * coords[i + 1, 1] + m[1, 2]
+            e0, e1 = _edge_rows(ay, by, hf, height)
+            for r in range(max(e0, row_lo), min(e1, row_hi)):
+                yc = r + 0.5
+                xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
+                fill[r - lo_row] += 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _burn_band(
     coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, row_lo, row_hi
@@ -424,8 +479,6 @@ def _burn_band(
     width = out.shape[1]
     hf = float(height)
     wf = float(width)
-    m00, m01, m02 = m[0, 0], m[0, 1], m[0, 2]
-    m10, m11, m12 = m[1, 0], m[1, 1], m[1, 2]
     row_count = np.empty(64, dtype=np.int64)
     fill = np.empty(64, dtype=np.int64)
     xs = np.empty(64, dtype=np.float64)
@@ -440,25 +493,12 @@ def _burn_band(
         y_min = np.inf
         y_max = -np.inf
         for i in range(ring_offsets[q0], ring_offsets[q1]):
-            vy = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
+            vy = m[1, 0] * coords[i, 0] + m[1, 1] * coords[i, 1] + m[1, 2]
             y_min = min(y_min, vy)
             y_max = max(y_max, vy)
         if y_max < row_lo - 1.0 or y_min > row_hi + 1.0:
             continue
-        lo_row = height
-        hi_row = -1
-        n_cross = 0
-        for q in range(q0, q1):
-            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                e0, e1 = _edge_rows(ay, by, hf, height)
-                e0 = max(e0, row_lo)
-                e1 = min(e1, row_hi)
-                if e1 > e0:
-                    n_cross += e1 - e0
-                    lo_row = min(lo_row, e0)
-                    hi_row = max(hi_row, e1 - 1)
+        lo_row, hi_row, n_cross = _crossed_rows(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi)
         if n_cross == 0:
             continue
         n_rows = hi_row - lo_row + 1
@@ -468,30 +508,7 @@ def _burn_band(
         if xs.shape[0] < n_cross:
             xs = np.empty(2 * n_cross, dtype=np.float64)
             spans = np.empty((n_cross + 1, 2), dtype=np.int64)
-        for r in range(n_rows + 1):
-            row_count[r] = 0
-        for q in range(q0, q1):
-            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                e0, e1 = _edge_rows(ay, by, hf, height)
-                for r in range(max(e0, row_lo), min(e1, row_hi)):
-                    row_count[r - lo_row + 1] += 1
-        for r in range(n_rows):
-            row_count[r + 1] += row_count[r]
-        for r in range(n_rows):
-            fill[r] = row_count[r]
-        for q in range(q0, q1):
-            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                ax = m00 * coords[i, 0] + m01 * coords[i, 1] + m02
-                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                bx = m00 * coords[i + 1, 0] + m01 * coords[i + 1, 1] + m02
-                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                e0, e1 = _edge_rows(ay, by, hf, height)
-                for r in range(max(e0, row_lo), min(e1, row_hi)):
-                    yc = r + 0.5
-                    xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
-                    fill[r - lo_row] += 1
+        _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs)
         for r in range(n_rows):
             for k in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
                 for j in range(spans[k, 0], spans[k, 1]):
@@ -601,18 +618,7 @@ def _owner_burn(
         ):
             _place(anchor, g, sx, sy, rb - ra, width, height)
             continue
-        lo_row = height
-        hi_row = -1
-        n_cross = 0
-        for q in range(q0, q1):
-            for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                e0, e1 = _edge_rows(ay, by, hf, height)
-                if e1 > e0:
-                    n_cross += e1 - e0
-                    lo_row = min(lo_row, e0)
-                    hi_row = max(hi_row, e1 - 1)
+        lo_row, hi_row, n_cross = _crossed_rows(coords, ring_offsets, q0, q1, m, hf, height, 0, height)
         hit = False
         if n_cross > 0:
             n_rows = hi_row - lo_row + 1
@@ -622,30 +628,7 @@ def _owner_burn(
             if xs.shape[0] < n_cross:
                 xs = np.empty(2 * n_cross, dtype=np.float64)
                 spans = np.empty((n_cross + 1, 2), dtype=np.int64)
-            for r in range(n_rows + 1):
-                row_count[r] = 0
-            for q in range(q0, q1):
-                for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                    ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                    by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                    e0, e1 = _edge_rows(ay, by, hf, height)
-                    for r in range(e0, e1):
-                        row_count[r - lo_row + 1] += 1
-            for r in range(n_rows):
-                row_count[r + 1] += row_count[r]
-            for r in range(n_rows):
-                fill[r] = row_count[r]
-            for q in range(q0, q1):
-                for i in range(ring_offsets[q], ring_offsets[q + 1] - 1):
-                    ax = m00 * coords[i, 0] + m01 * coords[i, 1] + m02
-                    ay = m10 * coords[i, 0] + m11 * coords[i, 1] + m12
-                    bx = m00 * coords[i + 1, 0] + m01 * coords[i + 1, 1] + m02
-                    by = m10 * coords[i + 1, 0] + m11 * coords[i + 1, 1] + m12
-                    e0, e1 = _edge_rows(ay, by, hf, height)
-                    for r in range(e0, e1):
-                        yc = r + 0.5
-                        xs[fill[r - lo_row]] = ax + (yc - ay) * (bx - ax) / (by - ay)
-                        fill[r - lo_row] += 1
+            _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, 0, height, lo_row, n_rows, row_count, fill, xs)
             for r in range(n_rows):
                 for q in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
                     hit = True
