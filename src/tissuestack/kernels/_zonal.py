@@ -436,6 +436,19 @@ def _crossed_rows(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi): 
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _room(row_count, fill, xs, spans, n_rows, n_cross):  # pragma: no cover - numba
+    """The scratch buffers of :func:`_row_crossings` and :func:`_row_spans`, grown to ``n_rows`` rows and
+    ``n_cross`` crossings where they are smaller."""
+    if row_count.shape[0] < n_rows + 1:
+        row_count = np.empty(2 * (n_rows + 1), dtype=np.int64)
+        fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
+    if xs.shape[0] < n_cross:
+        xs = np.empty(2 * n_cross, dtype=np.float64)
+        spans = np.empty((n_cross + 1, 2), dtype=np.int64)
+    return row_count, fill, xs, spans
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _row_crossings(
     coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs
 ):  # pragma: no cover - numba
@@ -502,12 +515,7 @@ def _burn_band(
         if n_cross == 0:
             continue
         n_rows = hi_row - lo_row + 1
-        if row_count.shape[0] < n_rows + 1:
-            row_count = np.empty(2 * (n_rows + 1), dtype=np.int64)
-            fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
-        if xs.shape[0] < n_cross:
-            xs = np.empty(2 * n_cross, dtype=np.float64)
-            spans = np.empty((n_cross + 1, 2), dtype=np.int64)
+        row_count, fill, xs, spans = _room(row_count, fill, xs, spans, n_rows, n_cross)
         _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs)
         for r in range(n_rows):
             for k in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
@@ -622,12 +630,7 @@ def _owner_burn(
         hit = False
         if n_cross > 0:
             n_rows = hi_row - lo_row + 1
-            if row_count.shape[0] < n_rows + 1:
-                row_count = np.empty(2 * (n_rows + 1), dtype=np.int64)
-                fill = np.empty(2 * (n_rows + 1), dtype=np.int64)
-            if xs.shape[0] < n_cross:
-                xs = np.empty(2 * n_cross, dtype=np.float64)
-                spans = np.empty((n_cross + 1, 2), dtype=np.int64)
+            row_count, fill, xs, spans = _room(row_count, fill, xs, spans, n_rows, n_cross)
             _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, 0, height, lo_row, n_rows, row_count, fill, xs)
             for r in range(n_rows):
                 for q in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
