@@ -115,3 +115,36 @@ def test_points_of_another_writer_get_their_categories_from_the_pages(tmp_path, 
     monkeypatch.setattr(_points, "chunk_dictionary", lambda fh, md, rg, j: None if rg == 1 else real(fh, md, rg, j))
     points = ts.read_zarr(tmp_path / "s.zarr")["p"]
     assert list(points.dtypes["gene"].categories) == expected
+
+
+def test_remote_files_read_each_chunk_once(tmp_path):
+    """On a remote filesystem the chunk's bytes are fetched in one read and parsed from memory."""
+    import fsspec
+
+    from tissuestack.store import _points
+
+    rng = np.random.default_rng(6)
+    path = tmp_path / "t.parquet"
+    md = _write(path, pa.table({"gene": pa.array(_genes(12_000, rng))}))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/t.parquet", path.read_bytes())
+    reads = []
+    real_open = fs.open
+
+    def counting_open(p, mode="rb", **kw):
+        fh = real_open(p, mode, **kw)
+        real_read = fh.read
+        fh.read = lambda n=-1: reads.append(n) or real_read(n)
+        return fh
+
+    fs.open = counting_open
+
+    class _Root:
+        is_local = False
+
+    class _Loc:
+        root = _Root()
+
+    pages = _points._page_dictionaries(_Loc(), fs, "/bucket/t.parquet", md, "gene")
+    assert pages == _arrow_dictionaries(path, "gene")
+    assert len(reads) == md.num_row_groups  # one read per chunk, whatever its number of pages

@@ -54,6 +54,7 @@ the footers, for spatial engines that prune row groups themselves.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -175,17 +176,37 @@ def _page_dictionaries(
     if leaves.count(column) != 1:
         return None
     j = leaves.index(column)
+    out = []
     try:
         with open(path, "rb") if loc.root.is_local else fs.open(path, "rb") as fh:
-            out = []
             for rg in range(md.num_row_groups):
-                values = chunk_dictionary(fh, md, rg, j)
+                if loc.root.is_local:
+                    values = chunk_dictionary(fh, md, rg, j)
+                else:  # one request for the chunk's bytes, not one per page header
+                    chunk = md.row_group(rg).column(j)
+                    start = chunk.dictionary_page_offset
+                    if start is None:
+                        return None
+                    fh.seek(int(start))
+                    window = _Window(fh.read(int(chunk.total_compressed_size)), int(start))
+                    values = chunk_dictionary(window, md, rg, j)
                 if values is None:
                     return None
                 out.append(values)
-            return out
-    except OSError:
+    except Exception:  # unreadable here (a server refusing ranges, say): the column is decoded instead
         return None
+    return out
+
+
+class _Window(io.BytesIO):
+    """Bytes read from a file at offset ``base``, addressed with the file's offsets."""
+
+    def __init__(self, data: bytes, base: int):
+        super().__init__(data)
+        self.base = base
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return super().seek(pos - self.base if whence == 0 else pos, whence) + self.base
 
 
 def _is_arrow_string(t: pa.DataType) -> bool:
