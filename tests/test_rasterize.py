@@ -620,3 +620,31 @@ def test_fused_polygon_burn_equals_runs_then_burn(op, bands, monkeypatch):
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(seen_g, seen_e)
     assert seen_e.mean() > 0.2  # the test burns something
+
+
+@pytest.mark.parametrize("value_key", [None, "gene"])
+def test_stored_points_counts_equal_the_in_memory_path(tmp_path, value_key):
+    """Counting a stored element (row groups read on threads, counted by the kernel) gives the raster of the
+    same points held in memory (numpy per partition): a rotated map, out-of-grid points, points exactly on pixel
+    borders, a category column."""
+    from tissuestack.transforms import Affine
+
+    rng = np.random.default_rng(8)
+    n = 50_000
+    x = rng.uniform(-5, 105, n)
+    y = rng.uniform(-5, 105, n)
+    x[:500] = np.round(x[:500])  # on pixel borders
+    y[:500] = np.round(y[:500])
+    frame = pd.DataFrame({"x": x, "y": y, "gene": pd.Categorical(rng.choice(["a", "b", "c"], n))})
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    affine = Affine(np.array([[c, -s_, 10.0], [s_, c, -4.0], [0, 0, 1]]), input_axes=("x", "y"), output_axes=("x", "y"))
+    points = ts.PointsModel.parse(frame, feature_key="gene", transformations={"global": affine})
+    sdata = ts.SpatialData(points={"p": points})
+    sdata.write(tmp_path / "s.zarr")
+    stored = ts.read_zarr(tmp_path / "s.zarr")["p"]
+    kwargs = dict(target_unit_to_pixels=0.7, value_key=value_key)
+    got = ts.rasterize(stored, ("x", "y"), [0, 0], [100, 90], "global", **kwargs)
+    expected = ts.rasterize(points, ("x", "y"), [0, 0], [100, 90], "global", **kwargs)
+    assert list(got.coords["c"].values) == list(expected.coords["c"].values)
+    np.testing.assert_array_equal(np.asarray(got.data), np.asarray(expected.data))
+    assert int(np.asarray(got.data).sum()) > n // 3

@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["bin_points_count", "bin_points_count_mapped", "bin_points_max"]
+__all__ = ["bin_points_count", "bin_points_count_mapped", "bin_points_max", "count_points_in_pixels"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -76,3 +76,36 @@ def bin_points_count_mapped(x, y, m, ids, lut, k, height, width):  # pragma: no 
         if i >= 0:
             out[i, j, c] += 1
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def count_points_in_pixels(x, y, codes, lin, off, out):  # pragma: no cover - numba
+    """Add 1 to ``out[code, row, col]`` for each point: ``col = floor(off[0] + lin[0, 0] * x + lin[0, 1] * y)``,
+    ``row`` likewise from the second rows of ``lin`` and ``off``; points outside ``0 <= col < width``,
+    ``0 <= row < height`` (NaN included) or with a code < 0 are skipped. ``codes`` empty: every point counts in
+    channel 0. (``rasterize``'s rule for points: half-open pixels, no far-edge exception; the sums are formed in
+    the order ``(off + a * x) + b * y`` with zero terms left out, as its numpy path does.)"""
+    n_c, height, width = out.shape
+    a00, a01, a10, a11 = lin[0, 0], lin[0, 1], lin[1, 0], lin[1, 1]
+    o0, o1 = off[0], off[1]
+    use_codes = codes.shape[0] > 0
+    for n in range(x.shape[0]):
+        c = codes[n] if use_codes else 0
+        if c < 0 or c >= n_c:
+            continue
+        xn = np.float64(x[n])
+        yn = np.float64(y[n])
+        u = o0
+        if a00 != 0.0:
+            u += a00 * xn
+        if a01 != 0.0:
+            u += a01 * yn
+        v = o1
+        if a10 != 0.0:
+            v += a10 * xn
+        if a11 != 0.0:
+            v += a11 * yn
+        fu = math.floor(u)
+        fv = math.floor(v)
+        if fu >= 0 and fu < width and fv >= 0 and fv < height:
+            out[c, int(fv), int(fu)] += 1

@@ -90,6 +90,7 @@ from tissuestack.elements import (
 from tissuestack.elements._instances import comparable_ids, plain_ids
 from tissuestack.elements._shapes import RADIUS_COLUMN, shapes_type
 from tissuestack.errors import TransformationError, ValidationError
+from tissuestack.kernels._bin import count_points_in_pixels
 from tissuestack.kernels._burn import BURN_OPS, burn_category_counts, burn_runs, new_canvas
 from tissuestack.kernels._zonal import burn_polygons, circle_runs, polygon_runs
 from tissuestack.ops._extent import spatial_map
@@ -348,6 +349,53 @@ def _scan_partition(
     return _points_partition(frame, cols, lin, off, shape, key, cats.get(key) if key else None, func)
 
 
+def _count_stored_points(
+    scan: Any,
+    needed: list[str],
+    cols: list[str],
+    xy: list[int],
+    lin: np.ndarray,
+    off: np.ndarray,
+    shape: tuple[int, int],
+    key: str | None,
+    categories: pd.Index | None,
+) -> np.ndarray:
+    """Counts per pixel (and category) of a stored points element on a 2D grid, computed now: its row groups read
+    as arrays on two threads, each thread adding into its own raster (:func:`count_points_in_pixels`, no
+    per-point temporaries and no raster per task), the two summed at the end."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    n_c = len(categories) if categories is not None else 1
+    cats = {key: categories} if categories is not None else {}
+    tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
+    lin2 = np.ascontiguousarray(lin[:2][:, xy], dtype=np.float64)
+    off2 = np.ascontiguousarray(off[:2], dtype=np.float64)
+    local = threading.local()
+    rasters: list[np.ndarray] = []
+    lock = threading.Lock()
+
+    def run(task: Any) -> None:
+        out = getattr(local, "out", None)
+        if out is None:
+            out = local.out = np.zeros((n_c, *shape), dtype=np.int64)
+            with lock:
+                rasters.append(out)
+        arrays = scan.read_arrays(task, needed, cats)
+        codes = arrays[key].astype(np.int64, copy=False) if categories is not None else np.zeros(0, np.int64)
+        count_points_in_pixels(arrays[cols[xy[0]]], arrays[cols[xy[1]]], codes, lin2, off2, out)
+
+    workers = max(1, min(2, len(tasks), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(run, tasks))
+    if not rasters:
+        return np.zeros((n_c, *shape), dtype=np.int64)
+    total = rasters[0]
+    for other in rasters[1:]:
+        total += other
+    return total
+
+
 def _point_categories(ddf: dd.DataFrame, key: str) -> pd.Index:
     dtype = ddf.dtypes[key]
     if isinstance(dtype, pd.CategoricalDtype) and getattr(ddf[key].cat, "known", True):
@@ -398,6 +446,12 @@ def _rasterize_points(
     n_c = len(channels)
     needed = cols + ([value_key] if value_key is not None and value_key not in cols else [])
     scan = points_scan(ddf)
+    xy = [cols.index(a) for a in ("x", "y") if a in cols]
+    planar = len(shape) == 2 and len(xy) == 2 and not np.any(np.delete(lin, xy, axis=1) != 0)
+    if scan is not None and func == "count" and planar:  # z (if any) moves no pixel: a 2D count
+        counts = _count_stored_points(scan, needed, cols, xy, lin, off, shape, value_key, categories)
+        arr = xr.DataArray(_chunked(counts, ("c", *grid.array_axes)), dims=("c", *grid.array_axes))
+        return Image2DModel.parse(arr, c_coords=channels, transformations={grid.cs: grid.to_target()})
     if scan is not None:  # a whole stored element: its row groups read as arrays (no dask-expr planning)
         cats = {value_key: categories} if categories is not None else {}
         tasks = scan.tasks(np.ones(len(scan.row_group_stats()), dtype=bool))
@@ -451,7 +505,10 @@ class _ShapeBurner:
             with np.errstate(invalid="ignore", divide="ignore"):
                 return np.where(count > 0, total / np.maximum(count, 1), 0.0)
         out, seen = new_canvas(*self.shape, np.dtype(dtype))
-        vals = values.astype(out.dtype, copy=False) if func != "count" else values
+        # float values with NaN (shapes that burn nothing) stay float for an integer raster: the kernel skips NaN
+        # and casts the others on writing; otherwise the values take the raster's dtype
+        keep = func == "count" or (out.dtype.kind in "iu" and values.dtype.kind == "f" and np.isnan(values).any())
+        vals = values if keep else values.astype(out.dtype, copy=False)
         if self.flat is not None:
             f = self.flat
             burn_polygons(f.coords, f.ring_offsets, f.geom_ring_offsets, self.m, vals, out, seen, BURN_OPS[func])
@@ -615,9 +672,7 @@ def _rasterize_shapes(
                 )
             values = np.where(codes >= 0, codes + 1, np.nan)
             mapping = {i + 1: c for i, c in enumerate(cat.categories.tolist())}
-            out = burner.burn(values, agg_func or "first", np.float64).astype(
-                _label_dtype(len(cat.categories))
-            )
+            out = burner.burn(values, agg_func or "first", _label_dtype(len(cat.categories)))
         else:
             func = agg_func or "sum"
             if func not in _SHAPE_FUNCS:
