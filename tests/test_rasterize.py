@@ -623,7 +623,7 @@ def test_fused_polygon_burn_equals_runs_then_burn(op, bands, monkeypatch):
 
 
 @pytest.mark.parametrize("value_key", [None, "gene"])
-def test_stored_points_counts_equal_the_in_memory_path(tmp_path, value_key):
+def test_stored_points_counts_equal_the_in_memory_path(tmp_path, value_key, monkeypatch):
     """Counting a stored element (row groups read on threads, counted by the kernel) gives the raster of the
     same points held in memory (numpy per partition): a rotated map, out-of-grid points, points exactly on pixel
     borders, a category column."""
@@ -643,7 +643,14 @@ def test_stored_points_counts_equal_the_in_memory_path(tmp_path, value_key):
     sdata.write(tmp_path / "s.zarr")
     stored = ts.read_zarr(tmp_path / "s.zarr")["p"]
     kwargs = dict(target_unit_to_pixels=0.7, value_key=value_key)
+    from tissuestack.ops import _rasterize
+
+    calls = []
+    real = _rasterize._count_stored_points
+    monkeypatch.setattr(_rasterize, "_KERNEL_MIN_POINTS", 0)  # the kernel path even for few points
+    monkeypatch.setattr(_rasterize, "_count_stored_points", lambda *a: calls.append(1) or real(*a))
     got = ts.rasterize(stored, ("x", "y"), [0, 0], [100, 90], "global", **kwargs)
+    assert calls == [1]
     expected = ts.rasterize(points, ("x", "y"), [0, 0], [100, 90], "global", **kwargs)
     assert list(got.coords["c"].values) == list(expected.coords["c"].values)
     np.testing.assert_array_equal(np.asarray(got.data), np.asarray(expected.data))
