@@ -655,3 +655,30 @@ def test_stored_points_counts_equal_the_in_memory_path(tmp_path, value_key, monk
     assert list(got.coords["c"].values) == list(expected.coords["c"].values)
     np.testing.assert_array_equal(np.asarray(got.data), np.asarray(expected.data))
     assert int(np.asarray(got.data).sum()) > n // 3
+
+
+def test_stored_points_with_nan_coordinates_count_nowhere(tmp_path, monkeypatch):
+    """Another writer's points file may hold NaN coordinates: the kernel path skips them, as numpy does."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tissuestack.ops import _rasterize
+
+    frame = pd.DataFrame({"x": [0.5, 1.5, 2.5, 3.5], "y": [0.5, 0.5, 1.5, 1.5]})
+    ts.SpatialData(points={"p": ts.PointsModel.parse(frame)}).write(tmp_path / "s.zarr")
+    folder = tmp_path / "s.zarr" / "points" / "p" / "points.parquet"
+    files = sorted(folder.glob("*.parquet"))
+    table = pq.read_table(files[0])
+    for f in files:
+        f.unlink()
+    n = 20_000
+    xs = np.tile([0.5, np.nan, 2.5, np.inf], n // 4)
+    ys = np.tile([0.5, 0.5, np.nan, 1.5], n // 4)
+    cols = {name: table.column(name) for name in table.column_names}
+    cols["x"], cols["y"] = pa.array(xs), pa.array(ys)
+    rest = {k: pa.array(np.zeros(n, dtype=v.type.to_pandas_dtype())) for k, v in cols.items() if k not in ("x", "y")}
+    pq.write_table(pa.table({**{"x": cols["x"], "y": cols["y"]}, **rest}), folder / "part.0.parquet")
+    monkeypatch.setattr(_rasterize, "_KERNEL_MIN_POINTS", 0)
+    stored = ts.read_zarr(tmp_path / "s.zarr")["p"]
+    out = np.asarray(ts.rasterize(stored, ("x", "y"), [0, 0], [4, 2], "global", target_unit_to_pixels=1.0).data)
+    assert out.sum() == n // 4 and out[0, 0, 0] == n // 4  # only the finite point (0.5, 0.5)

@@ -82,8 +82,8 @@ def bin_points_count_mapped(x, y, m, ids, lut, k, height, width):  # pragma: no 
 def count_points_in_pixels(x, y, codes, lin, off, out):  # pragma: no cover - numba
     """Add 1 to ``out[code, row, col]`` for each point: ``col = floor(off[0] + lin[0, 0] * x + lin[0, 1] * y)``,
     ``row`` likewise from the second rows of ``lin`` and ``off``; points outside ``0 <= col < width``,
-    ``0 <= row < height`` (NaN included) or with a code < 0 are skipped. ``codes`` empty: every point counts in
-    channel 0. (``rasterize``'s rule for points: half-open pixels, no far-edge exception; the sums are formed in
+    ``0 <= row < height`` (NaN and infinite coordinates included) or with a code < 0 are skipped. ``codes``
+    empty: every point counts in channel 0. (``rasterize``'s rule for points: half-open pixels, no far-edge exception; the sums are formed in
     the order ``(off + a * x) + b * y`` with zero terms left out, as its numpy path does.)"""
     n_c, height, width = out.shape
     a00, a01, a10, a11 = lin[0, 0], lin[0, 1], lin[1, 0], lin[1, 1]
@@ -105,7 +105,6 @@ def count_points_in_pixels(x, y, codes, lin, off, out):  # pragma: no cover - nu
             v += a10 * xn
         if a11 != 0.0:
             v += a11 * yn
-        fu = math.floor(u)
-        fv = math.floor(v)
-        if fu >= 0 and fu < width and fv >= 0 and fv < height:
-            out[c, int(fv), int(fu)] += 1
+        # on the floats (NaN and infinities fail), then floor: floor(u) is in [0, width) exactly when u is
+        if u >= 0.0 and u < width and v >= 0.0 and v < height:
+            out[c, math.floor(v), math.floor(u)] += 1
