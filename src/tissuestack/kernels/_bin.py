@@ -83,8 +83,9 @@ def count_points_in_pixels(x, y, codes, lin, off, out):  # pragma: no cover - nu
     """Add 1 to ``out[code, row, col]`` for each point: ``col = floor(off[0] + lin[0, 0] * x + lin[0, 1] * y)``,
     ``row`` likewise from the second rows of ``lin`` and ``off``; points outside ``0 <= col < width``,
     ``0 <= row < height`` (NaN and infinite coordinates included) or with a code < 0 are skipped. ``codes``
-    empty: every point counts in channel 0. (``rasterize``'s rule for points: half-open pixels, no far-edge exception; the sums are formed in
-    the order ``(off + a * x) + b * y`` with zero terms left out, as its numpy path does.)"""
+    empty: every point counts in channel 0. (``rasterize``'s rule for points: half-open pixels, no far-edge
+    exception; the sums are formed in the order ``(off + a * x) + b * y`` with zero terms left out, as its numpy
+    path does.)"""
     n_c, height, width = out.shape
     a00, a01, a10, a11 = lin[0, 0], lin[0, 1], lin[1, 0], lin[1, 1]
     o0, o1 = off[0], off[1]

@@ -390,17 +390,18 @@ def burn_polygons(coords, ring_offsets, geom_ring_offsets, m, values, out, seen,
     """
     height = out.shape[0]
     n = geom_ring_offsets.shape[0] - 1
-    if threads < 2 or n < _BAND_MIN_POLYGONS or height < 4 * threads:
+    cuts = np.array([0, height])
+    if threads >= 2 and n >= _BAND_MIN_POLYGONS and height >= 4 * threads:
+        # band borders at quantiles of each polygon's first vertex row: about as many polygons per band
+        first = coords[ring_offsets[geom_ring_offsets[:-1][np.diff(geom_ring_offsets) > 0]]]
+        rows = m[1, 0] * first[:, 0] + m[1, 1] * first[:, 1] + m[1, 2]
+        rows = rows[np.isfinite(rows)]
+        if len(rows):
+            inner = np.clip(np.quantile(rows, np.linspace(0, 1, threads + 1)[1:-1]), 0, height).astype(np.int64)
+            cuts = np.unique(np.concatenate([[0], inner, [height]]))
+    if len(cuts) == 2:
         _burn_band(coords, ring_offsets, geom_ring_offsets, m, values, out, seen, op, 0, height)
         return
-    # band borders at quantiles of each polygon's first vertex row: about as many polygons per band
-    first = coords[ring_offsets[geom_ring_offsets[:-1][np.diff(geom_ring_offsets) > 0]]]
-    rows = m[1, 0] * first[:, 0] + m[1, 1] * first[:, 1] + m[1, 2]
-    rows = rows[np.isfinite(rows)]
-    if len(rows) == 0:
-        return
-    inner = np.clip(np.quantile(rows, np.linspace(0, 1, threads + 1)[1:-1]), 0, height).astype(np.int64)
-    cuts = np.unique(np.concatenate([[0], inner, [height]]))
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=len(cuts) - 1) as pool:
@@ -516,7 +517,9 @@ def _burn_band(
             continue
         n_rows = hi_row - lo_row + 1
         row_count, fill, xs, spans = _room(row_count, fill, xs, spans, n_rows, n_cross)
-        _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs)
+        _row_crossings(
+            coords, ring_offsets, q0, q1, m, hf, height, row_lo, row_hi, lo_row, n_rows, row_count, fill, xs
+        )
         for r in range(n_rows):
             for k in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
                 for j in range(spans[k, 0], spans[k, 1]):
@@ -631,7 +634,9 @@ def _owner_burn(
         if n_cross > 0:
             n_rows = hi_row - lo_row + 1
             row_count, fill, xs, spans = _room(row_count, fill, xs, spans, n_rows, n_cross)
-            _row_crossings(coords, ring_offsets, q0, q1, m, hf, height, 0, height, lo_row, n_rows, row_count, fill, xs)
+            _row_crossings(
+                coords, ring_offsets, q0, q1, m, hf, height, 0, height, lo_row, n_rows, row_count, fill, xs
+            )
             for r in range(n_rows):
                 for q in range(_row_spans(xs, row_count[r], row_count[r + 1], wf, width, spans)):
                     hit = True

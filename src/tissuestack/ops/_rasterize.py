@@ -452,8 +452,7 @@ def _rasterize_points(
     scan = points_scan(ddf)
     xy = [cols.index(a) for a in ("x", "y") if a in cols]
     planar = len(shape) == 2 and len(xy) == 2 and not np.any(np.delete(lin, xy, axis=1) != 0)
-    n_rows = int(scan.row_group_stats()["n_rows"].sum()) if scan is not None else 0
-    if scan is not None and func == "count" and planar and (n_rows >= _KERNEL_MIN_POINTS or numba_warming()):
+    if scan is not None and func == "count" and planar and (numba_warming() or not _few_stored_points(ddf)):
         # a 2D count (z, if any, moves no pixel) by the kernel: for many points, or once numba is set up anyway
         counts = _count_stored_points(scan, needed, cols, xy, lin, off, shape, value_key, categories)
         arr = xr.DataArray(_chunked(counts, ("c", *grid.array_axes)), dims=("c", *grid.array_axes))
